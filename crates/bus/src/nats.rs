@@ -1,0 +1,176 @@
+//! The NATS bus for a cluster: the same [`Bus`] contract over `async-nats`.
+//!
+//! Subjects are checked with [`crate::subject`] before they reach the client, so errors
+//! match the in-process bus. A subscription is a NATS subscriber; dropping it (or calling
+//! [`Subscription::unsubscribe`]) sends UNSUB on the same connection, ahead of anything
+//! published afterwards. Requests rely on the server's no-responders status (NATS 2.2+)
+//! to fail at once when nobody listens.
+
+use std::time::Duration;
+
+use async_nats::{PublishErrorKind, RequestErrorKind, SubscribeErrorKind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::subject;
+use crate::{Bus, BusError, Message, Subscription};
+
+/// A bus backed by one connection to a NATS server. Clones share the connection.
+#[derive(Clone, Debug)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+impl NatsBus {
+    /// Connects to the NATS server at `url` (for example `nats://127.0.0.1:4222`).
+    pub async fn connect(url: &str) -> Result<NatsBus, BusError> {
+        let client = async_nats::connect(url).await.map_err(|e| {
+            BusError::Backend(format!(
+                "cannot connect to NATS at {url}: {e}; check that nats-server is running and the URL is right"
+            ))
+        })?;
+        Ok(NatsBus { client })
+    }
+
+    /// Wraps an already configured client (credentials, TLS, reconnect policy).
+    pub fn from_client(client: async_nats::Client) -> NatsBus {
+        NatsBus { client }
+    }
+
+    /// The underlying client, for JetStream and other NATS-only features.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+/// Converts a client message into a bus message.
+fn to_bus_message(message: async_nats::Message) -> Message {
+    Message {
+        subject: message.subject.to_string(),
+        reply: message.reply.map(|reply| reply.to_string()),
+        payload: message.payload,
+    }
+}
+
+fn publish_error(subject: &str, error: async_nats::PublishError) -> BusError {
+    match error.kind() {
+        PublishErrorKind::InvalidSubject => BusError::InvalidSubject(subject.to_string()),
+        PublishErrorKind::Send => BusError::Closed,
+        PublishErrorKind::MaxPayloadExceeded => BusError::Backend(format!(
+            "cannot publish on '{subject}': {error}; send a smaller payload"
+        )),
+    }
+}
+
+fn subscribe_error(
+    subject: &str,
+    group: Option<&str>,
+    error: async_nats::SubscribeError,
+) -> BusError {
+    match error.kind() {
+        SubscribeErrorKind::InvalidSubject => BusError::InvalidSubject(subject.to_string()),
+        SubscribeErrorKind::InvalidQueueName => {
+            BusError::InvalidQueueGroup(group.unwrap_or_default().to_string())
+        }
+        SubscribeErrorKind::Other => {
+            BusError::Backend(format!("cannot subscribe to '{subject}': {error}"))
+        }
+    }
+}
+
+fn request_error(subject: &str, timeout: Duration, error: async_nats::RequestError) -> BusError {
+    match error.kind() {
+        RequestErrorKind::NoResponders => BusError::NoResponders(subject.to_string()),
+        RequestErrorKind::TimedOut => BusError::Timeout {
+            subject: subject.to_string(),
+            timeout,
+        },
+        RequestErrorKind::InvalidSubject => BusError::InvalidSubject(subject.to_string()),
+        RequestErrorKind::MaxPayloadExceeded => BusError::Backend(format!(
+            "cannot send request on '{subject}': {error}; send a smaller payload"
+        )),
+        RequestErrorKind::Other => {
+            BusError::Backend(format!("request on '{subject}' failed: {error}"))
+        }
+    }
+}
+
+/// Wraps a NATS subscriber; dropping the stream unsubscribes at the server.
+fn to_subscription(subscriber: async_nats::Subscriber) -> Subscription {
+    Subscription::new(Box::pin(subscriber.map(to_bus_message)), None)
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        subject::validate_publish(subject)?;
+        self.client
+            .publish(subject.to_string(), payload)
+            .await
+            .map_err(|e| publish_error(subject, e))
+    }
+
+    async fn publish_with_reply(
+        &self,
+        subject: &str,
+        reply: &str,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        subject::validate_publish(subject)?;
+        subject::validate_publish(reply)?;
+        self.client
+            .publish_with_reply(subject.to_string(), reply.to_string(), payload)
+            .await
+            .map_err(|e| publish_error(subject, e))
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
+        subject::validate_filter(subject)?;
+        let subscriber = self
+            .client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|e| subscribe_error(subject, None, e))?;
+        Ok(to_subscription(subscriber))
+    }
+
+    async fn queue_subscribe(&self, subject: &str, group: &str) -> Result<Subscription, BusError> {
+        subject::validate_filter(subject)?;
+        subject::validate_queue_group(group)?;
+        let subscriber = self
+            .client
+            .queue_subscribe(subject.to_string(), group.to_string())
+            .await
+            .map_err(|e| subscribe_error(subject, Some(group), e))?;
+        Ok(to_subscription(subscriber))
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, BusError> {
+        subject::validate_publish(subject)?;
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        self.client
+            .send_request(subject.to_string(), request)
+            .await
+            .map(to_bus_message)
+            .map_err(|e| request_error(subject, timeout, e))
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Backend(format!("cannot flush to the NATS server: {e}")))
+    }
+
+    fn new_inbox(&self) -> String {
+        self.client.new_inbox()
+    }
+}

@@ -1,0 +1,339 @@
+//! Bus payloads. Field names follow upstream Cloud Foundry (REFERENCE §5) so the JSON on the
+//! wire is what a CF component would publish.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `router.register` / `router.unregister`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteRegistration {
+    #[serde(default)]
+    pub dea: String,
+    #[serde(default)]
+    pub app: String,
+    pub uris: Vec<String>,
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub private_instance_id: String,
+}
+
+/// `router.start`: a router announces itself; DEAs answer by re-registering everything.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterStart {
+    pub id: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(rename = "minimumRegisterIntervalInSeconds")]
+    pub minimum_register_interval_in_seconds: u64,
+    #[serde(rename = "pruneThresholdInSeconds")]
+    pub prune_threshold_in_seconds: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementProperties {
+    #[serde(default)]
+    pub zone: String,
+}
+
+/// `dea.advertise`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeaAdvertise {
+    pub id: String,
+    pub stacks: Vec<String>,
+    pub available_memory: i64,
+    pub available_disk: i64,
+    #[serde(default)]
+    pub app_id_to_count: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub placement_properties: PlacementProperties,
+}
+
+/// The state of an instance as a DEA reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceState {
+    Starting,
+    Running,
+    Crashed,
+    Stopping,
+    Stopped,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "STARTING",
+            InstanceState::Running => "RUNNING",
+            InstanceState::Crashed => "CRASHED",
+            InstanceState::Stopping => "STOPPING",
+            InstanceState::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// One instance in a `dea.heartbeat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatInstance {
+    /// The app guid.
+    pub droplet: String,
+    pub version: String,
+    /// The instance id.
+    pub instance: String,
+    pub index: u32,
+    pub state: InstanceState,
+    pub state_timestamp: f64,
+}
+
+/// `dea.heartbeat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeaHeartbeat {
+    pub dea: String,
+    pub droplets: Vec<HeartbeatInstance>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExitReason {
+    Crashed,
+    Stopped,
+    DeaShutdown,
+    DeaEvacuation,
+}
+
+/// `droplet.exited`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DropletExited {
+    pub droplet: String,
+    pub version: String,
+    pub instance: String,
+    pub index: u32,
+    pub reason: ExitReason,
+    pub exit_status: Option<i32>,
+    pub exit_description: String,
+    pub crash_timestamp: Option<i64>,
+}
+
+/// Resource limits of an instance: memory and disk in MB, file descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub mem: u64,
+    pub disk: u64,
+    pub fds: u64,
+}
+
+/// How a DEA decides an instance is up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Seconds the instance may take to pass.
+    pub timeout: u64,
+    /// `None`: the port accepting connections is enough.
+    pub http_path: Option<String>,
+}
+
+/// `dea.<id>.start`: run one instance of a staged app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// The app guid.
+    pub droplet: String,
+    pub name: String,
+    /// The app version (changes on every update that needs a restart).
+    pub version: String,
+    pub index: u32,
+    /// sha256 of the droplet blob.
+    pub droplet_sha256: String,
+    /// Where the DEA can fetch the droplet when it is not in its cache.
+    pub droplet_uri: String,
+    pub uris: Vec<String>,
+    pub limits: Limits,
+    /// `KEY=VALUE` pairs from the user and bound services.
+    pub env: Vec<String>,
+    /// Overrides the droplet's start command.
+    pub start_command: Option<String>,
+    pub health_check: HealthCheck,
+    pub space_id: String,
+    pub space_name: String,
+    #[serde(default)]
+    pub services: serde_json::Value,
+}
+
+/// `dea.stop`: stop some or all instances of an app.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub droplet: String,
+    /// Only these versions (all when absent).
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub indices: Option<Vec<u32>>,
+    #[serde(default)]
+    pub instances: Option<Vec<String>>,
+}
+
+/// `dea.find.droplet` reply: one running or crashed instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub dea: String,
+    pub droplet: String,
+    pub version: String,
+    pub instance: String,
+    pub index: u32,
+    pub state: InstanceState,
+    pub state_timestamp: f64,
+    pub host: String,
+    pub port: u16,
+    pub uptime: f64,
+    #[serde(default)]
+    pub mem_bytes: u64,
+    #[serde(default)]
+    pub cpu_percent: f64,
+    #[serde(default)]
+    pub disk_bytes: u64,
+    #[serde(default)]
+    pub mem_quota: u64,
+    #[serde(default)]
+    pub disk_quota: u64,
+}
+
+/// `dea.find.droplet` request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FindDroplet {
+    pub droplet: String,
+    #[serde(default)]
+    pub include_stats: bool,
+}
+
+/// A staging request on `vcap.stager.default` (request/reply; the reply is a
+/// [`StagingResult`]). Output streams on `staging.<task_id>.log` and `apptail.<app>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagingRequest {
+    pub app_id: String,
+    pub app_name: String,
+    pub task_id: String,
+    /// sha256 of the package (the app's uploaded bits, a zip).
+    pub package_sha256: String,
+    pub package_uri: String,
+    /// A buildpack name, git URL or local path; `None` detects.
+    pub buildpack: Option<String>,
+    pub environment: Vec<String>,
+    pub limits: Limits,
+    pub timeout_secs: u64,
+}
+
+/// The outcome of staging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StagingResult {
+    Staged {
+        droplet_sha256: String,
+        detected_buildpack: String,
+        start_command: String,
+    },
+    Failed {
+        /// `NoAppDetected`, `StagingError`, `Timeout`.
+        kind: String,
+        message: String,
+        exit_status: Option<i32>,
+        log_tail: Vec<String>,
+    },
+}
+
+/// One line of app or staging output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub app: String,
+    /// `app`, `staging`, `dea`, `health_manager`, `controller`.
+    pub source: String,
+    pub instance_index: Option<u32>,
+    pub stream: String,
+    pub timestamp: f64,
+    pub text: String,
+}
+
+/// Exec inside an instance (`dea.<id>.exec`), answered by [`ExecReply`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub instance: String,
+    pub argv: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecReply {
+    pub exit_status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Health manager → controller: what it decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HmRequest {
+    pub op: HmOp,
+    pub droplet: String,
+    pub version: String,
+    pub indices: Vec<u32>,
+    #[serde(default)]
+    pub instances: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HmOp {
+    Start,
+    Stop,
+}
+
+/// Controller → health manager: the desired state of every started app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredApp {
+    pub droplet: String,
+    pub version: String,
+    pub instances: u32,
+    pub state: String,
+    pub package_state: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_uses_cf_field_names() {
+        let hb = DeaHeartbeat {
+            dea: "d1".into(),
+            droplets: vec![HeartbeatInstance {
+                droplet: "app".into(),
+                version: "v".into(),
+                instance: "i".into(),
+                index: 0,
+                state: InstanceState::Running,
+                state_timestamp: 1.0,
+            }],
+        };
+        let j = serde_json::to_value(&hb).unwrap();
+        assert_eq!(j["droplets"][0]["state"], "RUNNING");
+        assert_eq!(j["dea"], "d1");
+    }
+
+    #[test]
+    fn router_start_uses_camel_case_keys() {
+        let j = serde_json::to_value(RouterStart {
+            id: "r".into(),
+            hosts: vec![],
+            minimum_register_interval_in_seconds: 5,
+            prune_threshold_in_seconds: 20,
+        })
+        .unwrap();
+        assert_eq!(j["minimumRegisterIntervalInSeconds"], 5);
+    }
+
+    #[test]
+    fn exit_reason_is_screaming() {
+        assert_eq!(
+            serde_json::to_value(ExitReason::DeaEvacuation).unwrap(),
+            "DEA_EVACUATION"
+        );
+    }
+}

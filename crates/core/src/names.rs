@@ -1,0 +1,66 @@
+//! Validation of user-chosen names: apps, hosts, domains.
+
+/// Why a name was refused, worded for the user.
+pub fn check_app_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the app name is empty; give one, e.g. `strato push myapp`".into());
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "the app name '{name}' is longer than 63 characters"
+        ));
+    }
+    let ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok || name.starts_with('-') || name.starts_with('.') {
+        return Err(format!(
+            "the app name '{name}' may contain only letters, digits, '-', '_' and '.', and must start with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A host label for a route: DNS rules (letters, digits, '-'; 1–63 chars).
+pub fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() || host.len() > 63 {
+        return Err(format!("the host '{host}' must be 1 to 63 characters long"));
+    }
+    let ok = host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !ok || host.starts_with('-') || host.ends_with('-') {
+        return Err(format!(
+            "the host '{host}' may contain only letters, digits and '-', and may not start or end with '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The default host for an app name: lowercased, with characters DNS refuses turned into '-'.
+pub fn host_for_app(name: &str) -> String {
+    let h: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    h.trim_matches('-').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn app_names() {
+        assert!(check_app_name("my-app_1.v2").is_ok());
+        assert!(check_app_name("").is_err());
+        assert!(check_app_name("bad name")
+            .unwrap_err()
+            .contains("may contain only"));
+        assert!(check_app_name("-x").is_err());
+    }
+    #[test]
+    fn hosts() {
+        assert!(check_host("myapp").is_ok());
+        assert!(check_host("my_app").is_err());
+        assert_eq!(host_for_app("My_App.v2"), "my-app-v2");
+    }
+}

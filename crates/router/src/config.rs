@@ -1,0 +1,62 @@
+//! The router's settings in one struct, so the role that starts it can fill them from the
+//! config store; every timing defaults to `strato_core::timings`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use strato_core::timings;
+
+/// How a [`crate::Router`] listens, routes and forgets routes.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Where to accept HTTP connections (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// The cloud's domain: requests for `api.<domain>` go to [`RouterConfig::api_backend`].
+    pub domain: String,
+    /// The API server. Requests whose Host is `api.<domain>`, an IP literal or bare
+    /// `localhost` go here; `None` routes those hosts through the route table like any other.
+    pub api_backend: Option<SocketAddr>,
+    /// A backend not re-registered for this long is dropped from the table.
+    pub route_ttl: Duration,
+    /// How often expired and drained backends are removed.
+    pub prune_interval: Duration,
+    /// How long an unregistered backend keeps serving when its host has no other backend.
+    pub drain: Duration,
+    /// How often DEAs are told to register again (`minimumRegisterIntervalInSeconds`).
+    pub register_interval: Duration,
+    /// How often `router.start` is published again after the first one (`None`: only once).
+    pub announce_interval: Option<Duration>,
+    /// Giving up on a TCP connect to a backend after this counts as a connect error.
+    pub connect_timeout: Duration,
+    /// A backend that refused a connection is skipped for this long when others are left.
+    pub backend_eject: Duration,
+    /// Backends tried for one request when connections are refused.
+    pub max_attempts: usize,
+    /// Idle keep-alive connections to backends are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per backend.
+    pub pool_max_idle_per_backend: usize,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            domain: "localhost".to_string(),
+            api_backend: None,
+            route_ttl: timings::ROUTE_TTL,
+            prune_interval: Duration::from_secs(1),
+            drain: timings::ROUTE_DRAIN,
+            register_interval: timings::ROUTE_REGISTER_INTERVAL,
+            announce_interval: Some(Duration::from_secs(30)),
+            connect_timeout: Duration::from_secs(5),
+            backend_eject: Duration::from_secs(2),
+            max_attempts: 3,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_backend: 256,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

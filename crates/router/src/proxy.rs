@@ -1,0 +1,353 @@
+//! The request path: pick a backend for the Host, add the forwarding headers, send the
+//! request over a pooled keep-alive connection, and retry another instance only when the
+//! TCP connection could not be made. WebSocket upgrades are handed to [`tunnel`].
+//!
+//! Nothing here locks: the route table is read through `arc-swap`, backends are ejected
+//! with an atomic, and a client that goes away simply drops the future (no backend is ever
+//! marked bad for it).
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{request, HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{BodySlot, OutboundBody, ProxyBody};
+use crate::host;
+use crate::pages;
+use crate::table::{Backend, Pool, RouteTable, Tried};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+static X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Everything a request needs, shared by all connections.
+pub(crate) struct Proxy {
+    pub(crate) table: Arc<RouteTable>,
+    pub(crate) client: Client<HttpConnector, OutboundBody>,
+    /// The API server's pool, when internal hosts are routed to it.
+    pub(crate) api: Option<Arc<Pool>>,
+    /// `api.<domain>`, normalized.
+    pub(crate) api_host: String,
+    pub(crate) max_attempts: usize,
+    pub(crate) eject_ms: u64,
+    /// Ends WebSocket tunnels on shutdown.
+    pub(crate) stop: CancellationToken,
+}
+
+impl Proxy {
+    /// Answers one client request.
+    pub(crate) async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client_ip: IpAddr,
+    ) -> Response<ProxyBody> {
+        let Some(raw_host) = request_host(&req) else {
+            return pages::missing_host();
+        };
+        let Ok(raw_host_str) = raw_host.to_str() else {
+            return pages::missing_host();
+        };
+        let host = host::normalize(raw_host_str);
+        let Some(pool) = self.route(&host) else {
+            return pages::unknown_route(&host);
+        };
+        let now_ms = epoch_ms();
+        let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        prepare_request_headers(
+            &mut parts.headers,
+            &raw_host,
+            client_ip,
+            now_ms,
+            client_upgrade.is_some(),
+        );
+        let Some(mut response) = self.forward(&pool, parts, body, now_ms).await else {
+            return pages::bad_gateway();
+        };
+        match client_upgrade {
+            Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let backend_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client_upgrade, backend_upgrade, self.stop.clone()));
+            }
+            _ => strip_hop_by_hop(response.headers_mut(), false),
+        }
+        response.map(Either::Left)
+    }
+
+    /// The pool for a normalized host: the API server for internal names, else the table.
+    fn route(&self, host: &str) -> Option<Arc<Pool>> {
+        if let Some(api) = &self.api {
+            if host == self.api_host || host::is_local_name(host) {
+                return Some(api.clone());
+            }
+        }
+        self.table.pool(host)
+    }
+
+    /// Sends the request to one backend after another until one accepts the connection.
+    /// `None` means no backend answered: every connect failed, or the one that took the
+    /// request failed before its response headers.
+    async fn forward(
+        &self,
+        pool: &Pool,
+        parts: request::Parts,
+        body: Incoming,
+        now_ms: u64,
+    ) -> Option<Response<Incoming>> {
+        let slot = BodySlot::new(body);
+        let attempts = self.max_attempts.clamp(1, pool.len().max(1));
+        let path = parts.uri.path_and_query().cloned();
+        let mut headers = parts.headers;
+        let mut tried = Tried::default();
+        for attempt in 1..=attempts {
+            let (index, backend) = pool.pick(tried, now_ms)?;
+            tried.add(index);
+            let attempt_headers = if attempt == attempts {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            let request = backend_request(
+                &parts.method,
+                backend,
+                path.as_ref(),
+                attempt_headers,
+                slot.attempt(),
+            )?;
+            match self.client.request(request).await {
+                Ok(response) => return Some(response),
+                Err(error) if error.is_connect() && !slot.is_taken() => {
+                    backend.eject_until(now_ms + self.eject_ms);
+                    tracing::warn!(backend = %backend.addr, %error, "backend refused the connection; trying another instance");
+                }
+                Err(error) => {
+                    tracing::warn!(backend = %backend.addr, %error, "backend failed to answer the request");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(authority) = req.uri().authority() {
+        return HeaderValue::from_str(authority.as_str()).ok();
+    }
+    req.headers().get(HOST).filter(|h| !h.is_empty()).cloned()
+}
+
+fn backend_request(
+    method: &Method,
+    backend: &Backend,
+    path: Option<&PathAndQuery>,
+    headers: HeaderMap,
+    body: OutboundBody,
+) -> Option<Request<OutboundBody>> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(backend.authority.clone());
+    uri.path_and_query = Some(
+        path.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let mut request = Request::new(body);
+    *request.uri_mut() = Uri::from_parts(uri).ok()?;
+    *request.method_mut() = method.clone();
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// An HTTP/1.1 request asking to switch protocols (a WebSocket handshake).
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    raw_host: &HeaderValue,
+    client_ip: IpAddr,
+    now_ms: u64,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    if !headers.contains_key(HOST) {
+        headers.insert(HOST, raw_host.clone());
+    }
+    append_forwarded_for(headers, client_ip);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(X_FORWARDED_HOST.clone(), raw_host.clone());
+    }
+    if !headers.contains_key(&X_REQUEST_START) {
+        headers.insert(X_REQUEST_START.clone(), HeaderValue::from(now_ms));
+    }
+    if !headers.contains_key(&X_VCAP_REQUEST_ID) {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        if let Ok(value) = HeaderValue::from_str(id) {
+            headers.insert(X_VCAP_REQUEST_ID.clone(), value);
+        }
+    }
+}
+
+/// `X-Forwarded-For: <what the client sent>, <client ip>`.
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+    let mut value = String::new();
+    for previous in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(previous) = previous.to_str() {
+            if !previous.trim().is_empty() {
+                value.push_str(previous.trim());
+                value.push_str(", ");
+            }
+        }
+    }
+    let _ = write!(value, "{client_ip}");
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// Removes the headers that describe one connection (RFC 9110 §7.6.1), keeping
+/// `Connection: upgrade` and `Upgrade` for a protocol switch.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        headers.remove(CONNECTION);
+        for name in named {
+            if !(keep_upgrade && name == UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TE);
+    headers.remove(TRAILER);
+    headers.remove(TRANSFER_ENCODING);
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and backend until either side closes
+/// or the router shuts down.
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, stop: CancellationToken) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, "protocol upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+            if let Err(error) = copied {
+                tracing::debug!(%error, "upgraded connection ended with an error");
+            }
+        }
+    }
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_headers_survive_for_a_protocol_switch() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h[UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.1"),
+        );
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+    }
+
+    #[test]
+    fn incoming_request_id_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(X_VCAP_REQUEST_ID.clone(), HeaderValue::from_static("abc"));
+        prepare_request_headers(
+            &mut h,
+            &HeaderValue::from_static("a.x"),
+            "127.0.0.1".parse().unwrap(),
+            5,
+            false,
+        );
+        assert_eq!(h[&X_VCAP_REQUEST_ID], "abc");
+        assert_eq!(h[&X_REQUEST_START], "5");
+        assert_eq!(h[HOST], "a.x");
+        assert_eq!(h[&X_FORWARDED_HOST], "a.x");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+}

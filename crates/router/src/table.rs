@@ -1,0 +1,482 @@
+//! The route table: host → backends, built from `router.register` / `router.unregister`.
+//!
+//! Readers (every proxied request) load an immutable [`Snapshot`] through `arc-swap` and
+//! never lock. Writers (the bus listener and the pruner) change a [`Registry`] under a mutex
+//! and publish a new snapshot only for the hosts whose set of backends changed, so the
+//! periodic refresh of an unchanged route costs no swap at all.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use strato_core::messages::RouteRegistration;
+
+use crate::host;
+
+/// One app instance (or the API server) the router can send requests to.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    /// `host:port`, as registered.
+    pub(crate) addr: String,
+    pub(crate) authority: Authority,
+    /// Milliseconds since the epoch until which the backend is skipped (it refused a
+    /// connection); shared by every snapshot, so it survives table swaps.
+    ejected_until_ms: AtomicU64,
+}
+
+impl Backend {
+    pub(crate) fn new(addr: String) -> Option<Backend> {
+        let authority = Authority::try_from(addr.as_str()).ok()?;
+        authority.port_u16()?;
+        Some(Backend {
+            addr,
+            authority,
+            ejected_until_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Skips this backend until `until_ms` while others are available.
+    pub(crate) fn eject_until(&self, until_ms: u64) {
+        self.ejected_until_ms.store(until_ms, Ordering::Relaxed);
+    }
+
+    fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+}
+
+/// The backends serving one host, with the round-robin position shared across snapshots.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    backends: Box<[Arc<Backend>]>,
+    next: Arc<AtomicUsize>,
+}
+
+/// Which backends of a pool a request has already tried (by index modulo 64).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Tried(u64);
+
+impl Tried {
+    pub(crate) fn add(&mut self, index: usize) {
+        self.0 |= 1u64 << (index % 64);
+    }
+    fn contains(self, index: usize) -> bool {
+        self.0 & (1u64 << (index % 64)) != 0
+    }
+}
+
+impl Pool {
+    /// A pool with a single fixed backend (the API server).
+    pub(crate) fn fixed(backend: Backend) -> Pool {
+        Pool {
+            backends: Box::new([Arc::new(backend)]),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// The next backend in round-robin order that was not tried yet, preferring ones that
+    /// are not ejected; `None` once every backend was tried.
+    pub(crate) fn pick(&self, tried: Tried, now_ms: u64) -> Option<(usize, &Arc<Backend>)> {
+        let len = self.backends.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for offset in 0..len {
+            let index = start.wrapping_add(offset) % len;
+            if tried.contains(index) {
+                continue;
+            }
+            let backend = &self.backends[index];
+            if !backend.is_ejected(now_ms) {
+                return Some((index, backend));
+            }
+            fallback.get_or_insert((index, backend));
+        }
+        fallback
+    }
+}
+
+type Snapshot = HashMap<String, Arc<Pool>>;
+
+/// A route change as it arrives on the bus.
+#[derive(Clone, Debug)]
+pub enum RouteChange {
+    Register(RouteRegistration),
+    Unregister(RouteRegistration),
+}
+
+struct Entry {
+    backend: Arc<Backend>,
+    last_seen: Instant,
+    draining_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct HostRoutes {
+    entries: Vec<Entry>,
+    next: Arc<AtomicUsize>,
+}
+
+impl HostRoutes {
+    /// Active backends; draining ones only when no active backend is left.
+    fn pool(&self) -> Option<Arc<Pool>> {
+        let active: Box<[Arc<Backend>]> = self
+            .entries
+            .iter()
+            .filter(|e| e.draining_until.is_none())
+            .map(|e| e.backend.clone())
+            .collect();
+        let backends = if active.is_empty() {
+            self.entries.iter().map(|e| e.backend.clone()).collect()
+        } else {
+            active
+        };
+        (!backends.is_empty()).then(|| {
+            Arc::new(Pool {
+                backends,
+                next: self.next.clone(),
+            })
+        })
+    }
+}
+
+/// The writer side: every backend with its timestamps, and which hosts need republishing.
+#[derive(Default)]
+struct Registry {
+    hosts: HashMap<String, HostRoutes>,
+    dirty: HashSet<String>,
+}
+
+impl Registry {
+    fn register(&mut self, host: &str, addr: &str, now: Instant) {
+        let routes = self.hosts.entry(host.to_string()).or_default();
+        let mut changed = false;
+        match routes.entries.iter_mut().find(|e| e.backend.addr == addr) {
+            Some(entry) => {
+                entry.last_seen = now;
+                changed |= entry.draining_until.take().is_some();
+            }
+            None => {
+                let Some(backend) = Backend::new(addr.to_string()) else {
+                    tracing::warn!(
+                        host,
+                        addr,
+                        "ignoring a registration whose backend is not host:port"
+                    );
+                    if routes.entries.is_empty() {
+                        self.hosts.remove(host);
+                    }
+                    return;
+                };
+                routes.entries.push(Entry {
+                    backend: Arc::new(backend),
+                    last_seen: now,
+                    draining_until: None,
+                });
+                changed = true;
+            }
+        }
+        // A live backend arrived: the drained ones of an unmapped route are no longer needed.
+        let before = routes.entries.len();
+        routes.entries.retain(|e| e.draining_until.is_none());
+        changed |= routes.entries.len() != before;
+        if changed {
+            self.dirty.insert(host.to_string());
+        }
+    }
+
+    fn unregister(&mut self, host: &str, addr: &str, now: Instant, drain: Duration) {
+        let Some(routes) = self.hosts.get_mut(host) else {
+            return;
+        };
+        let Some(index) = routes.entries.iter().position(|e| e.backend.addr == addr) else {
+            return;
+        };
+        if drain.is_zero() {
+            routes.entries.remove(index);
+        } else if routes.entries[index].draining_until.is_none() {
+            routes.entries[index].draining_until = Some(now + drain);
+        } else {
+            return;
+        }
+        if routes.entries.is_empty() {
+            self.hosts.remove(host);
+        }
+        self.dirty.insert(host.to_string());
+    }
+
+    fn prune(&mut self, now: Instant, ttl: Duration) {
+        let dirty = &mut self.dirty;
+        self.hosts.retain(|host, routes| {
+            let before = routes.entries.len();
+            routes.entries.retain(|e| match e.draining_until {
+                Some(until) => until > now,
+                None => now.saturating_duration_since(e.last_seen) < ttl,
+            });
+            if routes.entries.len() != before {
+                dirty.insert(host.clone());
+            }
+            !routes.entries.is_empty()
+        });
+    }
+}
+
+/// The live route table. Cheap to read from any number of tasks at once.
+pub struct RouteTable {
+    snapshot: ArcSwap<Snapshot>,
+    registry: Mutex<Registry>,
+    ttl: Duration,
+    drain: Duration,
+}
+
+impl RouteTable {
+    /// An empty table whose backends expire after `ttl` without a refresh and keep serving
+    /// for `drain` after they are unregistered.
+    pub fn new(ttl: Duration, drain: Duration) -> RouteTable {
+        RouteTable {
+            snapshot: ArcSwap::from_pointee(Snapshot::new()),
+            registry: Mutex::new(Registry::default()),
+            ttl,
+            drain,
+        }
+    }
+
+    /// The backends (`host:port`) a request for `host` may go to now, in table order;
+    /// `None` when the host has no route. `host` may carry a port or odd case.
+    pub fn lookup(&self, host: &str) -> Option<Vec<String>> {
+        self.pool(&host::normalize(host))
+            .map(|pool| pool.backends.iter().map(|b| b.addr.clone()).collect())
+    }
+
+    /// Every routed host, sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.snapshot.load().keys().cloned().collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// The pool for an already normalized host.
+    pub(crate) fn pool(&self, host: &str) -> Option<Arc<Pool>> {
+        self.snapshot.load().get(host).cloned()
+    }
+
+    pub fn register(&self, registration: &RouteRegistration) {
+        self.apply_at(
+            [RouteChange::Register(registration.clone())],
+            Instant::now(),
+        );
+    }
+
+    pub fn unregister(&self, registration: &RouteRegistration) {
+        self.apply_at(
+            [RouteChange::Unregister(registration.clone())],
+            Instant::now(),
+        );
+    }
+
+    /// Applies a batch of changes and publishes one new snapshot for all of them.
+    pub fn apply(&self, changes: impl IntoIterator<Item = RouteChange>) {
+        self.apply_at(changes, Instant::now());
+    }
+
+    /// Drops backends not refreshed within the TTL and drained backends whose time is up.
+    pub fn prune(&self) {
+        self.prune_at(Instant::now());
+    }
+
+    fn apply_at(&self, changes: impl IntoIterator<Item = RouteChange>, now: Instant) {
+        let mut registry = self.lock();
+        for change in changes {
+            let (registration, is_register) = match &change {
+                RouteChange::Register(r) => (r, true),
+                RouteChange::Unregister(r) => (r, false),
+            };
+            let addr = format!("{}:{}", registration.host, registration.port);
+            for uri in &registration.uris {
+                let host = host::route_host(uri);
+                if host.is_empty() {
+                    continue;
+                }
+                if is_register {
+                    registry.register(&host, &addr, now);
+                } else {
+                    registry.unregister(&host, &addr, now, self.drain);
+                }
+            }
+        }
+        self.publish(&mut registry);
+    }
+
+    fn prune_at(&self, now: Instant) {
+        let mut registry = self.lock();
+        registry.prune(now, self.ttl);
+        self.publish(&mut registry);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, registry: &mut Registry) {
+        if registry.dirty.is_empty() {
+            return;
+        }
+        let mut next: Snapshot = (**self.snapshot.load()).clone();
+        for host in registry.dirty.drain() {
+            match registry.hosts.get(&host).and_then(HostRoutes::pool) {
+                Some(pool) => next.insert(host, pool),
+                None => next.remove(&host),
+            };
+        }
+        self.snapshot.store(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(uris: &[&str], port: u16) -> RouteRegistration {
+        RouteRegistration {
+            dea: "dea-1".into(),
+            app: "app-1".into(),
+            uris: uris.iter().map(|u| u.to_string()).collect(),
+            host: "127.0.0.1".into(),
+            port,
+            tags: Default::default(),
+            private_instance_id: String::new(),
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(Duration::from_secs(20), Duration::from_secs(5))
+    }
+
+    #[test]
+    fn register_adds_each_uri_once() {
+        let t = table();
+        let now = Instant::now();
+        t.apply_at(
+            [RouteChange::Register(reg(
+                &["A.example.com", "b.example.com"],
+                1,
+            ))],
+            now,
+        );
+        t.apply_at([RouteChange::Register(reg(&["a.example.com"], 1))], now);
+        assert_eq!(t.lookup("a.example.com:80").unwrap(), vec!["127.0.0.1:1"]);
+        assert_eq!(t.lookup("B.EXAMPLE.COM.").unwrap(), vec!["127.0.0.1:1"]);
+        assert_eq!(t.hosts(), vec!["a.example.com", "b.example.com"]);
+    }
+
+    #[test]
+    fn refresh_without_change_keeps_the_snapshot() {
+        let t = table();
+        t.register(&reg(&["a.example.com"], 1));
+        let before = t.snapshot.load_full();
+        t.register(&reg(&["a.example.com"], 1));
+        assert!(Arc::ptr_eq(&before, &t.snapshot.load_full()));
+    }
+
+    #[test]
+    fn round_robin_skips_ejected_and_tried() {
+        let t = table();
+        t.register(&reg(&["a.x"], 1));
+        t.register(&reg(&["a.x"], 2));
+        let pool = t.pool("a.x").unwrap();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| pool.pick(Tried::default(), 0).unwrap().0)
+            .collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+        pool.backends[0].eject_until(100);
+        assert_eq!(pool.pick(Tried::default(), 50).unwrap().0, 1);
+        assert_eq!(pool.pick(Tried::default(), 50).unwrap().0, 1);
+        // Once only ejected backends are left, they are still used.
+        let mut tried = Tried::default();
+        tried.add(1);
+        assert_eq!(pool.pick(tried, 50).unwrap().0, 0);
+        tried.add(0);
+        assert!(pool.pick(tried, 50).is_none());
+    }
+
+    #[test]
+    fn ttl_expires_unrefreshed_backends() {
+        let t = table();
+        let start = Instant::now();
+        t.apply_at([RouteChange::Register(reg(&["a.x"], 1))], start);
+        t.apply_at(
+            [RouteChange::Register(reg(&["a.x"], 2))],
+            start + Duration::from_secs(15),
+        );
+        t.prune_at(start + Duration::from_secs(19));
+        assert_eq!(t.lookup("a.x").unwrap().len(), 2);
+        t.prune_at(start + Duration::from_secs(21));
+        assert_eq!(t.lookup("a.x").unwrap(), vec!["127.0.0.1:2"]);
+        t.prune_at(start + Duration::from_secs(40));
+        assert!(t.lookup("a.x").is_none());
+        assert!(t.lock().hosts.is_empty());
+    }
+
+    #[test]
+    fn unregistered_backend_drains_then_goes() {
+        let t = table();
+        let start = Instant::now();
+        t.apply_at([RouteChange::Register(reg(&["a.x"], 1))], start);
+        t.apply_at([RouteChange::Unregister(reg(&["a.x"], 1))], start);
+        assert_eq!(t.lookup("a.x").unwrap(), vec!["127.0.0.1:1"]);
+        t.prune_at(start + Duration::from_secs(4));
+        assert!(t.lookup("a.x").is_some());
+        t.prune_at(start + Duration::from_secs(5));
+        assert!(t.lookup("a.x").is_none());
+    }
+
+    #[test]
+    fn new_backend_ends_the_drain_at_once() {
+        let t = table();
+        t.register(&reg(&["a.x"], 1));
+        t.unregister(&reg(&["a.x"], 1));
+        t.register(&reg(&["a.x"], 2));
+        assert_eq!(t.lookup("a.x").unwrap(), vec!["127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn draining_backend_gets_no_requests_while_others_are_live() {
+        let t = table();
+        t.register(&reg(&["a.x"], 1));
+        t.register(&reg(&["a.x"], 2));
+        t.unregister(&reg(&["a.x"], 1));
+        assert_eq!(t.lookup("a.x").unwrap(), vec!["127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn re_registering_a_draining_backend_revives_it() {
+        let t = table();
+        let start = Instant::now();
+        t.apply_at([RouteChange::Register(reg(&["a.x"], 1))], start);
+        t.apply_at([RouteChange::Unregister(reg(&["a.x"], 1))], start);
+        t.apply_at([RouteChange::Register(reg(&["a.x"], 1))], start);
+        t.prune_at(start + Duration::from_secs(10));
+        assert_eq!(t.lookup("a.x").unwrap(), vec!["127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn zero_drain_removes_at_once_and_bad_backends_are_ignored() {
+        let t = RouteTable::new(Duration::from_secs(20), Duration::ZERO);
+        t.register(&reg(&["a.x"], 1));
+        t.unregister(&reg(&["a.x"], 1));
+        assert!(t.lookup("a.x").is_none());
+        let mut bad = reg(&["b.x"], 1);
+        bad.host = "bad host".into();
+        t.register(&bad);
+        assert!(t.lookup("b.x").is_none());
+        assert!(t.lock().hosts.is_empty());
+    }
+}
