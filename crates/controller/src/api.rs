@@ -1,0 +1,1538 @@
+//! The HTTP surface: Cloud Foundry v2 routes, UAA's token endpoint, Strato's log and
+//! staging-log streams. Handlers are thin: they check input, call the repositories,
+//! [`crate::staging`] and [`crate::runner`], and shape the answer with [`crate::cf`].
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use strato_core::messages::StopRequest;
+use strato_core::{names, ApiError};
+use strato_db::{package_state, App, Domain, Filter, Organization, Route, Space};
+
+use crate::auth::{CurrentUser, MaybeUser};
+use crate::bits::WireResource;
+use crate::cf::{db_err, paginate, resource, CfError, CfResult, ListParams};
+use crate::Shared;
+
+/// All routes of the API.
+pub fn router(c: Shared) -> Router {
+    let upload_limit = (c.cfg.max_upload_mb as usize).saturating_mul(1024 * 1024) + 64 * 1024;
+    Router::new()
+        .route("/", get(root))
+        .route("/v2/info", get(info))
+        .route("/oauth/token", post(token))
+        .route("/userinfo", get(userinfo))
+        .route("/v2/organizations", get(list_orgs))
+        .route("/v2/organizations/{guid}", get(get_org))
+        .route("/v2/organizations/{guid}/spaces", get(org_spaces))
+        .route("/v2/spaces", get(list_spaces))
+        .route("/v2/spaces/{guid}", get(get_space))
+        .route("/v2/spaces/{guid}/summary", get(space_summary))
+        .route("/v2/spaces/{guid}/apps", get(space_apps))
+        .route("/v2/shared_domains", get(list_domains))
+        .route("/v2/shared_domains/{guid}", get(get_domain))
+        .route("/v2/domains", get(list_domains))
+        .route("/v2/routes", get(list_routes).post(create_route))
+        .route("/v2/routes/{guid}", get(get_route).delete(delete_route))
+        .route("/v2/routes/{guid}/apps", get(route_apps))
+        .route("/v2/apps", get(list_apps).post(create_app))
+        .route(
+            "/v2/apps/{guid}",
+            get(get_app).put(update_app).delete(delete_app),
+        )
+        .route("/v2/apps/{guid}/summary", get(app_summary))
+        .route("/v2/apps/{guid}/routes", get(app_routes))
+        .route(
+            "/v2/apps/{guid}/routes/{route}",
+            put(map_route).delete(unmap_route),
+        )
+        .route(
+            "/v2/apps/{guid}/bits",
+            put(upload_bits).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/v2/apps/{guid}/restage", post(restage))
+        .route("/v2/apps/{guid}/instances", get(instances))
+        .route("/v2/apps/{guid}/stats", get(stats))
+        .route("/v2/apps/{guid}/staging_log/{task}", get(staging_log))
+        .route("/v2/apps/{guid}/stackato_logs", get(app_logs))
+        .route("/v2/resource_match", put(resource_match))
+        .route("/v2/events", get(list_events))
+        .fallback(not_found)
+        .with_state(c)
+}
+
+async fn not_found() -> CfError {
+    CfError(ApiError::new(404, 10000, "CF-NotFound", "Unknown request"))
+}
+
+/// `scheme://host` of the request, as the client reached us (through the router or not).
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> CfResult<T> {
+    if body.len() > 1024 * 1024 {
+        return Err(CfError(ApiError::new(
+            413,
+            1,
+            "CF-RequestTooLarge",
+            "the request body is larger than 1 MB",
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| CfError(ApiError::message_parse(e.to_string())))
+}
+
+// ---------------------------------------------------------------- root, info, tokens
+
+async fn root(headers: HeaderMap) -> Json<Value> {
+    let base = base_url(&headers);
+    Json(json!({
+        "links": {
+            "self": {"href": base},
+            "cloud_controller_v2": {"href": format!("{base}/v2"), "meta": {"version": "2.x"}},
+            "login": {"href": base},
+            "uaa": {"href": base},
+            "logging": {"href": format!("{base}/v2/apps")},
+        }
+    }))
+}
+
+async fn info(headers: HeaderMap, MaybeUser(user): MaybeUser) -> Json<Value> {
+    let base = base_url(&headers);
+    let mut v = json!({
+        "name": "strato",
+        "build": strato_core::VERSION,
+        "support": "see the README",
+        "version": 2,
+        "description": "Strato, a self-hosted PaaS (Stackato 3 compatible)",
+        "authorization_endpoint": base,
+        "token_endpoint": base,
+        "api_version": "2.x",
+        "strato_version": strato_core::VERSION,
+    });
+    if let Some(u) = user {
+        v["user"] = json!(u.guid);
+        v["user_name"] = json!(u.username);
+        v["admin"] = json!(u.admin);
+    }
+    Json(v)
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: String,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+    client_id: Option<String>,
+}
+
+fn uaa_error(status: StatusCode, error: &str, desc: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "error_description": desc})),
+    )
+        .into_response()
+}
+
+async fn token(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<TokenForm>) -> Response {
+    // Client `cf` with an empty secret, by Basic auth or form field.
+    let client = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .and_then(|b| base64_decode(b.trim()))
+        .map(|s| s.split(':').next().unwrap_or("").to_string())
+        .or(f.client_id.clone())
+        .unwrap_or_else(|| "cf".into());
+    if client != "cf" {
+        return uaa_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client; use client 'cf' with an empty secret",
+        );
+    }
+    let user = match f.grant_type.as_str() {
+        "password" => {
+            let (Some(name), Some(pw)) = (f.username.as_deref(), f.password.as_deref()) else {
+                return uaa_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the password grant needs username and password",
+                );
+            };
+            match c.db.user_by_name(name).await {
+                Ok(Some(u)) if crate::auth::verify_password(pw, &u.password_hash) => u,
+                Ok(_) => {
+                    return uaa_error(StatusCode::UNAUTHORIZED, "unauthorized", "Bad credentials")
+                }
+                Err(e) => return db_err(e).into_response(),
+            }
+        }
+        "refresh_token" => {
+            let Some(rt) = f.refresh_token.as_deref() else {
+                return uaa_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the refresh_token grant needs refresh_token",
+                );
+            };
+            let Ok(claims) = c.auth.verify(rt, "refresh") else {
+                return uaa_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the refresh token is invalid or expired; log in again",
+                );
+            };
+            match c.db.user_by_guid(&claims.user_id).await {
+                Ok(Some(u)) => u,
+                Ok(None) => {
+                    return uaa_error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        "the user no longer exists",
+                    )
+                }
+                Err(e) => return db_err(e).into_response(),
+            }
+        }
+        other => {
+            return uaa_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("grant type '{other}' is not supported; use password or refresh_token"),
+            )
+        }
+    };
+    match c.auth.issue(&user.guid, &user.username, user.is_admin()) {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => CfError(e).into_response(),
+    }
+}
+
+fn base64_decode(s: &str) -> Option<String> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for ch in s.bytes().filter(|b| *b != b'=') {
+        let v = T.iter().position(|t| *t == ch)? as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn userinfo(user: CurrentUser) -> Json<Value> {
+    Json(
+        json!({"user_id": user.guid, "sub": user.guid, "user_name": user.username, "name": user.username, "admin": user.admin}),
+    )
+}
+
+// ---------------------------------------------------------------- orgs, spaces, domains
+
+fn org_json(o: &Organization) -> Value {
+    resource(
+        "organizations",
+        &o.guid,
+        &o.created_at,
+        &o.updated_at,
+        json!({
+            "name": o.name, "billing_enabled": false, "status": "active",
+            "spaces_url": format!("/v2/organizations/{}/spaces", o.guid),
+        }),
+    )
+}
+
+fn space_json(s: &Space) -> Value {
+    resource(
+        "spaces",
+        &s.guid,
+        &s.created_at,
+        &s.updated_at,
+        json!({
+            "name": s.name, "organization_guid": s.organization_guid,
+            "organization_url": format!("/v2/organizations/{}", s.organization_guid),
+            "apps_url": format!("/v2/spaces/{}/apps", s.guid),
+        }),
+    )
+}
+
+fn domain_json(d: &Domain) -> Value {
+    resource(
+        "shared_domains",
+        &d.guid,
+        &d.created_at,
+        &d.updated_at,
+        json!({"name": d.name, "router_group_guid": null}),
+    )
+}
+
+async fn list_orgs(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["name"])?;
+    let orgs =
+        c.db.list_orgs(&Filter {
+            name: p.filter("name"),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    Ok(Json(paginate(
+        "/v2/organizations",
+        &p,
+        orgs.iter().map(org_json).collect(),
+    )))
+}
+
+async fn get_org(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let o =
+        c.db.org_by_guid(&guid)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ApiError::not_found("organization", &guid))?;
+    Ok(Json(org_json(&o)))
+}
+
+async fn org_spaces(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["name"])?;
+    c.db.org_by_guid(&guid)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("organization", &guid))?;
+    let spaces =
+        c.db.list_spaces(&Filter {
+            organization_guid: Some(guid.clone()),
+            name: p.filter("name"),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    Ok(Json(paginate(
+        &format!("/v2/organizations/{guid}/spaces"),
+        &p,
+        spaces.iter().map(space_json).collect(),
+    )))
+}
+
+async fn list_spaces(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["name", "organization_guid"])?;
+    let spaces =
+        c.db.list_spaces(&Filter {
+            name: p.filter("name"),
+            organization_guid: p.filter("organization_guid"),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    Ok(Json(paginate(
+        "/v2/spaces",
+        &p,
+        spaces.iter().map(space_json).collect(),
+    )))
+}
+
+async fn space(c: &Shared, guid: &str) -> CfResult<Space> {
+    Ok(c.db
+        .space_by_guid(guid)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("space", guid))?)
+}
+
+async fn get_space(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    Ok(Json(space_json(&space(&c, &guid).await?)))
+}
+
+async fn space_apps(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["name"])?;
+    space(&c, &guid).await?;
+    let apps =
+        c.db.list_apps(&Filter {
+            space_guid: Some(guid.clone()),
+            name: p.filter("name"),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    Ok(Json(paginate(
+        &format!("/v2/spaces/{guid}/apps"),
+        &p,
+        apps.iter().map(app_json).collect(),
+    )))
+}
+
+async fn space_summary(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let s = space(&c, &guid).await?;
+    let apps =
+        c.db.list_apps(&Filter {
+            space_guid: Some(guid.clone()),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for a in &apps {
+        out.push(summary_of(&c, a).await?);
+    }
+    Ok(Json(
+        json!({"guid": s.guid, "name": s.name, "apps": out, "services": []}),
+    ))
+}
+
+async fn list_domains(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    let _ = user;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["name"])?;
+    let ds =
+        c.db.list_domains(&Filter {
+            name: p.filter("name"),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    Ok(Json(paginate(
+        "/v2/shared_domains",
+        &p,
+        ds.iter().map(domain_json).collect(),
+    )))
+}
+
+async fn get_domain(
+    State(c): State<Shared>,
+    _user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    let d =
+        c.db.domain_by_guid(&guid)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ApiError::not_found("domain", &guid))?;
+    Ok(Json(domain_json(&d)))
+}
+
+// ---------------------------------------------------------------- routes
+
+fn route_json(r: &Route, domain: Option<&Domain>) -> Value {
+    let mut v = resource(
+        "routes",
+        &r.guid,
+        &r.created_at,
+        &r.updated_at,
+        json!({
+            "host": r.host, "path": "", "domain_guid": r.domain_guid, "space_guid": r.space_guid,
+            "domain_url": format!("/v2shared_domains/{}", r.domain_guid).replace("/v2shared", "/v2/shared"),
+            "space_url": format!("/v2/spaces/{}", r.space_guid),
+            "apps_url": format!("/v2/routes/{}/apps", r.guid),
+        }),
+    );
+    if let Some(d) = domain {
+        v["entity"]["domain"] = domain_json(d);
+    }
+    v
+}
+
+async fn list_routes(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["host", "domain_guid", "space_guid"])?;
+    let rs =
+        c.db.list_routes(&Filter {
+            host: p.filter("host").map(|h| h.to_ascii_lowercase()),
+            domain_guid: p.filter("domain_guid"),
+            space_guid: p.filter("space_guid"),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in &rs {
+        let d = if p.depth > 0 {
+            c.db.domain_by_guid(&r.domain_guid).await.map_err(db_err)?
+        } else {
+            None
+        };
+        out.push(route_json(r, d.as_ref()));
+    }
+    Ok(Json(paginate("/v2/routes", &p, out)))
+}
+
+#[derive(Deserialize)]
+struct NewRoute {
+    host: String,
+    domain_guid: String,
+    space_guid: String,
+}
+
+async fn create_route(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    body: axum::body::Bytes,
+) -> CfResult<(StatusCode, Json<Value>)> {
+    user.require_admin()?;
+    let r: NewRoute = parse_json(&body)?;
+    let host = r.host.to_ascii_lowercase();
+    names::check_host(&host).map_err(ApiError::route_invalid)?;
+    let d =
+        c.db.domain_by_guid(&r.domain_guid)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ApiError::not_found("domain", &r.domain_guid))?;
+    space(&c, &r.space_guid).await?;
+    if host == "api" {
+        return Err(ApiError::route_host_taken(&format!(
+            "{host}.{} (reserved for the API)",
+            d.name
+        ))
+        .into());
+    }
+    let route = match c.db.create_route(&host, &d.guid, &r.space_guid).await {
+        Ok(r) => r,
+        Err(strato_db::DbError::Conflict { .. }) => {
+            return Err(ApiError::route_host_taken(&format!("{host}.{}", d.name)).into())
+        }
+        Err(e) => return Err(db_err(e)),
+    };
+    audit(
+        &c,
+        &user,
+        "audit.route.create",
+        &route.guid,
+        "route",
+        &format!("{host}.{}", d.name),
+        Some(&route.space_guid),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(route_json(&route, Some(&d)))))
+}
+
+async fn get_route(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let r =
+        c.db.route_by_guid(&guid)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ApiError::not_found("route", &guid))?;
+    let d = c.db.domain_by_guid(&r.domain_guid).await.map_err(db_err)?;
+    Ok(Json(route_json(&r, d.as_ref())))
+}
+
+async fn delete_route(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<StatusCode> {
+    user.require_admin()?;
+    let r =
+        c.db.route_by_guid(&guid)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ApiError::not_found("route", &guid))?;
+    let apps = c.db.apps_of_route(&guid).await.map_err(db_err)?;
+    c.db.delete_route(&guid).await.map_err(db_err)?;
+    for a in apps {
+        refresh_routes(&c, &a).await;
+    }
+    audit(
+        &c,
+        &user,
+        "audit.route.delete",
+        &r.guid,
+        "route",
+        &r.host,
+        Some(&r.space_guid),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn route_apps(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    let apps = c.db.apps_of_route(&guid).await.map_err(db_err)?;
+    Ok(Json(paginate(
+        &format!("/v2/routes/{guid}/apps"),
+        &p,
+        apps.iter().map(app_json).collect(),
+    )))
+}
+
+/// `host.domain` for every route of an app.
+pub async fn app_uris(c: &Shared, app_guid: &str) -> Result<Vec<String>, ApiError> {
+    let routes =
+        c.db.routes_of_app(app_guid)
+            .await
+            .map_err(|e| ApiError::server(e.to_string()))?;
+    let mut uris = Vec::new();
+    for r in routes {
+        if let Some(d) =
+            c.db.domain_by_guid(&r.domain_guid)
+                .await
+                .map_err(|e| ApiError::server(e.to_string()))?
+        {
+            uris.push(format!("{}.{}", r.host, d.name));
+        }
+    }
+    Ok(uris)
+}
+
+/// After a route change, running instances must carry the new uris: restart them in place
+/// is not needed — DEAs re-register on their next interval with what the controller says.
+/// For now a route change takes effect when instances are (re)started.
+async fn refresh_routes(c: &Shared, app: &App) {
+    if app.state == "STARTED" && app.package_state == package_state::STAGED {
+        if let Ok(uris) = app_uris(c, &app.guid).await {
+            let body = json!({"droplet": app.guid, "uris": uris});
+            let _ = strato_bus::publish_json(c.bus.as_ref(), "dea.update", &body).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- apps
+
+fn app_json(a: &App) -> Value {
+    let env: Value = serde_json::from_str(&a.environment_json).unwrap_or(json!({}));
+    resource(
+        "apps",
+        &a.guid,
+        &a.created_at,
+        &a.updated_at,
+        json!({
+            "name": a.name, "space_guid": a.space_guid, "instances": a.instances, "memory": a.memory,
+            "disk_quota": a.disk_quota, "state": a.state, "command": a.command, "buildpack": a.buildpack,
+            "detected_buildpack": a.detected_buildpack, "detected_start_command": a.detected_start_command.clone().unwrap_or_default(),
+            "environment_json": env, "health_check_timeout": a.health_check_timeout, "health_check_type": "port",
+            "package_state": a.package_state, "staging_task_id": a.staging_task_id, "version": a.version,
+            "staging_failed_reason": a.staging_error.as_ref().map(|e| e.split('|').next().unwrap_or("").to_string()),
+            "staging_failed_description": a.staging_error.as_ref().map(|e| e.split_once('|').map(|x| x.1).unwrap_or(e).to_string()),
+            "production": false, "stack_guid": null, "diego": false, "enable_ssh": true, "ports": null,
+            "space_url": format!("/v2/spaces/{}", a.space_guid),
+            "routes_url": format!("/v2/apps/{}/routes", a.guid),
+            "events_url": format!("/v2/apps/{}/events", a.guid),
+        }),
+    )
+}
+
+async fn summary_of(c: &Shared, a: &App) -> CfResult<Value> {
+    let uris = app_uris(c, &a.guid).await?;
+    let running = if a.state == "STARTED" {
+        c.runner
+            .find(&a.guid, false)
+            .await
+            .iter()
+            .filter(|i| {
+                i.state == strato_core::messages::InstanceState::Running && i.version == a.version
+            })
+            .count()
+    } else {
+        0
+    };
+    let mut v = app_json(a)["entity"].clone();
+    v["guid"] = json!(a.guid);
+    v["urls"] = json!(uris);
+    v["running_instances"] = json!(running);
+    Ok(v)
+}
+
+async fn app(c: &Shared, guid: &str) -> CfResult<App> {
+    Ok(c.db
+        .app_by_guid(guid)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("app", guid))?)
+}
+
+async fn list_apps(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["name", "space_guid"])?;
+    let apps =
+        c.db.list_apps(&Filter {
+            name: p.filter("name"),
+            space_guid: p.filter("space_guid"),
+            ..Default::default()
+        })
+        .await
+        .map_err(db_err)?;
+    Ok(Json(paginate(
+        "/v2/apps",
+        &p,
+        apps.iter().map(app_json).collect(),
+    )))
+}
+
+/// Fields a client may set on create and update.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AppFields {
+    name: Option<String>,
+    space_guid: Option<String>,
+    instances: Option<i64>,
+    memory: Option<i64>,
+    disk_quota: Option<i64>,
+    state: Option<String>,
+    command: Option<Option<String>>,
+    buildpack: Option<Option<String>>,
+    environment_json: Option<serde_json::Map<String, Value>>,
+    health_check_timeout: Option<Option<i64>>,
+    #[serde(default, rename = "console")]
+    _console: Option<bool>,
+    #[serde(default, rename = "debug")]
+    _debug: Option<Value>,
+    #[serde(default, rename = "production")]
+    _production: Option<bool>,
+    #[serde(default, rename = "stack_guid")]
+    _stack_guid: Option<Value>,
+    #[serde(default, rename = "health_check_type")]
+    _health_check_type: Option<String>,
+    #[serde(default, rename = "diego")]
+    _diego: Option<bool>,
+}
+
+fn validate(f: &AppFields) -> CfResult<()> {
+    if let Some(n) = &f.name {
+        names::check_app_name(n).map_err(ApiError::app_invalid)?;
+    }
+    if let Some(i) = f.instances {
+        if !(0..=256).contains(&i) {
+            return Err(ApiError::app_invalid(format!(
+                "instances must be between 0 and 256, not {i}"
+            ))
+            .into());
+        }
+    }
+    if let Some(m) = f.memory {
+        if !(1..=65536).contains(&m) {
+            return Err(ApiError::app_invalid(format!(
+                "memory must be between 1 and 65536 MB, not {m}"
+            ))
+            .into());
+        }
+    }
+    if let Some(d) = f.disk_quota {
+        if !(1..=65536).contains(&d) {
+            return Err(ApiError::app_invalid(format!(
+                "disk_quota must be between 1 and 65536 MB, not {d}"
+            ))
+            .into());
+        }
+    }
+    if let Some(s) = &f.state {
+        if s != "STARTED" && s != "STOPPED" {
+            return Err(ApiError::app_invalid(format!(
+                "state must be STARTED or STOPPED, not '{s}'"
+            ))
+            .into());
+        }
+    }
+    if let Some(Some(t)) = f.health_check_timeout {
+        if !(1..=180).contains(&t) {
+            return Err(ApiError::app_invalid(format!(
+                "health_check_timeout must be between 1 and 180 seconds, not {t}"
+            ))
+            .into());
+        }
+    }
+    if let Some(env) = &f.environment_json {
+        for k in env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ApiError::app_invalid(format!(
+                    "the environment variable name '{k}' is not valid"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create_app(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> CfResult<Response> {
+    user.require_admin()?;
+    let f: AppFields = parse_json(&body)?;
+    validate(&f)?;
+    let name = f
+        .name
+        .clone()
+        .ok_or_else(|| ApiError::app_invalid("name is required"))?;
+    let space_guid = f
+        .space_guid
+        .clone()
+        .ok_or_else(|| ApiError::app_invalid("space_guid is required"))?;
+    space(&c, &space_guid).await?;
+    let now = strato_core::now_rfc3339();
+    let a = App {
+        guid: strato_core::new_guid(),
+        name: name.clone(),
+        space_guid,
+        instances: f.instances.unwrap_or(1),
+        memory: f.memory.unwrap_or(c.cfg.default_memory_mb),
+        disk_quota: f.disk_quota.unwrap_or(c.cfg.default_disk_mb),
+        state: "STOPPED".into(),
+        command: f.command.clone().flatten().filter(|s| !s.trim().is_empty()),
+        buildpack: f
+            .buildpack
+            .clone()
+            .flatten()
+            .filter(|s| !s.trim().is_empty()),
+        detected_buildpack: None,
+        detected_start_command: None,
+        environment_json: Value::Object(f.environment_json.clone().unwrap_or_default()).to_string(),
+        health_check_timeout: f.health_check_timeout.flatten(),
+        package_hash: None,
+        package_state: package_state::PENDING.into(),
+        staging_task_id: None,
+        staging_error: None,
+        droplet_hash: None,
+        version: strato_core::new_guid(),
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    match c.db.insert_app(&a).await {
+        Ok(()) => {}
+        Err(strato_db::DbError::Conflict { .. }) => {
+            return Err(ApiError::app_name_taken(&name).into())
+        }
+        Err(e) => return Err(db_err(e)),
+    }
+    audit(
+        &c,
+        &user,
+        "audit.app.create",
+        &a.guid,
+        "app",
+        &a.name,
+        Some(&a.space_guid),
+    )
+    .await;
+    let _ = headers;
+    Ok((StatusCode::CREATED, Json(app_json(&a))).into_response())
+}
+
+async fn get_app(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    Ok(Json(app_json(&app(&c, &guid).await?)))
+}
+
+async fn app_summary(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let a = app(&c, &guid).await?;
+    Ok(Json(summary_of(&c, &a).await?))
+}
+
+async fn update_app(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+    body: axum::body::Bytes,
+) -> CfResult<Response> {
+    user.require_admin()?;
+    let f: AppFields = parse_json(&body)?;
+    validate(&f)?;
+    let before = app(&c, &guid).await?;
+    let mut a = before.clone();
+    if let Some(n) = &f.name {
+        a.name = n.clone();
+    }
+    if let Some(i) = f.instances {
+        a.instances = i;
+    }
+    if let Some(m) = f.memory {
+        a.memory = m;
+    }
+    if let Some(d) = f.disk_quota {
+        a.disk_quota = d;
+    }
+    if let Some(cmd) = &f.command {
+        a.command = cmd.clone().filter(|s| !s.trim().is_empty());
+    }
+    if let Some(bp) = &f.buildpack {
+        a.buildpack = bp.clone().filter(|s| !s.trim().is_empty());
+    }
+    if let Some(env) = &f.environment_json {
+        a.environment_json = Value::Object(env.clone()).to_string();
+    }
+    if let Some(t) = f.health_check_timeout {
+        a.health_check_timeout = t;
+    }
+    if let Some(s) = &f.state {
+        a.state = s.clone();
+    }
+    let starting = a.state == "STARTED" && (before.state != "STARTED" || f.state.is_some());
+    if starting && a.package_hash.is_none() {
+        return Err(ApiError::app_invalid(
+            "the app has no bits yet; upload them first (`strato push`)",
+        )
+        .into());
+    }
+    let needs_staging = starting
+        && (a.package_state == package_state::PENDING
+            || a.droplet_hash.is_none()
+            || a.package_state == package_state::FAILED);
+    // Memory, command and environment changes need new instances: a new version.
+    if a.memory != before.memory
+        || a.command != before.command
+        || a.environment_json != before.environment_json
+        || a.disk_quota != before.disk_quota
+    {
+        a.version = strato_core::new_guid();
+    }
+    let a = match c.db.update_app(&a).await {
+        Ok(a) => a,
+        Err(strato_db::DbError::Conflict { .. }) => {
+            return Err(ApiError::app_name_taken(&a.name).into())
+        }
+        Err(e) => return Err(db_err(e)),
+    };
+    audit(
+        &c,
+        &user,
+        "audit.app.update",
+        &a.guid,
+        "app",
+        &a.name,
+        Some(&a.space_guid),
+    )
+    .await;
+
+    let mut resp_headers = HeaderMap::new();
+    if a.state == "STOPPED" && before.state == "STARTED" {
+        c.runner
+            .stop(&StopRequest {
+                droplet: a.guid.clone(),
+                ..Default::default()
+            })
+            .await?;
+    } else if needs_staging {
+        let task = crate::staging::begin(&c, &a.guid).await?;
+        let url = format!(
+            "{}/v2/apps/{}/staging_log/{}",
+            base_url(&headers),
+            a.guid,
+            task
+        );
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            resp_headers.insert("x-app-staging-log", v);
+        }
+    } else if a.state == "STARTED" {
+        if a.version != before.version && before.state == "STARTED" {
+            c.runner
+                .stop(&StopRequest {
+                    droplet: a.guid.clone(),
+                    version: Some(before.version.clone()),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        if a.instances < before.instances && a.version == before.version {
+            let extra: Vec<u32> = (a.instances as u32..before.instances as u32).collect();
+            c.runner
+                .stop(&StopRequest {
+                    droplet: a.guid.clone(),
+                    indices: Some(extra),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        crate::runner::start_all(&c, &a).await?;
+    }
+    let a = app(&c, &guid).await?;
+    Ok((StatusCode::CREATED, resp_headers, Json(app_json(&a))).into_response())
+}
+
+async fn delete_app(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> CfResult<StatusCode> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    let a = app(&c, &guid).await?;
+    c.runner
+        .stop(&StopRequest {
+            droplet: a.guid.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let routes = c.db.routes_of_app(&guid).await.map_err(db_err)?;
+    c.db.delete_app(&guid).await.map_err(db_err)?;
+    if p.get("recursive") == Some("true") {
+        for r in routes {
+            if c.db
+                .apps_of_route(&r.guid)
+                .await
+                .map_err(db_err)?
+                .is_empty()
+            {
+                c.db.delete_route(&r.guid).await.map_err(db_err)?;
+            }
+        }
+    }
+    if let Some(d) = &a.droplet_hash {
+        drop_droplet_if_unused(&c, d).await;
+    }
+    if let Some(pkg) = &a.package_hash {
+        let users =
+            c.db.list_apps(&Filter::default())
+                .await
+                .map_err(db_err)?
+                .iter()
+                .filter(|x| x.package_hash.as_deref() == Some(pkg))
+                .count();
+        if users == 0 {
+            let _ = std::fs::remove_file(c.cfg.packages_dir.join(format!("{pkg}.zip")));
+        }
+    }
+    c.logs.forget(&guid);
+    audit(
+        &c,
+        &user,
+        "audit.app.delete-request",
+        &a.guid,
+        "app",
+        &a.name,
+        Some(&a.space_guid),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a droplet blob once no app refers to it.
+pub async fn drop_droplet_if_unused(c: &Shared, sha: &str) {
+    if let Ok(0) = c.db.apps_using_droplet(sha).await {
+        let _ = std::fs::remove_file(c.cfg.droplets_dir.join(format!("{sha}.tgz")));
+    }
+}
+
+async fn app_routes(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    app(&c, &guid).await?;
+    let rs = c.db.routes_of_app(&guid).await.map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in &rs {
+        let d = c.db.domain_by_guid(&r.domain_guid).await.map_err(db_err)?;
+        out.push(route_json(r, d.as_ref()));
+    }
+    Ok(Json(paginate(&format!("/v2/apps/{guid}/routes"), &p, out)))
+}
+
+async fn map_route(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path((guid, route)): Path<(String, String)>,
+) -> CfResult<(StatusCode, Json<Value>)> {
+    user.require_admin()?;
+    let a = app(&c, &guid).await?;
+    let r =
+        c.db.route_by_guid(&route)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ApiError::not_found("route", &route))?;
+    if r.space_guid != a.space_guid {
+        return Err(
+            ApiError::invalid_request("the route and the app are in different spaces").into(),
+        );
+    }
+    c.db.map_route(&guid, &route).await.map_err(db_err)?;
+    refresh_routes(&c, &a).await;
+    Ok((StatusCode::CREATED, Json(app_json(&a))))
+}
+
+async fn unmap_route(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path((guid, route)): Path<(String, String)>,
+) -> CfResult<StatusCode> {
+    user.require_admin()?;
+    let a = app(&c, &guid).await?;
+    c.db.unmap_route(&guid, &route).await.map_err(db_err)?;
+    refresh_routes(&c, &a).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- bits and staging
+
+async fn resource_match(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    body: axum::body::Bytes,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let wanted: Vec<WireResource> = parse_json(&body)?;
+    let dir = c.cfg.resources_dir.clone();
+    let matched = tokio::task::spawn_blocking(move || crate::bits::resource_match(&dir, &wanted))
+        .await
+        .map_err(|e| ApiError::server(e.to_string()))?;
+    Ok(Json(serde_json::to_value(matched).unwrap_or(json!([]))))
+}
+
+async fn upload_bits(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+    mut mp: Multipart,
+) -> CfResult<(StatusCode, Json<Value>)> {
+    user.require_admin()?;
+    let limit = c.cfg.max_upload_mb * 1024 * 1024;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit + 64 * 1024 {
+            return Err(ApiError::upload_too_large(c.cfg.max_upload_mb).into());
+        }
+    }
+    let mut a = app(&c, &guid).await?;
+    let mp_err = |e: axum::extract::multipart::MultipartError, mb: u64| -> CfError {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::upload_too_large(mb).into()
+        } else {
+            ApiError::app_bits_upload_invalid(e.body_text()).into()
+        }
+    };
+    let mut matched: Vec<WireResource> = Vec::new();
+    let mut upload: Option<tempfile::NamedTempFile> = None;
+    while let Some(mut field) = mp
+        .next_field()
+        .await
+        .map_err(|e| mp_err(e, c.cfg.max_upload_mb))?
+    {
+        match field.name() {
+            Some("resources") => {
+                let text = field
+                    .text()
+                    .await
+                    .map_err(|e| mp_err(e, c.cfg.max_upload_mb))?;
+                matched = serde_json::from_str(&text).map_err(|e| {
+                    ApiError::app_bits_upload_invalid(format!(
+                        "'resources' is not a JSON list of {{fn, sha1, size}}: {e}"
+                    ))
+                })?;
+            }
+            Some("application") => {
+                use std::io::Write;
+                let mut tmp = tempfile::NamedTempFile::new_in(&c.cfg.packages_dir)
+                    .map_err(|e| ApiError::server(e.to_string()))?;
+                let mut total = 0u64;
+                while let Some(chunk) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| mp_err(e, c.cfg.max_upload_mb))?
+                {
+                    total += chunk.len() as u64;
+                    if total > limit {
+                        return Err(ApiError::upload_too_large(c.cfg.max_upload_mb).into());
+                    }
+                    tmp.write_all(&chunk)
+                        .map_err(|e| ApiError::server(e.to_string()))?;
+                }
+                upload = Some(tmp);
+            }
+            _ => {}
+        }
+    }
+    if upload.is_none() && matched.is_empty() {
+        return Err(ApiError::app_bits_upload_invalid(
+            "the upload has neither an 'application' zip nor matched 'resources'",
+        )
+        .into());
+    }
+    let res_dir = c.cfg.resources_dir.clone();
+    let pkg_dir = c.cfg.packages_dir.clone();
+    let sha = tokio::task::spawn_blocking(move || {
+        crate::bits::build_package(
+            upload.as_ref().map(|t| t.path()),
+            &matched,
+            &res_dir,
+            &pkg_dir,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::server(e.to_string()))??;
+    if a.package_hash.as_deref() != Some(sha.as_str()) || a.package_state == package_state::FAILED {
+        a.package_hash = Some(sha);
+        a.package_state = package_state::PENDING.into();
+        a.staging_error = None;
+    }
+    let a = c.db.update_app(&a).await.map_err(db_err)?;
+    audit(
+        &c,
+        &user,
+        "audit.app.upload-bits",
+        &a.guid,
+        "app",
+        &a.name,
+        Some(&a.space_guid),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(app_json(&a))))
+}
+
+async fn restage(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+) -> CfResult<Response> {
+    user.require_admin()?;
+    let a = app(&c, &guid).await?;
+    let task = crate::staging::begin(&c, &a.guid).await?;
+    let url = format!(
+        "{}/v2/apps/{}/staging_log/{}",
+        base_url(&headers),
+        a.guid,
+        task
+    );
+    let a = app(&c, &guid).await?;
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        h.insert("x-app-staging-log", v);
+    }
+    Ok((StatusCode::CREATED, h, Json(app_json(&a))).into_response())
+}
+
+async fn staging_log(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path((guid, task)): Path<(String, String)>,
+) -> CfResult<Response> {
+    user.require_admin()?;
+    app(&c, &guid).await?;
+    let log = c.staging.get(&task).ok_or_else(|| {
+        ApiError::new(404, 10000, "CF-NotFound", format!("no staging task {task}"))
+    })?;
+    let stream = futures::stream::unfold((log, 0usize), |(log, from)| async move {
+        let lines = log.next_lines(from).await?;
+        let n = lines.len();
+        let mut text = lines.join("\n");
+        text.push('\n');
+        Some((Ok::<_, std::io::Error>(text), (log, from + n)))
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-content-type-options", "nosniff")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::server(e.to_string()))?)
+}
+
+// ---------------------------------------------------------------- instances, stats, logs
+
+fn check_staged(a: &App) -> CfResult<()> {
+    if let Some(err) = &a.staging_error {
+        let (kind, msg) = err.split_once('|').unwrap_or(("StagingError", err));
+        return Err(match kind {
+            "NoAppDetected" => ApiError::no_app_detected(msg),
+            _ => ApiError::staging_error(msg),
+        }
+        .into());
+    }
+    if a.package_state != package_state::STAGED {
+        return Err(ApiError::staging_in_progress().into());
+    }
+    Ok(())
+}
+
+async fn instances(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let a = app(&c, &guid).await?;
+    check_staged(&a)?;
+    if a.state == "STOPPED" {
+        return Err(ApiError::instances_error(format!(
+            "Request failed for app: {} as the app is in stopped state.",
+            a.name
+        ))
+        .into());
+    }
+    let found = c.runner.find(&a.guid, false).await;
+    let mut out = serde_json::Map::new();
+    for i in 0..a.instances.max(0) as u32 {
+        let best = found
+            .iter()
+            .filter(|x| x.index == i && x.version == a.version)
+            .max_by_key(|x| match x.state {
+                strato_core::messages::InstanceState::Running => 3,
+                strato_core::messages::InstanceState::Starting => 2,
+                strato_core::messages::InstanceState::Crashed => 1,
+                _ => 0,
+            });
+        let v = match best {
+            Some(x) => {
+                json!({"state": x.state.as_str(), "since": x.state_timestamp, "uptime": x.uptime, "host": x.host, "port": x.port, "instance": x.instance})
+            }
+            None => json!({"state": "DOWN", "since": strato_core::unix_now()}),
+        };
+        out.insert(i.to_string(), v);
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+async fn stats(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let a = app(&c, &guid).await?;
+    check_staged(&a)?;
+    if a.state == "STOPPED" {
+        return Err(ApiError::instances_error(format!(
+            "Request failed for app: {} as the app is in stopped state.",
+            a.name
+        ))
+        .into());
+    }
+    let uris = app_uris(&c, &a.guid).await?;
+    let found = c.runner.find(&a.guid, true).await;
+    let mut out = serde_json::Map::new();
+    for x in found.iter().filter(|x| x.version == a.version) {
+        out.insert(x.index.to_string(), json!({
+            "state": x.state.as_str(),
+            "stats": {
+                "name": a.name, "uris": uris, "host": x.host, "port": x.port, "uptime": x.uptime,
+                "mem_quota": x.mem_quota, "disk_quota": x.disk_quota, "fds_quota": 16384,
+                "usage": {"time": strato_core::now_rfc3339(), "cpu": x.cpu_percent, "mem": x.mem_bytes, "disk": x.disk_bytes},
+            }
+        }));
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+async fn app_logs(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    Path(guid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> CfResult<Response> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    app(&c, &guid).await?;
+    let num: usize = match p.get("num") {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| *n <= 10_000)
+            .ok_or_else(|| ApiError::invalid_request("num must be a number up to 10000"))?,
+        None => 25,
+    };
+    let follow = p.get("follow") == Some("true");
+    let recent = c.logs.tail(&guid, num);
+    let head: String = recent
+        .iter()
+        .map(|l| format!("{}\n", serde_json::to_string(l).unwrap_or_default()))
+        .collect();
+    let body = if follow {
+        let rx = c.logs.follow();
+        let app_id = guid.clone();
+        let live = futures::stream::unfold(rx, move |mut rx| {
+            let app_id = app_id.clone();
+            async move {
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                        Ok(Ok(l)) if l.app == app_id => {
+                            return Some((
+                                Ok::<_, std::io::Error>(format!(
+                                    "{}\n",
+                                    serde_json::to_string(&l).unwrap_or_default()
+                                )),
+                                rx,
+                            ))
+                        }
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                        Ok(Err(_)) => return None,
+                        // Keep idle connections alive through proxies.
+                        Err(_) => return Some((Ok(String::new()), rx)),
+                    }
+                }
+            }
+        });
+        let first = futures::stream::once(async move { Ok::<_, std::io::Error>(head) });
+        Body::from_stream(futures::StreamExt::chain(first, live))
+    } else {
+        Body::from(head)
+    };
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .map_err(|e| ApiError::server(e.to_string()))?)
+}
+
+async fn list_events(
+    State(c): State<Shared>,
+    user: CurrentUser,
+    RawQuery(q): RawQuery,
+) -> CfResult<Json<Value>> {
+    user.require_admin()?;
+    let p = ListParams::parse(q.as_deref())?;
+    p.check_known(&["actee"])?;
+    let evs =
+        c.db.events_for(p.filter("actee").as_deref())
+            .await
+            .map_err(db_err)?;
+    let items = evs
+        .iter()
+        .map(|e| {
+            resource("events", &e.guid, &e.timestamp, &e.timestamp, json!({
+                "type": e.kind, "actor": e.actor, "actor_name": e.actor_name, "actee": e.actee,
+                "actee_type": e.actee_type, "actee_name": e.actee_name, "timestamp": e.timestamp,
+                "space_guid": e.space_guid, "metadata": serde_json::from_str::<Value>(&e.metadata).unwrap_or(json!({})),
+            }))
+        })
+        .collect();
+    Ok(Json(paginate("/v2/events", &p, items)))
+}
+
+async fn audit(
+    c: &Shared,
+    user: &CurrentUser,
+    kind: &str,
+    actee: &str,
+    actee_type: &str,
+    actee_name: &str,
+    space: Option<&str>,
+) {
+    if let Err(e) =
+        c.db.add_event(
+            kind,
+            &user.guid,
+            &user.username,
+            actee,
+            actee_type,
+            actee_name,
+            space,
+            &json!({}),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not record event {kind}");
+    }
+}
+
+impl From<ApiError> for Box<CfError> {
+    fn from(e: ApiError) -> Self {
+        Box::new(CfError(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_decodes() {
+        assert_eq!(base64_decode("Y2Y6").as_deref(), Some("cf:"));
+        assert!(base64_decode("!!!").is_none());
+    }
+}

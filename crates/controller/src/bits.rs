@@ -1,0 +1,304 @@
+//! App bits: resource matching by SHA1 (so a re-push sends only changed files) and turning
+//! an upload plus matched resources into one package zip, content-addressed by sha256.
+//!
+//! Uploads are checked entry by entry: absolute paths, `..` and symlinks that lead out of
+//! the app are refused before anything is stored.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha1::Digest as _;
+use strato_core::ApiError;
+
+/// CF's wire form uses `fn`, a Rust keyword.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireResource {
+    #[serde(rename = "fn", default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub sha1: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+fn cache_path(dir: &Path, sha1: &str) -> Option<PathBuf> {
+    if sha1.len() != 40 || !sha1.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(dir.join(&sha1[..2]).join(sha1))
+}
+
+/// The subset of `wanted` the controller already has.
+pub fn resource_match(dir: &Path, wanted: &[WireResource]) -> Vec<WireResource> {
+    wanted
+        .iter()
+        .filter(|r| {
+            cache_path(dir, &r.sha1)
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len() == r.size)
+                .unwrap_or(false)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Checks a path inside the app: relative, no `..`, not empty.
+pub fn check_entry_path(name: &str) -> Result<PathBuf, ApiError> {
+    let p = Path::new(name);
+    if name.is_empty() || name.contains('\0') || name.contains('\\') {
+        return Err(ApiError::app_bits_upload_invalid(format!(
+            "the file name '{name}' is not allowed"
+        )));
+    }
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            _ => {
+                return Err(ApiError::app_bits_upload_invalid(format!(
+                    "'{name}' points outside the app (absolute paths and '..' are refused)"
+                )))
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(ApiError::app_bits_upload_invalid(format!(
+            "the file name '{name}' is empty"
+        )));
+    }
+    Ok(out)
+}
+
+/// A symlink at `entry` pointing to `target` must stay inside the app.
+fn check_symlink(entry: &Path, target: &str) -> Result<(), ApiError> {
+    if target.starts_with('/') {
+        return Err(ApiError::app_bits_upload_invalid(format!(
+            "the symlink '{}' points to the absolute path '{target}', outside the app",
+            entry.display()
+        )));
+    }
+    let mut depth: i64 = entry.components().count() as i64 - 1;
+    for c in Path::new(target).components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return Err(ApiError::app_bits_upload_invalid(format!(
+                "the symlink '{}' points to '{target}', outside the app",
+                entry.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn bad_zip(e: impl std::fmt::Display) -> ApiError {
+    ApiError::app_bits_upload_invalid(format!("the upload is not a readable zip: {e}"))
+}
+
+fn io(e: std::io::Error) -> ApiError {
+    ApiError::server(format!("writing the package: {e}"))
+}
+
+/// Builds the package from an uploaded zip (may be absent when every file matched) and
+/// the matched resources; returns its sha256. Blocking: call from `spawn_blocking`.
+pub fn build_package(
+    upload: Option<&Path>,
+    matched: &[WireResource],
+    resources_dir: &Path,
+    packages_dir: &Path,
+) -> Result<String, ApiError> {
+    let tmp = tempfile::NamedTempFile::new_in(packages_dir).map_err(io)?;
+    let mut out = zip::ZipWriter::new(tmp.reopen().map_err(io)?);
+    let mut seen = std::collections::HashSet::new();
+    if let Some(upload) = upload {
+        let file = std::fs::File::open(upload).map_err(io)?;
+        let mut zin = zip::ZipArchive::new(file).map_err(bad_zip)?;
+        for i in 0..zin.len() {
+            let mut entry = zin.by_index(i).map_err(bad_zip)?;
+            let name = entry.name().to_string();
+            let path = check_entry_path(&name)?;
+            let mode = entry.unix_mode().unwrap_or(0o644);
+            let rel = path.to_string_lossy().to_string();
+            if entry.is_dir() {
+                out.add_directory(rel, zip_opts(mode | 0o700))
+                    .map_err(bad_zip)?;
+                continue;
+            }
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(bad_zip)?;
+            if mode & 0o170000 == 0o120000 {
+                let target = String::from_utf8_lossy(&data).to_string();
+                check_symlink(&path, &target)?;
+                out.add_symlink(rel.clone(), target, zip_opts(0o777))
+                    .map_err(bad_zip)?;
+                seen.insert(rel);
+                continue;
+            }
+            cache_resource(resources_dir, &data)?;
+            out.start_file(rel.clone(), zip_opts(mode & 0o777))
+                .map_err(bad_zip)?;
+            out.write_all(&data).map_err(io)?;
+            seen.insert(rel);
+        }
+    }
+    for r in matched {
+        let name = r
+            .path
+            .as_deref()
+            .ok_or_else(|| ApiError::app_bits_upload_invalid("a matched resource has no 'fn'"))?;
+        let rel = check_entry_path(name)?.to_string_lossy().to_string();
+        if !seen.insert(rel.clone()) {
+            continue;
+        }
+        let src = cache_path(resources_dir, &r.sha1).ok_or_else(|| {
+            ApiError::app_bits_upload_invalid(format!("'{}' is not a SHA1", r.sha1))
+        })?;
+        let data = std::fs::read(&src).map_err(|_| {
+            ApiError::app_bits_upload_invalid(format!(
+                "the resource {} ({name}) is not on the server; push again to send it",
+                r.sha1
+            ))
+        })?;
+        let mode = r
+            .mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or(0o644);
+        out.start_file(rel, zip_opts(mode & 0o777))
+            .map_err(bad_zip)?;
+        out.write_all(&data).map_err(io)?;
+    }
+    out.finish().map_err(bad_zip)?;
+    let sha = sha256_file(tmp.path()).map_err(io)?;
+    let dest = packages_dir.join(format!("{sha}.zip"));
+    tmp.persist(&dest).map_err(|e| io(e.error))?;
+    Ok(sha)
+}
+
+fn zip_opts(mode: u32) -> zip::write::SimpleFileOptions {
+    zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(mode)
+}
+
+fn cache_resource(dir: &Path, data: &[u8]) -> Result<(), ApiError> {
+    let sha = hex::encode(sha1::Sha1::digest(data));
+    let Some(path) = cache_path(dir, &sha) else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(())
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zip_with(entries: &[(&str, &[u8], u32)]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut z = zip::ZipWriter::new(f.reopen().unwrap());
+        for (name, data, mode) in entries {
+            if mode & 0o170000 == 0o120000 {
+                z.add_symlink(*name, std::str::from_utf8(data).unwrap(), zip_opts(0o777))
+                    .unwrap();
+            } else {
+                z.start_file(*name, zip_opts(*mode)).unwrap();
+                z.write_all(data).unwrap();
+            }
+        }
+        z.finish().unwrap();
+        f
+    }
+
+    #[test]
+    fn entry_paths_must_stay_inside() {
+        assert!(check_entry_path("a/b.txt").is_ok());
+        assert!(check_entry_path("../etc/passwd").is_err());
+        assert!(check_entry_path("/etc/passwd").is_err());
+        assert!(check_entry_path("a/../../x").is_err());
+        assert!(check_entry_path("").is_err());
+    }
+
+    #[test]
+    fn package_combines_upload_and_matched_resources_and_refuses_escapes() {
+        let res = tempfile::tempdir().unwrap();
+        let pkgs = tempfile::tempdir().unwrap();
+        let up = zip_with(&[
+            ("app.py", b"print(1)", 0o755),
+            ("lib/x.txt", b"hello", 0o644),
+        ]);
+        let sha = build_package(Some(up.path()), &[], res.path(), pkgs.path()).unwrap();
+        assert!(pkgs.path().join(format!("{sha}.zip")).exists());
+        // The second push sends nothing: both files match.
+        let wanted = vec![
+            WireResource {
+                path: Some("app.py".into()),
+                sha1: hex::encode(sha1::Sha1::digest(b"print(1)")),
+                size: 8,
+                mode: Some("755".into()),
+            },
+            WireResource {
+                path: Some("lib/x.txt".into()),
+                sha1: hex::encode(sha1::Sha1::digest(b"hello")),
+                size: 5,
+                mode: None,
+            },
+        ];
+        let matched = resource_match(res.path(), &wanted);
+        assert_eq!(matched.len(), 2);
+        let sha2 = build_package(None, &matched, res.path(), pkgs.path()).unwrap();
+        let mut z = zip::ZipArchive::new(
+            std::fs::File::open(pkgs.path().join(format!("{sha2}.zip"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            z.by_name("app.py").unwrap().unix_mode().unwrap() & 0o777,
+            0o755
+        );
+
+        let evil = zip_with(&[("../../evil", b"x", 0o644)]);
+        assert!(
+            build_package(Some(evil.path()), &[], res.path(), pkgs.path())
+                .unwrap_err()
+                .description
+                .contains("outside")
+        );
+        let link = zip_with(&[("a/link", b"../../etc/passwd", 0o120777)]);
+        assert!(
+            build_package(Some(link.path()), &[], res.path(), pkgs.path())
+                .unwrap_err()
+                .description
+                .contains("outside")
+        );
+        let ok_link = zip_with(&[("a/link", b"../app.py", 0o120777)]);
+        assert!(build_package(Some(ok_link.path()), &[], res.path(), pkgs.path()).is_ok());
+    }
+}

@@ -1,0 +1,140 @@
+//! First start: the admin user, a default organization and space, and the shared domain.
+//!
+//! The admin's password is `STRATO_ADMIN_PASSWORD` when set, otherwise generated; either
+//! way it is written once, mode 0600, to the admin password file so `scripts/up` can show
+//! it. It is never logged.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use strato_db::{Db, DbError, Filter};
+
+/// What bootstrap did, for the daemon to report.
+#[derive(Debug, Default)]
+pub struct Bootstrapped {
+    pub created_admin: bool,
+    /// Set only when the password was generated here (to print once).
+    pub generated_password: Option<String>,
+}
+
+/// Creates whatever of the initial state is missing. Safe to run on every start.
+pub async fn ensure(
+    db: &Db,
+    domain: &str,
+    password_file: &Path,
+    env_password: Option<String>,
+) -> anyhow::Result<Bootstrapped> {
+    let mut out = Bootstrapped::default();
+    if db.user_by_name("admin").await?.is_none() {
+        let (password, generated) = match env_password.filter(|p| !p.is_empty()) {
+            Some(p) => (p, false),
+            None => (
+                rand::thread_rng()
+                    .sample_iter(&Alphanumeric)
+                    .take(20)
+                    .map(char::from)
+                    .collect::<String>(),
+                true,
+            ),
+        };
+        let hash =
+            crate::auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e.description))?;
+        write_secret(password_file, &password)?;
+        match db.create_user("admin", &hash, true).await {
+            Ok(_) | Err(DbError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        out.created_admin = true;
+        if generated {
+            out.generated_password = Some(password);
+        }
+    }
+    let org = match db
+        .list_orgs(&Filter {
+            name: Some("default".into()),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .next()
+    {
+        Some(o) => o,
+        None => db.create_org("default").await?,
+    };
+    if db
+        .list_spaces(&Filter {
+            organization_guid: Some(org.guid.clone()),
+            ..Default::default()
+        })
+        .await?
+        .is_empty()
+    {
+        db.create_space(&org.guid, "default").await?;
+    }
+    if db
+        .list_domains(&Filter {
+            name: Some(domain.to_ascii_lowercase()),
+            ..Default::default()
+        })
+        .await?
+        .is_empty()
+    {
+        db.create_shared_domain(domain).await?;
+    }
+    Ok(out)
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn creates_admin_org_space_domain_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&Db::sqlite_url(&dir.path().join("c.sqlite")))
+            .await
+            .unwrap();
+        let pw = dir.path().join("admin-password");
+        let b = ensure(&db, "localhost", &pw, None).await.unwrap();
+        let generated = b.generated_password.unwrap();
+        assert_eq!(std::fs::read_to_string(&pw).unwrap().trim(), generated);
+        assert_eq!(
+            std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let admin = db.user_by_name("admin").await.unwrap().unwrap();
+        assert!(crate::auth::verify_password(
+            &generated,
+            &admin.password_hash
+        ));
+        let again = ensure(&db, "localhost", &pw, Some("other".into()))
+            .await
+            .unwrap();
+        assert!(!again.created_admin, "an existing admin is left alone");
+        assert_eq!(db.list_orgs(&Default::default()).await.unwrap().len(), 1);
+        assert_eq!(
+            db.list_domains(&Default::default()).await.unwrap()[0].name,
+            "localhost"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The controller role: Strato's REST API in Cloud Foundry v2 shapes.
+//!
+//! It owns the controller database and decides what should run; it never touches a
+//! container itself. Staging goes to a stager over the bus, instances to DEAs over the bus
+//! (placement in [`runner`]), and the health manager's decisions come back over the bus too.
+//! The HTTP surface lives in [`api`]; everything it needs hangs off one [`Controller`].
+
+pub mod api;
+pub mod auth;
+pub mod bits;
+pub mod bootstrap;
+pub mod cf;
+pub mod logs;
+pub mod runner;
+pub mod staging;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strato_bus::SharedBus;
+use strato_db::Db;
+
+/// Settings the controller reads at start (each can later come from the config store).
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// The shared app domain (`localhost` on a micro cloud).
+    pub domain: String,
+    pub packages_dir: PathBuf,
+    pub droplets_dir: PathBuf,
+    pub resources_dir: PathBuf,
+    /// Largest app upload accepted, in MB.
+    pub max_upload_mb: u64,
+    /// Secret used to sign tokens.
+    pub token_secret: Vec<u8>,
+    pub staging_timeout: Duration,
+    pub default_memory_mb: i64,
+    pub default_disk_mb: i64,
+    pub access_token_ttl: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(domain: &str, home: &strato_core::home::Layout, token_secret: Vec<u8>) -> Self {
+        ControllerConfig {
+            domain: domain.to_string(),
+            packages_dir: home.packages(),
+            droplets_dir: home.droplets(),
+            resources_dir: home.resource_cache(),
+            max_upload_mb: 1024,
+            token_secret,
+            staging_timeout: strato_core::timings::STAGING_TIMEOUT,
+            default_memory_mb: 256,
+            default_disk_mb: 2048,
+            access_token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Everything a request handler can reach.
+pub struct Controller {
+    pub cfg: ControllerConfig,
+    pub db: Db,
+    pub bus: SharedBus,
+    pub auth: auth::Tokens,
+    pub logs: logs::LogStore,
+    pub staging: staging::StagingLogs,
+    pub runner: runner::Runner,
+}
+
+pub type Shared = Arc<Controller>;
+
+impl Controller {
+    /// Connects the pieces and starts the background listeners (DEA adverts, app logs,
+    /// health manager requests). Serve the result with [`api::router`].
+    pub async fn start(
+        cfg: ControllerConfig,
+        db: Db,
+        bus: SharedBus,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Shared> {
+        for d in [&cfg.packages_dir, &cfg.droplets_dir, &cfg.resources_dir] {
+            std::fs::create_dir_all(d)?;
+        }
+        let auth = auth::Tokens::new(&cfg.token_secret, cfg.access_token_ttl);
+        let logs = logs::LogStore::new(2000);
+        let runner = runner::Runner::new(bus.clone());
+        let c = Arc::new(Controller {
+            cfg,
+            db,
+            bus,
+            auth,
+            logs,
+            staging: staging::StagingLogs::default(),
+            runner,
+        });
+        c.logs.listen(c.bus.clone(), shutdown.clone()).await?;
+        c.runner.listen(shutdown.clone()).await?;
+        runner::serve_health_manager(c.clone(), shutdown.clone()).await?;
+        Ok(c)
+    }
+}

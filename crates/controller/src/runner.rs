@@ -1,0 +1,423 @@
+//! Where instances run: the controller's view of the DEAs (from `dea.advertise`), the
+//! placement rules of REFERENCE §5, and the start/stop/find messages sent to DEAs.
+//!
+//! The health manager's decisions arrive here too ([`serve_health_manager`]): it asks for
+//! the desired state on `cloudcontrollers.hm.desired` and sends start/stop requests on
+//! `cloudcontrollers.hm.requests`, which are carried out with the same placement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::seq::SliceRandom;
+use strato_bus::SharedBus;
+use strato_core::messages::*;
+use strato_core::{subjects, ApiError};
+use strato_db::{package_state, App};
+
+use crate::Shared;
+
+/// A DEA is forgotten when it has not advertised for this long.
+const DEA_EXPIRY: Duration = Duration::from_secs(10);
+/// A start sent for an index shields it from a second start for this long, unless the
+/// instance is known to have crashed.
+const START_SHIELD: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct Runner {
+    bus: SharedBus,
+    deas: Arc<Mutex<HashMap<String, (DeaAdvertise, Instant)>>>,
+    pending: Arc<Mutex<HashMap<(String, String, u32), Instant>>>,
+}
+
+/// Picks a DEA for one instance (REFERENCE §5): enough memory and the right stack, then
+/// the fewest instances of this app, preferring the upper half by free memory, then random.
+pub fn place<'a>(
+    deas: &'a [DeaAdvertise],
+    app: &str,
+    mem_mb: i64,
+    stack: &str,
+) -> Option<&'a DeaAdvertise> {
+    let mut fit: Vec<&DeaAdvertise> = deas
+        .iter()
+        .filter(|d| {
+            d.available_memory >= mem_mb
+                && (d.stacks.is_empty() || d.stacks.iter().any(|s| s == stack))
+        })
+        .collect();
+    if fit.is_empty() {
+        return None;
+    }
+    let count = |d: &DeaAdvertise| d.app_id_to_count.get(app).copied().unwrap_or(0);
+    let fewest = fit.iter().map(|d| count(d)).min().unwrap_or(0);
+    fit.retain(|d| count(d) == fewest);
+    fit.sort_by(|a, b| b.available_memory.cmp(&a.available_memory));
+    let upper = fit.len().div_ceil(2);
+    fit.truncate(upper);
+    fit.choose(&mut rand::thread_rng()).copied()
+}
+
+impl Runner {
+    pub fn new(bus: SharedBus) -> Self {
+        Runner {
+            bus,
+            deas: Arc::default(),
+            pending: Arc::default(),
+        }
+    }
+
+    /// Tracks DEA adverts and shutdowns.
+    pub async fn listen(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut adverts = self.bus.subscribe(subjects::DEA_ADVERTISE).await?;
+        let mut gone = self.bus.subscribe(subjects::DEA_SHUTDOWN).await?;
+        let deas = self.deas.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    m = adverts.next() => match m {
+                        Some(m) => if let Ok(ad) = strato_bus::decode::<DeaAdvertise>(&m) {
+                            deas.lock().unwrap_or_else(|p| p.into_inner()).insert(ad.id.clone(), (ad, Instant::now()));
+                        },
+                        None => break,
+                    },
+                    m = gone.next() => if let Some(m) = m {
+                        if let Ok(v) = strato_bus::decode::<serde_json::Value>(&m) {
+                            if let Some(id) = v.get("id").and_then(|i| i.as_str()) {
+                                deas.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+                            }
+                        }
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The DEAs heard from recently.
+    pub fn live_deas(&self) -> Vec<DeaAdvertise> {
+        let mut map = self.deas.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (_, seen)| seen.elapsed() < DEA_EXPIRY);
+        map.values().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Waits up to `wait` for at least one DEA to advertise.
+    pub async fn wait_for_dea(&self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if !self.live_deas().is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        !self.live_deas().is_empty()
+    }
+
+    /// Starts the given indices of an app. With `force` the start shield is ignored (the
+    /// instance is known to be gone). Returns the indices actually started.
+    pub async fn start_instances(
+        &self,
+        template: &StartRequest,
+        indices: &[u32],
+        force: bool,
+    ) -> Result<Vec<u32>, ApiError> {
+        let mut started = Vec::new();
+        for &index in indices {
+            let key = (template.droplet.clone(), template.version.clone(), index);
+            {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                pending.retain(|_, t| t.elapsed() < START_SHIELD);
+                if !force && pending.contains_key(&key) {
+                    continue;
+                }
+            }
+            let dea_id = {
+                let mut map = self.deas.lock().unwrap_or_else(|p| p.into_inner());
+                map.retain(|_, (_, seen)| seen.elapsed() < DEA_EXPIRY);
+                let ads: Vec<DeaAdvertise> = map.values().map(|(a, _)| a.clone()).collect();
+                let chosen = place(&ads, &template.droplet, template.limits.mem as i64, "default")
+                    .map(|d| d.id.clone())
+                    .ok_or_else(|| {
+                        ApiError::instances_error(format!(
+                            "no DEA can take an instance of {} MB right now ({} DEA(s) known); free memory or add a DEA node",
+                            template.limits.mem,
+                            ads.len()
+                        ))
+                    })?;
+                // Account for the placement until the DEA's next advert.
+                if let Some((ad, _)) = map.get_mut(&chosen) {
+                    ad.available_memory -= template.limits.mem as i64;
+                    *ad.app_id_to_count
+                        .entry(template.droplet.clone())
+                        .or_default() += 1;
+                }
+                chosen
+            };
+            let mut req = template.clone();
+            req.index = index;
+            strato_bus::publish_json(self.bus.as_ref(), &subjects::dea_start(&dea_id), &req)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, Instant::now());
+            started.push(index);
+        }
+        Ok(started)
+    }
+
+    /// Forgets start shields of an app (on stop or delete).
+    pub fn clear_pending(&self, app: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| k.0 != app);
+    }
+
+    pub async fn stop(&self, req: &StopRequest) -> Result<(), ApiError> {
+        if req.indices.is_none() && req.instances.is_none() && req.version.is_none() {
+            self.clear_pending(&req.droplet);
+        }
+        strato_bus::publish_json(self.bus.as_ref(), subjects::DEA_STOP, req)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))
+    }
+
+    /// Asks every DEA for the instances of an app and gathers the answers.
+    pub async fn find(&self, app: &str, include_stats: bool) -> Vec<InstanceInfo> {
+        let expected = self.live_deas().len();
+        if expected == 0 {
+            return Vec::new();
+        }
+        let inbox = self.bus.new_inbox();
+        let Ok(mut sub) = self.bus.subscribe(&inbox).await else {
+            return Vec::new();
+        };
+        let _ = self.bus.flush().await;
+        let body = serde_json::to_vec(&FindDroplet {
+            droplet: app.to_string(),
+            include_stats,
+        })
+        .unwrap_or_default();
+        if self
+            .bus
+            .publish_with_reply(subjects::DEA_FIND_DROPLET, &inbox, Bytes::from(body))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut replies = 0;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(if include_stats { 1500 } else { 700 });
+        while replies < expected {
+            match tokio::time::timeout_at(deadline, sub.next()).await {
+                Ok(Some(m)) => {
+                    replies += 1;
+                    if let Ok(list) = strato_bus::decode::<Vec<InstanceInfo>>(&m) {
+                        out.extend(list);
+                    } else if let Ok(one) = strato_bus::decode::<InstanceInfo>(&m) {
+                        out.push(one);
+                    }
+                }
+                _ => break,
+            }
+        }
+        out.sort_by_key(|i| i.index);
+        out
+    }
+}
+
+/// The message that starts one instance of `app` (index filled in per instance).
+pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiError> {
+    let droplet = app
+        .droplet_hash
+        .clone()
+        .ok_or_else(|| ApiError::staging_in_progress())?;
+    let space =
+        c.db.space_by_guid(&app.space_guid)
+            .await
+            .map_err(|e| ApiError::server(e.to_string()))?;
+    let uris = crate::api::app_uris(c, &app.guid).await?;
+    let env: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&app.environment_json).unwrap_or_default();
+    let env = env
+        .into_iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            )
+        })
+        .collect();
+    Ok(StartRequest {
+        droplet: app.guid.clone(),
+        name: app.name.clone(),
+        version: app.version.clone(),
+        index: 0,
+        droplet_sha256: droplet.clone(),
+        droplet_uri: format!(
+            "file://{}",
+            c.cfg.droplets_dir.join(format!("{droplet}.tgz")).display()
+        ),
+        uris,
+        limits: Limits {
+            mem: app.memory as u64,
+            disk: app.disk_quota as u64,
+            fds: 16384,
+        },
+        env,
+        start_command: app.command.clone().filter(|c| !c.trim().is_empty()),
+        health_check: HealthCheck {
+            timeout: app.health_check_timeout.unwrap_or(60).clamp(1, 180) as u64,
+            http_path: None,
+        },
+        space_id: app.space_guid.clone(),
+        space_name: space.map(|s| s.name).unwrap_or_default(),
+        services: serde_json::json!({}),
+    })
+}
+
+/// Starts every instance of a started, staged app (those already shielded are skipped).
+pub async fn start_all(c: &Shared, app: &App) -> Result<(), ApiError> {
+    if app.state != "STARTED" || app.package_state != package_state::STAGED {
+        return Ok(());
+    }
+    c.runner.wait_for_dea(Duration::from_secs(10)).await;
+    let req = start_request(c, app).await?;
+    let indices: Vec<u32> = (0..app.instances.max(0) as u32).collect();
+    c.runner.start_instances(&req, &indices, false).await?;
+    Ok(())
+}
+
+/// Answers the health manager: the desired state, and its start/stop requests.
+pub async fn serve_health_manager(
+    c: Shared,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut desired = c.bus.subscribe(subjects::CC_DESIRED).await?;
+    let mut requests = c.bus.subscribe(subjects::CC_HM_REQUESTS).await?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = desired.next() => {
+                    let Some(m) = m else { break };
+                    let apps = c.db.list_apps(&Default::default()).await.unwrap_or_default();
+                    let out: Vec<DesiredApp> = apps.into_iter().filter(|a| a.state == "STARTED").map(|a| DesiredApp {
+                        droplet: a.guid, version: a.version, instances: a.instances.max(0) as u32, state: a.state, package_state: a.package_state,
+                    }).collect();
+                    let _ = strato_bus::reply_json(c.bus.as_ref(), &m, &out).await;
+                }
+                m = requests.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(req) = strato_bus::decode::<HmRequest>(&m) else { continue };
+                    let c = c.clone();
+                    tokio::spawn(async move { handle_hm_request(&c, req).await });
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn handle_hm_request(c: &Shared, req: HmRequest) {
+    let Ok(Some(app)) = c.db.app_by_guid(&req.droplet).await else {
+        return;
+    };
+    match req.op {
+        HmOp::Start => {
+            if app.state != "STARTED"
+                || app.version != req.version
+                || app.package_state != package_state::STAGED
+            {
+                return;
+            }
+            let indices: Vec<u32> = req
+                .indices
+                .iter()
+                .copied()
+                .filter(|i| (*i as i64) < app.instances)
+                .collect();
+            let force = req.reason == "crashed";
+            match start_request(c, &app).await {
+                Ok(tpl) => match c.runner.start_instances(&tpl, &indices, force).await {
+                    Ok(started) if !started.is_empty() => {
+                        tracing::info!(app = %app.name, ?started, reason = %req.reason, "health manager started instances");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(app = %app.name, error = %e, "health manager could not start instances")
+                    }
+                },
+                Err(e) => tracing::warn!(app = %app.name, error = %e, "cannot build start request"),
+            }
+        }
+        HmOp::Stop => {
+            let stop = StopRequest {
+                droplet: app.guid.clone(),
+                version: None,
+                indices: None,
+                instances: Some(req.instances.clone()),
+            };
+            let _ = c.runner.stop(&stop).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn dea(id: &str, mem: i64, app_count: u32) -> DeaAdvertise {
+        let mut m = BTreeMap::new();
+        if app_count > 0 {
+            m.insert("app".to_string(), app_count);
+        }
+        DeaAdvertise {
+            id: id.into(),
+            stacks: vec!["default".into()],
+            available_memory: mem,
+            available_disk: 10_000,
+            app_id_to_count: m,
+            placement_properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn placement_needs_memory_and_prefers_fewest_instances() {
+        let deas = vec![dea("a", 100, 0), dea("b", 4000, 2), dea("c", 3000, 0)];
+        assert_eq!(
+            place(&deas, "app", 256, "default").unwrap().id,
+            "c",
+            "a lacks memory, b has more of the app"
+        );
+        assert!(place(&deas, "app", 5000, "default").is_none());
+        assert!(place(&deas, "app", 10, "other-stack").is_none());
+    }
+
+    #[test]
+    fn placement_spreads_1000_instances_evenly() {
+        let mut deas: Vec<DeaAdvertise> = (0..10)
+            .map(|i| dea(&format!("d{i}"), 1_000_000, 0))
+            .collect();
+        for _ in 0..1000 {
+            let id = place(&deas, "app", 64, "default").unwrap().id.clone();
+            let d = deas.iter_mut().find(|d| d.id == id).unwrap();
+            d.available_memory -= 64;
+            *d.app_id_to_count.entry("app".into()).or_default() += 1;
+        }
+        for d in &deas {
+            assert_eq!(d.app_id_to_count["app"], 100, "{}", d.id);
+        }
+    }
+}

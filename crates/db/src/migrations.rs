@@ -1,0 +1,141 @@
+//! Numbered schema migrations, one SQL text per backend.
+//!
+//! Each migration runs in a transaction and is recorded in `strato_migrations`; a migration
+//! already recorded is never run again. Add new ones at the end, never edit old ones.
+
+use crate::{Backend, Db, DbError, Result};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const INITIAL: &str = r#"
+CREATE TABLE users (
+    guid TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    admin BIGINT NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE organizations (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE spaces (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    organization_guid TEXT NOT NULL REFERENCES organizations(guid),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (organization_guid, name)
+);
+CREATE TABLE domains (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    shared BIGINT NOT NULL DEFAULT 1,
+    owning_organization_guid TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE routes (
+    guid TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    domain_guid TEXT NOT NULL REFERENCES domains(guid),
+    space_guid TEXT NOT NULL REFERENCES spaces(guid),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (host, domain_guid)
+);
+CREATE TABLE apps (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    space_guid TEXT NOT NULL REFERENCES spaces(guid),
+    instances BIGINT NOT NULL,
+    memory BIGINT NOT NULL,
+    disk_quota BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    command TEXT,
+    buildpack TEXT,
+    detected_buildpack TEXT,
+    detected_start_command TEXT,
+    environment_json TEXT NOT NULL,
+    health_check_timeout BIGINT,
+    package_hash TEXT,
+    package_state TEXT NOT NULL,
+    staging_task_id TEXT,
+    staging_error TEXT,
+    droplet_hash TEXT,
+    version TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (space_guid, name)
+);
+CREATE TABLE app_routes (
+    app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,
+    route_guid TEXT NOT NULL REFERENCES routes(guid) ON DELETE CASCADE,
+    PRIMARY KEY (app_guid, route_guid)
+);
+CREATE TABLE events (
+    guid TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    actor_name TEXT NOT NULL,
+    actee TEXT NOT NULL,
+    actee_type TEXT NOT NULL,
+    actee_name TEXT NOT NULL,
+    space_guid TEXT,
+    metadata TEXT NOT NULL,
+    timestamp TEXT NOT NULL
+);
+CREATE INDEX events_actee ON events (actee);
+CREATE INDEX apps_space ON apps (space_guid);
+"#;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial schema: users, orgs, spaces, domains, routes, apps, events",
+    sqlite: INITIAL,
+    postgres: INITIAL,
+}];
+
+pub(crate) async fn run(db: &Db) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS strato_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )
+    .execute(db.pool())
+    .await?;
+    let current = db.schema_version().await?;
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let sql = match db.backend() {
+            Backend::Sqlite => m.sqlite,
+            Backend::Postgres => m.postgres,
+        };
+        apply(db, m, sql).await.map_err(|e| DbError::Migration {
+            version: m.version,
+            name: m.name.to_string(),
+            error: e.to_string(),
+        })?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+    }
+    Ok(())
+}
+
+async fn apply(db: &Db, m: &Migration, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(stmt).execute(&mut *tx).await?;
+    }
+    sqlx::query("INSERT INTO strato_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+        .bind(m.version)
+        .bind(m.name)
+        .bind(strato_core::now_rfc3339())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}

@@ -1,0 +1,108 @@
+//! Rows of the controller database, one struct per table.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct User {
+    pub guid: String,
+    pub username: String,
+    pub password_hash: String,
+    pub admin: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.admin != 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Organization {
+    pub guid: String,
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Space {
+    pub guid: String,
+    pub name: String,
+    pub organization_guid: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Domain {
+    pub guid: String,
+    pub name: String,
+    pub shared: i64,
+    pub owning_organization_guid: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Route {
+    pub guid: String,
+    pub host: String,
+    pub domain_guid: String,
+    pub space_guid: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Where an app's package stands: not uploaded/staged yet, staged, or staging failed.
+pub mod package_state {
+    pub const PENDING: &str = "PENDING";
+    pub const STAGED: &str = "STAGED";
+    pub const FAILED: &str = "FAILED";
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct App {
+    pub guid: String,
+    pub name: String,
+    pub space_guid: String,
+    pub instances: i64,
+    pub memory: i64,
+    pub disk_quota: i64,
+    /// `STARTED` or `STOPPED`: what the user asked for.
+    pub state: String,
+    pub command: Option<String>,
+    pub buildpack: Option<String>,
+    pub detected_buildpack: Option<String>,
+    pub detected_start_command: Option<String>,
+    pub environment_json: String,
+    pub health_check_timeout: Option<i64>,
+    /// sha256 of the uploaded package.
+    pub package_hash: Option<String>,
+    pub package_state: String,
+    pub staging_task_id: Option<String>,
+    pub staging_error: Option<String>,
+    /// sha256 of the current droplet.
+    pub droplet_hash: Option<String>,
+    /// Changes whenever running instances must be replaced.
+    pub version: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Event {
+    pub guid: String,
+    #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub actor: String,
+    pub actor_name: String,
+    pub actee: String,
+    pub actee_type: String,
+    pub actee_name: String,
+    pub space_guid: Option<String>,
+    pub metadata: String,
+    pub timestamp: String,
+}

@@ -1,0 +1,166 @@
+//! The repository suite, run against both real backends: SQLite in a temp file and a
+//! PostgreSQL cluster started from the Debian binaries.
+
+use strato_db::{package_state, App, Db, DbError, Filter};
+
+async fn suite(db: &Db) {
+    assert_eq!(db.schema_version().await.unwrap(), 1);
+
+    // users
+    let u = db.create_user("admin", "hash", true).await.unwrap();
+    assert!(u.is_admin());
+    assert_eq!(
+        db.user_by_name("admin").await.unwrap().unwrap().guid,
+        u.guid
+    );
+    assert!(matches!(
+        db.create_user("admin", "x", false).await,
+        Err(DbError::Conflict { .. })
+    ));
+    assert_eq!(db.count_users().await.unwrap(), 1);
+
+    // orgs, spaces, domains
+    let org = db.create_org("default").await.unwrap();
+    let space = db.create_space(&org.guid, "default").await.unwrap();
+    assert!(matches!(
+        db.create_space(&org.guid, "default").await,
+        Err(DbError::Conflict { .. })
+    ));
+    let spaces = db
+        .list_spaces(&Filter {
+            organization_guid: Some(org.guid.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(spaces.len(), 1);
+    let dom = db.create_shared_domain("LocalHost").await.unwrap();
+    assert_eq!(dom.name, "localhost");
+
+    // apps
+    let now = strato_core::now_rfc3339();
+    let app = App {
+        guid: strato_core::new_guid(),
+        name: "web".into(),
+        space_guid: space.guid.clone(),
+        instances: 2,
+        memory: 128,
+        disk_quota: 1024,
+        state: "STOPPED".into(),
+        command: None,
+        buildpack: None,
+        detected_buildpack: None,
+        detected_start_command: None,
+        environment_json: "{}".into(),
+        health_check_timeout: None,
+        package_hash: None,
+        package_state: package_state::PENDING.into(),
+        staging_task_id: None,
+        staging_error: None,
+        droplet_hash: None,
+        version: "v1".into(),
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    db.insert_app(&app).await.unwrap();
+    let mut dup = app.clone();
+    dup.guid = strato_core::new_guid();
+    assert!(
+        matches!(db.insert_app(&dup).await, Err(DbError::Conflict { .. })),
+        "same name in a space is refused"
+    );
+    let mut changed = app.clone();
+    changed.state = "STARTED".into();
+    changed.droplet_hash = Some("abc".into());
+    db.update_app(&changed).await.unwrap();
+    let got = db.app_by_guid(&app.guid).await.unwrap().unwrap();
+    assert_eq!(got.state, "STARTED");
+    assert_eq!(db.apps_using_droplet("abc").await.unwrap(), 1);
+    let by_name = db
+        .list_apps(&Filter {
+            name: Some("web".into()),
+            space_guid: Some(space.guid.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_name.len(), 1);
+    assert!(db
+        .list_apps(&Filter {
+            name: Some("nope".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+
+    // routes
+    let r = db
+        .create_route("Web", &dom.guid, &space.guid)
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.create_route("web", &dom.guid, &space.guid).await,
+        Err(DbError::Conflict { .. })
+    ));
+    db.map_route(&app.guid, &r.guid).await.unwrap();
+    db.map_route(&app.guid, &r.guid).await.unwrap();
+    assert_eq!(db.routes_of_app(&app.guid).await.unwrap().len(), 1);
+    assert_eq!(db.apps_of_route(&r.guid).await.unwrap()[0].guid, app.guid);
+    assert!(db.unmap_route(&app.guid, &r.guid).await.unwrap());
+    db.map_route(&app.guid, &r.guid).await.unwrap();
+
+    // events
+    db.add_event(
+        "audit.app.create",
+        &u.guid,
+        "admin",
+        &app.guid,
+        "app",
+        "web",
+        Some(&space.guid),
+        &serde_json::json!({"a":1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.events_for(Some(&app.guid)).await.unwrap()[0].kind,
+        "audit.app.create"
+    );
+
+    // delete cascades the mapping, not the route
+    assert!(db.delete_app(&app.guid).await.unwrap());
+    assert!(db.app_by_guid(&app.guid).await.unwrap().is_none());
+    assert!(db.route_by_guid(&r.guid).await.unwrap().is_some());
+    assert!(db.apps_of_route(&r.guid).await.unwrap().is_empty());
+    assert!(db.delete_route(&r.guid).await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cc.sqlite");
+    let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
+    suite(&db).await;
+    db.close().await;
+    // migrations are not re-run on reopen and data survives
+    let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
+    assert_eq!(db.schema_version().await.unwrap(), 1);
+    assert!(db.user_by_name("admin").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn postgres_backend() {
+    let pg = strato_testkit::Postgres::start().expect("start PostgreSQL from the Debian binaries");
+    let db = Db::connect(&pg.url()).await.unwrap();
+    suite(&db).await;
+    db.close().await;
+    let db = Db::connect(&pg.url()).await.unwrap();
+    assert_eq!(db.schema_version().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn bad_url_is_explained() {
+    let err = Db::connect("mysql://x").await.unwrap_err().to_string();
+    assert!(err.contains("sqlite://PATH"), "{err}");
+}
