@@ -1,0 +1,241 @@
+//! The end-to-end harness: a real micro cloud (`stratod`) in a fresh temp dir on free
+//! ports, driven through the real `strato` and `kato` binaries, and torn down completely
+//! (daemon, containers, mounts) when the test ends, also when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Where the workspace's binaries are: `STRATO_TEST_BIN_DIR`, else next to the test binary.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STRATO_TEST_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} is missing: build the binaries first (`cargo build --bins`, as scripts/test does)", p.display());
+    p
+}
+
+/// A fixture app under `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+/// A running micro cloud.
+pub struct MicroCloud {
+    pub home: tempfile::TempDir,
+    pub client_home: tempfile::TempDir,
+    pub port: u16,
+    pub password: String,
+    pub app_port_base: u16,
+    child: Option<Child>,
+}
+
+fn random_port_base() -> u16 {
+    // A block of 1000 ports per cloud so parallel tests never share app ports.
+    let n = (std::process::id() as u64 ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)) % 30;
+    20000 + (n as u16) * 1000
+}
+
+impl MicroCloud {
+    /// Starts `stratod` and waits until the API answers through the router.
+    pub fn start() -> anyhow::Result<MicroCloud> {
+        let home = tempfile::Builder::new().prefix("strato-e2e-").tempdir()?;
+        let client_home = tempfile::Builder::new().prefix("strato-client-").tempdir()?;
+        // Service users must be able to traverse the data dir.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711))?;
+        let port = strato_testkit::free_port();
+        let password = format!("pw-{}", std::process::id());
+        let mut mc = MicroCloud { home, client_home, port, password, app_port_base: random_port_base(), child: None };
+        mc.spawn()?;
+        Ok(mc)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("stratod.log"))?;
+        let child = Command::new(bin("stratod"))
+            .env("STRATO_HOME", self.home.path())
+            .env("STRATO_HTTP_PORT", self.port.to_string())
+            .env("STRATO_HTTP_ADDR", "127.0.0.1")
+            .env("STRATO_ADMIN_PASSWORD", &self.password)
+            .env("STRATO_APP_PORT_BASE", self.app_port_base.to_string())
+            .env("STRATO_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting stratod")?;
+        self.child = Some(child);
+        self.wait_api(Duration::from_secs(60))
+    }
+
+    fn wait_api(&mut self, wait: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    bail!("stratod exited ({st}); log:\n{}", self.log_tail());
+                }
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = write!(s, "GET /v2/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the API did not answer within {wait:?}; log:\n{}", self.log_tail())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.home.path().join("stratod.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `strato` in `dir` as this test's user (its own `~/.strato`).
+    pub fn strato(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(bin("strato"))
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", self.client_home.path())
+            .env_remove("STRATO_TARGET")
+            .env_remove("STACKATO_TARGET")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run strato")
+    }
+
+    /// `strato` that must succeed; returns stdout.
+    pub fn strato_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.strato(dir, args);
+        assert!(
+            out.status.success(),
+            "strato {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}\nstratod log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn kato(&self, args: &[&str]) -> Output {
+        Command::new(bin("kato")).args(args).env("STRATO_HOME", self.home.path()).stdin(Stdio::null()).output().expect("run kato")
+    }
+
+    /// Targets and logs in as admin.
+    pub fn login(&self) {
+        let here = self.client_home.path();
+        self.strato_ok(here, &["target", &self.url()]);
+        self.strato_ok(here, &["login", "admin", "--password", &self.password]);
+    }
+
+    /// GET `http://HOST:PORT/PATH` through the router (Host header, since glibc does not
+    /// resolve `*.localhost`).
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        http_get(self.port, host, path)
+    }
+
+    /// Polls until `host/path` answers 200 with a body containing `needle`.
+    pub fn wait_for(&self, host: &str, path: &str, needle: &str, wait: Duration) -> Duration {
+        let start = Instant::now();
+        let mut last = (0, String::new());
+        while start.elapsed() < wait {
+            last = self.get(host, path);
+            if last.0 == 200 && last.1.contains(needle) {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{host}{path} did not answer with '{needle}' within {wait:?}; last: {last:?}\nstratod log:\n{}", self.log_tail());
+    }
+
+    /// Stops stratod (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let until = Instant::now() + Duration::from_secs(45);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops and starts stratod with the same data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Container ids runc knows under this cloud.
+    pub fn containers(&self) -> Vec<String> {
+        let root = self.home.path().join("containers/runc");
+        let out = Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    fn force_cleanup(&self) {
+        let root = self.home.path().join("containers/runc");
+        for id in self.containers() {
+            let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "-f", &id]).output();
+        }
+        // Unmount anything left under the home dir, deepest first.
+        let prefix = self.home.path().to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut targets: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&prefix)).collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = Command::new("umount").args(["-l", t]).output();
+        }
+    }
+}
+
+impl Drop for MicroCloud {
+    fn drop(&mut self) {
+        self.stop();
+        self.force_cleanup();
+    }
+}
+
+/// A plain HTTP/1.1 GET to 127.0.0.1:port with the given Host.
+pub fn http_get(port: u16, host: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, "connect failed".into()) };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,382 @@
+//! kato's commands (REFERENCE §1), each a small function over the control API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::control::Control;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kato",
+    version,
+    about = "Operate a Strato node: roles, status, config"
+)]
+pub struct Cli {
+    /// The node's data directory (default: STRATO_HOME, /var/lib/strato as root).
+    #[arg(long, global = true, env = "STRATO_HOME")]
+    home: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start stratod (as a daemon, if it is not running) or the given roles.
+    Start { roles: Vec<String> },
+    /// Stop the given roles, or stratod and every role.
+    Stop { roles: Vec<String> },
+    /// Stop then start.
+    Restart { roles: Vec<String> },
+    /// Each role on this node, running or not.
+    Status {
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Node id, roles, versions.
+    Info,
+    /// What kato did on this node, newest first.
+    History,
+    /// Strato's version.
+    Version,
+    /// Node set-up.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Read and change the config store: `kato config get COMPONENT KEY-PATH`.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Node set-up: `micro` makes this node a micro cloud (every role).
+    Setup { kind: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    Get {
+        component: String,
+        key_path: Option<String>,
+    },
+    Set {
+        component: String,
+        key_path: String,
+        value: Option<String>,
+    },
+    Del {
+        component: String,
+        key_path: String,
+    },
+}
+
+fn home(cli: &Cli) -> PathBuf {
+    cli.home
+        .clone()
+        .unwrap_or_else(strato_core::home::strato_home)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = home(&cli);
+    let ctl = Control::new(&home);
+    match &cli.cmd {
+        Cmd::Start { roles } => start(&ctl, &home, roles, cli.json).await,
+        Cmd::Stop { roles } => stop(&ctl, roles).await,
+        Cmd::Restart { roles } => {
+            if roles.is_empty() {
+                stop(&ctl, roles).await?;
+                wait_down(&ctl, Duration::from_secs(60)).await?;
+            } else {
+                stop(&ctl, roles).await?;
+            }
+            start(&ctl, &home, roles, cli.json).await
+        }
+        Cmd::Status { all: _ } => status(&ctl, cli.json).await,
+        Cmd::Info => {
+            let s = ctl.call("GET", "/status", None).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("node id:    {}", s["node_id"].as_str().unwrap_or("?"));
+                println!("version:    {}", s["version"].as_str().unwrap_or("?"));
+                println!("home:       {}", s["home"].as_str().unwrap_or("?"));
+                println!("endpoint:   {}", s["api_url"].as_str().unwrap_or("?"));
+                println!("domain:     {}", s["domain"].as_str().unwrap_or("?"));
+                println!("bus:        {}", s["bus"].as_str().unwrap_or("?"));
+                let roles: Vec<&str> = s["roles"].as_array().map(|a| a.iter().filter_map(|r| r["role"].as_str()).collect()).unwrap_or_default();
+                println!("assigned roles: {}", roles.join(", "));
+                println!("available roles: {}", strato_core::Role::all().map(|r| r.name()).collect::<Vec<_>>().join(", "));
+            }
+            Ok(())
+        }
+        Cmd::History => {
+            let h = ctl.call("GET", "/history", None).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                for e in h.as_array().into_iter().flatten() {
+                    println!("{}  {}", e["time"].as_str().unwrap_or(""), e["action"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Version => {
+            println!("kato {}", strato_core::VERSION);
+            Ok(())
+        }
+        Cmd::Node { cmd: NodeCmd::Setup { kind } } => match kind.as_str() {
+            "micro" => {
+                if !ctl.is_up().await {
+                    launch(&ctl, &home).await?;
+                }
+                let r = ctl.call("POST", "/setup/micro", None).await?;
+                println!("this node is a micro cloud; roles: {}", join(&r["roles"]));
+                Ok(())
+            }
+            other => anyhow::bail!("unknown setup '{other}'; this version supports: micro (core, firstuser and load_balancer come with the cluster)"),
+        },
+        Cmd::Config { cmd } => config(&ctl, cmd, cli.json).await,
+    }
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn check_roles(roles: &[String]) -> anyhow::Result<()> {
+    for r in roles {
+        r.parse::<strato_core::Role>()?;
+    }
+    Ok(())
+}
+
+/// Finds `stratod` beside this executable, else on PATH.
+fn stratod_binary() -> PathBuf {
+    if let Ok(me) = std::env::current_exe() {
+        if let Some(dir) = me.parent() {
+            let p = dir.join("stratod");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from("stratod")
+}
+
+/// Starts stratod in the background and waits for its control socket.
+async fn launch(ctl: &Control, home: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let logs = home.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("stratod.log"))?;
+    let mut cmd = std::process::Command::new(stratod_binary());
+    cmd.env("STRATO_HOME", home)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from kato's session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .context("cannot run stratod; is it installed next to kato or on PATH?")?;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < until {
+        if ctl.is_up().await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "stratod exited at once ({status}); see {}",
+                logs.join("stratod.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "stratod did not answer within 60 s; see {}",
+        logs.join("stratod.log").display()
+    )
+}
+
+async fn start(
+    ctl: &Control,
+    home: &std::path::Path,
+    roles: &[String],
+    json_out: bool,
+) -> anyhow::Result<()> {
+    check_roles(roles)?;
+    if !ctl.is_up().await {
+        println!("starting stratod ...");
+        launch(ctl, home).await?;
+    } else if roles.is_empty() {
+        ctl.call("POST", "/roles/start", None).await?;
+    }
+    for r in roles {
+        ctl.call("POST", &format!("/roles/{r}/start"), None).await?;
+    }
+    status(ctl, json_out).await
+}
+
+async fn stop(ctl: &Control, roles: &[String]) -> anyhow::Result<()> {
+    check_roles(roles)?;
+    if roles.is_empty() {
+        if !ctl.is_up().await {
+            println!("stratod is not running");
+            return Ok(());
+        }
+        ctl.call("POST", "/stop", None).await?;
+        wait_down(ctl, Duration::from_secs(60)).await?;
+        println!("stratod stopped");
+        return Ok(());
+    }
+    for r in roles {
+        let v = ctl.call("POST", &format!("/roles/{r}/stop"), None).await?;
+        println!("stopped: {}", join(&v["stopped"]));
+    }
+    Ok(())
+}
+
+async fn wait_down(ctl: &Control, wait: Duration) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < until {
+        if !ctl.is_up().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("stratod is still running after {} s", wait.as_secs())
+}
+
+async fn status(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
+    let s = ctl.call("GET", "/status", None).await?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(vec!["ROLE", "STATE", "RESTARTS", "SINCE", "LAST ERROR"]);
+    for r in s["roles"].as_array().into_iter().flatten() {
+        table.add_row(vec![
+            r["role"].as_str().unwrap_or("").to_string(),
+            r["state"].as_str().unwrap_or("").to_string(),
+            r["restarts"].to_string(),
+            r["since"].as_str().unwrap_or("").to_string(),
+            r["last_error"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    println!(
+        "node {} (pid {}), API {}",
+        s["node_id"].as_str().unwrap_or("?"),
+        s["pid"],
+        s["api_url"].as_str().unwrap_or("?")
+    );
+    println!("{table}");
+    if s["isolated"] == json!(false) {
+        println!("WARNING: app instances are NOT isolated: the '{}' container driver runs them as plain processes", s["container_driver"].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+fn key(component: &str, key_path: Option<&str>) -> anyhow::Result<String> {
+    let comp = component.trim_matches('/');
+    if comp.is_empty() {
+        anyhow::bail!("give a component, e.g. `kato config get dea_ng`");
+    }
+    Ok(
+        match key_path
+            .map(|k| k.trim_matches('/'))
+            .filter(|k| !k.is_empty())
+        {
+            Some(k) => format!("{comp}/{k}"),
+            None => comp.to_string(),
+        },
+    )
+}
+
+async fn config(ctl: &Control, cmd: &ConfigCmd, json_out: bool) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCmd::Get {
+            component,
+            key_path,
+        } => {
+            let v = ctl
+                .call(
+                    "GET",
+                    &format!("/config/{}", key(component, key_path.as_deref())?),
+                    None,
+                )
+                .await?;
+            let value = &v["value"];
+            match value {
+                Value::String(s) if !json_out => println!("{s}"),
+                _ => println!("{}", serde_json::to_string_pretty(value)?),
+            }
+            Ok(())
+        }
+        ConfigCmd::Set {
+            component,
+            key_path,
+            value,
+        } => {
+            let raw = match value {
+                Some(v) => v.clone(),
+                None => {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                    s.trim().to_string()
+                }
+            };
+            // A value that parses as JSON is JSON (numbers, booleans, objects); else a string.
+            let parsed: Value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
+            ctl.call(
+                "PUT",
+                &format!("/config/{}", key(component, Some(key_path))?),
+                Some(&parsed),
+            )
+            .await?;
+            Ok(())
+        }
+        ConfigCmd::Del {
+            component,
+            key_path,
+        } => {
+            let v = ctl
+                .call(
+                    "DELETE",
+                    &format!("/config/{}", key(component, Some(key_path))?),
+                    None,
+                )
+                .await?;
+            if v["deleted"] == json!(false) {
+                anyhow::bail!("nothing at {component}/{key_path}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The node's local control API for `kato`: HTTP over a Unix socket that only root (the
+//! socket's owner) can open. Status, role start/stop, node setup, config get/set, history,
+//! stop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use strato_core::Role;
+
+use crate::node::Node;
+
+type S = Arc<Node>;
+
+fn err(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<Value>) {
+    (status, Json(json!({"error": msg.into()})))
+}
+
+/// Binds the socket and serves until the node stops.
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let path = node.layout.control_socket();
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/stop", post(stop))
+        .route("/roles/{role}/start", post(role_start))
+        .route("/roles/{role}/stop", post(role_stop))
+        .route("/roles/start", post(roles_start))
+        .route("/roles/stop", post(roles_stop))
+        .route("/setup/micro", post(setup_micro))
+        .route(
+            "/config/{*path}",
+            get(config_get).put(config_set).delete(config_del),
+        )
+        .route("/history", get(history))
+        .with_state(node.clone());
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    }))
+}
+
+fn record(node: &Node, action: &str) {
+    use std::io::Write;
+    let line = json!({"time": strato_core::now_rfc3339(), "action": action}).to_string();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.layout.root.join("run/history.jsonl"))
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+async fn status(State(node): State<S>) -> Json<Value> {
+    let configured = crate::node::configured_roles(node.kv.as_ref(), &node.identity.id)
+        .await
+        .unwrap_or_default();
+    let statuses = node.supervisor.status();
+    let mut roles = Vec::new();
+    for r in configured.iter().filter(|r| **r != Role::Base) {
+        let st = statuses.iter().find(|s| s.role == r.name());
+        let hosted = node.factory(*r).is_some();
+        roles.push(json!({
+            "role": r.name(),
+            "state": match (st, hosted) {
+                (Some(s), _) => s.state.clone(),
+                (None, false) => "running".into(), // served inside another role (logs)
+                (None, true) => "stopped".into(),
+            },
+            "restarts": st.map(|s| s.restarts).unwrap_or(0),
+            "last_error": st.and_then(|s| s.last_error.clone()),
+            "since": st.map(|s| s.since.clone()).unwrap_or_else(|| node.started_at.clone()),
+        }));
+    }
+    Json(json!({
+        "node_id": node.identity.id,
+        "pid": std::process::id(),
+        "version": strato_core::VERSION,
+        "started_at": node.started_at,
+        "home": node.layout.root,
+        "domain": node.opts.domain,
+        "http_port": node.opts.http_port,
+        "api_url": format!("http://127.0.0.1:{}", node.opts.http_port),
+        "bus": if node.opts.nats_url.is_some() { "nats" } else { "in-process" },
+        "container_driver": node.driver.name(),
+        "isolated": node.driver.isolated(),
+        "roles": roles,
+    }))
+}
+
+async fn stop(State(node): State<S>) -> StatusCode {
+    record(&node, "stop");
+    node.shutdown.cancel();
+    StatusCode::ACCEPTED
+}
+
+fn parse_role(name: &str) -> Result<Role, (StatusCode, Json<Value>)> {
+    name.parse::<Role>()
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn role_start(
+    State(node): State<S>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let role = parse_role(&name)?;
+    let mut started = Vec::new();
+    for r in role.expand() {
+        if let Some(f) = node.factory(r) {
+            node.supervisor.start(r, f);
+            started.push(r.name());
+        }
+    }
+    record(&node, &format!("start {name}"));
+    Ok(Json(json!({"started": started})))
+}
+
+async fn role_stop(
+    State(node): State<S>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let role = parse_role(&name)?;
+    let mut stopped = Vec::new();
+    for r in role.expand() {
+        if node.supervisor.stop(r, Duration::from_secs(30)).await {
+            stopped.push(r.name());
+        }
+    }
+    record(&node, &format!("stop {name}"));
+    Ok(Json(json!({"stopped": stopped})))
+}
+
+async fn roles_start(State(node): State<S>) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let roles = node
+        .start_roles()
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    record(&node, "start");
+    Ok(Json(
+        json!({"started": roles.iter().map(|r| r.name()).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn roles_stop(State(node): State<S>) -> Json<Value> {
+    let running = node.supervisor.running();
+    node.supervisor.stop_all(Duration::from_secs(30)).await;
+    record(&node, "stop roles");
+    Json(json!({"stopped": running.iter().map(|r| r.name()).collect::<Vec<_>>()}))
+}
+
+async fn setup_micro(State(node): State<S>) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    crate::node::set_roles(node.kv.as_ref(), &node.identity.id, &Role::micro())
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let roles = node
+        .start_roles()
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    record(&node, "node setup micro");
+    Ok(Json(
+        json!({"roles": roles.iter().map(|r| r.name()).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn config_get(
+    State(node): State<S>,
+    Path(path): Path<String>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    match node.kv.get(&path).await {
+        Ok(Some(v)) => Ok(Json(json!({"value": v.value, "revision": v.revision}))),
+        Ok(None) => Err(err(StatusCode::NOT_FOUND, format!("no value at '{path}'"))),
+        Err(e) => Err(err(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+async fn config_set(
+    State(node): State<S>,
+    Path(path): Path<String>,
+    Json(value): Json<Value>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let rev = node
+        .kv
+        .set(&path, value)
+        .await
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
+    record(&node, &format!("config set {path}"));
+    Ok(Json(json!({"revision": rev})))
+}
+
+async fn config_del(
+    State(node): State<S>,
+    Path(path): Path<String>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let existed = node
+        .kv
+        .del(&path)
+        .await
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
+    record(&node, &format!("config del {path}"));
+    Ok(Json(json!({"deleted": existed})))
+}
+
+async fn history(State(node): State<S>) -> Json<Value> {
+    let text =
+        std::fs::read_to_string(node.layout.root.join("run/history.jsonl")).unwrap_or_default();
+    let mut lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    lines.reverse();
+    Json(Value::Array(lines))
+}

@@ -1,0 +1,24 @@
+//! `stratod`, the node agent. Thin: parses options and hands over to the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let opts = stratod::Options::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stratod: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(stratod::run(opts)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stratod: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

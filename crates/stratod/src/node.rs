@@ -1,0 +1,408 @@
+//! One node: its identity, its shared pieces (bus, config store, database, container
+//! driver) and the roles it runs.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use strato_bus::{InProcBus, SharedBus};
+use strato_container::ContainerDriver;
+use strato_core::home::Layout;
+use strato_core::Role;
+use strato_kv::ConfigStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::supervisor::{RoleFactory, Supervisor};
+
+/// `stratod` options; each also reads an environment variable.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "stratod",
+    version,
+    about = "Strato node agent: runs this node's roles"
+)]
+pub struct Options {
+    /// Data directory (default /var/lib/strato as root, ~/.local/share/strato otherwise).
+    #[arg(long, env = "STRATO_HOME")]
+    pub home: Option<PathBuf>,
+    /// Port of the router (apps and the API).
+    #[arg(long, env = "STRATO_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Address the router listens on.
+    #[arg(long, env = "STRATO_HTTP_ADDR", default_value = "0.0.0.0")]
+    pub http_addr: std::net::IpAddr,
+    /// The app domain (apps at NAME.DOMAIN, the API at api.DOMAIN).
+    #[arg(long, env = "STRATO_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+    /// A NATS server for the bus (cluster); without it the bus is in-process.
+    #[arg(long, env = "STRATO_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Controller database (default: SQLite under the data directory).
+    #[arg(long, env = "STRATO_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Use the unisolated process driver even where runc works (development only).
+    #[arg(long, env = "STRATO_PROCESS_DRIVER", default_value_t = false)]
+    pub process_driver: bool,
+    /// First port handed to app instances.
+    #[arg(long, env = "STRATO_APP_PORT_BASE", default_value_t = 61000)]
+    pub app_port_base: u16,
+}
+
+/// The node's identity, kept in `node.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub id: String,
+    pub created_at: String,
+}
+
+/// The uid and gid apps and staging run as (no such user on the host).
+const APP_UID: u32 = 20000;
+
+/// Shared pieces every role factory captures.
+pub struct Node {
+    pub opts: Options,
+    pub layout: Layout,
+    pub identity: NodeIdentity,
+    pub bus: SharedBus,
+    pub kv: Arc<dyn ConfigStore>,
+    pub db: strato_db::Db,
+    pub driver: Arc<dyn ContainerDriver>,
+    pub api_listener: TcpListener,
+    pub supervisor: Supervisor,
+    pub shutdown: CancellationToken,
+    pub started_at: String,
+}
+
+fn load_identity(layout: &Layout) -> anyhow::Result<NodeIdentity> {
+    let path = layout.node_file();
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged; move it away to make a new node id",
+                path.display()
+            )
+        });
+    }
+    let id = NodeIdentity {
+        id: strato_core::new_guid(),
+        created_at: strato_core::now_rfc3339(),
+    };
+    std::fs::write(&path, serde_json::to_vec_pretty(&id)?)?;
+    Ok(id)
+}
+
+fn token_secret(layout: &Layout) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = layout.root.join("token-secret");
+    if let Ok(s) = std::fs::read(&path) {
+        if s.len() >= 32 {
+            return Ok(s);
+        }
+    }
+    let secret: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(&secret)?;
+    Ok(secret)
+}
+
+fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
+    let runc = strato_container::RuncDriver::new(
+        layout.containers(),
+        strato_container::Stack::host_default(),
+    );
+    if !opts.process_driver {
+        match runc.check_available() {
+            Ok(()) => return Arc::new(runc),
+            Err(e) => {
+                tracing::warn!("runc cannot run here ({e}); falling back to the process driver")
+            }
+        }
+    }
+    eprintln!("stratod: WARNING: app instances are NOT isolated (process driver): no container, no memory limit, running as this user");
+    Arc::new(strato_container::ProcessDriver::new())
+}
+
+/// Roles this node should run: from the config store, or the micro cloud's set on a new node.
+pub async fn configured_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result<Vec<Role>> {
+    let prefix = format!("node/{node_id}/roles");
+    let leaves = kv.list(&prefix).await?;
+    if leaves.is_empty() {
+        set_roles(kv, node_id, &Role::micro()).await?;
+        return Ok(Role::micro());
+    }
+    let mut roles = Vec::new();
+    for (path, v) in leaves {
+        if v.value == serde_json::Value::Bool(true) {
+            if let Some(name) = path.rsplit('/').next() {
+                if let Ok(r) = name.parse::<Role>() {
+                    roles.extend(r.expand());
+                }
+            }
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}
+
+/// Writes a role set to the config store (what `kato node setup micro` does).
+pub async fn set_roles(kv: &dyn ConfigStore, node_id: &str, roles: &[Role]) -> anyhow::Result<()> {
+    let mut doc = serde_json::Map::new();
+    for r in roles {
+        doc.insert(r.name().to_string(), serde_json::Value::Bool(true));
+    }
+    kv.set(
+        &format!("node/{node_id}/roles"),
+        serde_json::Value::Object(doc),
+    )
+    .await?;
+    Ok(())
+}
+
+impl Node {
+    /// The factory that runs one incarnation of `role`.
+    pub fn factory(self: &Arc<Self>, role: Role) -> Option<RoleFactory> {
+        let node = self.clone();
+        let f: RoleFactory = match role {
+            Role::Controller => Arc::new(move |cancel| {
+                let node = node.clone();
+                Box::pin(async move { node.run_controller(cancel).await })
+            }),
+            Role::Router => Arc::new(move |cancel| {
+                let node = node.clone();
+                Box::pin(async move {
+                    let cfg = strato_router::RouterConfig {
+                        listen: SocketAddr::new(node.opts.http_addr, node.opts.http_port),
+                        domain: node.opts.domain.clone(),
+                        api_backend: Some(node.api_listener.local_addr()?),
+                        ..Default::default()
+                    };
+                    let router = strato_router::Router::bind(cfg, node.bus.clone())
+                        .await
+                        .with_context(|| format!("the router cannot listen on port {}; set STRATO_HTTP_PORT to a free port", node.opts.http_port))?;
+                    router.serve(cancel).await;
+                    Ok(())
+                })
+            }),
+            Role::Stager => Arc::new(move |cancel| {
+                let node = node.clone();
+                Box::pin(async move {
+                    let mut cfg =
+                        strato_stager::StagerConfig::under(&node.layout.root.join("stager"));
+                    cfg.blobs_dir = node.layout.root.join("blobs");
+                    cfg.uid = APP_UID;
+                    cfg.gid = APP_UID;
+                    strato_stager::run(cfg, node.bus.clone(), node.driver.clone(), cancel).await
+                })
+            }),
+            Role::Dea => Arc::new(move |cancel| {
+                let node = node.clone();
+                Box::pin(async move {
+                    let mut cfg = strato_dea::DeaConfig::new(
+                        node.identity.id.clone(),
+                        "127.0.0.1",
+                        &node.layout.root.join("dea"),
+                    );
+                    cfg.uid = APP_UID;
+                    cfg.gid = APP_UID;
+                    cfg.port_range = (
+                        node.opts.app_port_base,
+                        node.opts.app_port_base.saturating_add(999),
+                    );
+                    cfg.memory_mb = dea_memory_mb();
+                    cfg.extra_env = strato_stager::config::inherited_env(std::env::vars());
+                    strato_dea::run(cfg, node.bus.clone(), node.driver.clone(), cancel).await
+                })
+            }),
+            Role::HealthManager => Arc::new(move |cancel| {
+                let node = node.clone();
+                Box::pin(async move {
+                    strato_health::run(
+                        strato_health::HealthConfig::default(),
+                        node.bus.clone(),
+                        cancel,
+                    )
+                    .await
+                })
+            }),
+            // The logs role is served by the controller's log store for now; base is the agent.
+            _ => return None,
+        };
+        Some(f)
+    }
+
+    async fn run_controller(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut cfg = strato_controller::ControllerConfig::new(
+            &self.opts.domain,
+            &self.layout,
+            token_secret(&self.layout)?,
+        );
+        cfg.packages_dir = self.layout.root.join("blobs");
+        cfg.droplets_dir = self.layout.root.join("blobs");
+        let c = strato_controller::Controller::start(
+            cfg,
+            self.db.clone(),
+            self.bus.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::from_std(self.api_listener.try_clone()?)?;
+        let app = strato_controller::api::router(c);
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await?;
+        Ok(())
+    }
+
+    /// Starts every configured role that is not running.
+    pub async fn start_roles(self: &Arc<Self>) -> anyhow::Result<Vec<Role>> {
+        let roles = configured_roles(self.kv.as_ref(), &self.identity.id).await?;
+        for r in &roles {
+            if let Some(f) = self.factory(*r) {
+                self.supervisor.start(*r, f);
+            }
+        }
+        Ok(roles)
+    }
+}
+
+/// 80% of the machine's memory, in MB (the `dea_ng/resources/memory_max_percent` default).
+fn dea_memory_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(4 * 1024 * 1024);
+    total_kb / 1024 * 8 / 10
+}
+
+fn lock_pid_file(layout: &Layout) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Write;
+    let path = layout.pid_file();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    let mut lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "another stratod is already running with STRATO_HOME={} (see `kato status`)",
+                layout.root.display()
+            )
+        })?;
+    lock.set_len(0)?;
+    writeln!(lock, "{}", std::process::id())?;
+    Ok(lock)
+}
+
+/// Runs the node until SIGTERM/SIGINT or `kato stop`.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATO_LOG")
+        .unwrap_or_else(|_| "info,sqlx=warn,hyper=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+
+    let root = opts
+        .home
+        .clone()
+        .unwrap_or_else(strato_core::home::strato_home);
+    let layout = Layout::new(root);
+    for d in [layout.root.clone(), layout.root.join("run"), layout.logs()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&layout.root, std::fs::Permissions::from_mode(0o711));
+        let _ = std::fs::set_permissions(
+            layout.root.join("run"),
+            std::fs::Permissions::from_mode(0o700),
+        );
+    }
+    let _lock = lock_pid_file(&layout)?;
+    let identity = load_identity(&layout)?;
+    let kv: Arc<dyn ConfigStore> = Arc::new(
+        strato_kv::RedbStore::open(layout.config_store()).context("opening the config store")?,
+    );
+    let bus: SharedBus = match &opts.nats_url {
+        Some(url) => Arc::new(
+            strato_bus::NatsBus::connect(url)
+                .await
+                .with_context(|| format!("connecting to NATS at {url}"))?,
+        ),
+        None => Arc::new(InProcBus::new()),
+    };
+    let db_url = opts
+        .database_url
+        .clone()
+        .unwrap_or_else(|| strato_db::Db::sqlite_url(&layout.controller_db()));
+    let db = strato_db::Db::connect(&db_url)
+        .await
+        .context("opening the controller database")?;
+    let boot = strato_controller::bootstrap::ensure(
+        &db,
+        &opts.domain,
+        &layout.admin_password_file(),
+        std::env::var("STRATO_ADMIN_PASSWORD").ok(),
+    )
+    .await?;
+    if let Some(pw) = &boot.generated_password {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            println!("admin password (shown once): {pw}");
+        }
+        println!(
+            "admin password saved in {} (mode 0600)",
+            layout.admin_password_file().display()
+        );
+    }
+    let driver = choose_driver(&opts, &layout);
+    let api_listener = TcpListener::bind("127.0.0.1:0").context("binding the API port")?;
+    let node = Arc::new(Node {
+        opts: opts.clone(),
+        layout: layout.clone(),
+        identity,
+        bus,
+        kv,
+        db,
+        driver,
+        api_listener,
+        supervisor: Supervisor::default(),
+        shutdown: CancellationToken::new(),
+        started_at: strato_core::now_rfc3339(),
+    });
+    let control = crate::control::serve(node.clone()).await?;
+    let roles = node.start_roles().await?;
+    tracing::info!(node = %node.identity.id, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), driver = node.driver.name(), "stratod running; router on port {}", opts.http_port);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = node.shutdown.cancelled() => tracing::info!("stop requested through the control API"),
+    }
+    node.supervisor.stop_all(Duration::from_secs(30)).await;
+    control.abort();
+    let _ = std::fs::remove_file(layout.control_socket());
+    node.db.close().await;
+    tracing::info!("stratod stopped");
+    Ok(())
+}
