@@ -286,14 +286,23 @@ pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiErr
     })
 }
 
-/// Starts every instance of a started, staged app (those already shielded are skipped).
+/// Starts the instances of a started, staged app that are not running or starting yet
+/// (those already shielded by a recent start are skipped too).
 pub async fn start_all(c: &Shared, app: &App) -> Result<(), ApiError> {
     if app.state != "STARTED" || app.package_state != package_state::STAGED {
         return Ok(());
     }
     c.runner.wait_for_dea(Duration::from_secs(10)).await;
     let req = start_request(c, app).await?;
-    let indices: Vec<u32> = (0..app.instances.max(0) as u32).collect();
+    let live: Vec<u32> = c
+        .runner
+        .find(&app.guid, false)
+        .await
+        .into_iter()
+        .filter(|i| i.version == app.version && matches!(i.state, InstanceState::Running | InstanceState::Starting))
+        .map(|i| i.index)
+        .collect();
+    let indices: Vec<u32> = (0..app.instances.max(0) as u32).filter(|i| !live.contains(i)).collect();
     c.runner.start_instances(&req, &indices, false).await?;
     Ok(())
 }

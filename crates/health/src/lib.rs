@@ -76,6 +76,20 @@ fn plan(desired: &DesiredApp, seen: &HashMap<String, Seen>, blocked: &dyn Fn(u32
             p.start.push(index);
         }
     }
+    // Two live instances of one index and version: keep the one that sorts first.
+    let mut kept: HashMap<u32, &String> = HashMap::new();
+    let mut ids: Vec<&String> = seen.keys().collect();
+    ids.sort();
+    for id in ids {
+        let s = &seen[id];
+        if live(s) && s.version == desired.version && s.index < desired.instances {
+            if kept.contains_key(&s.index) {
+                p.stop.push(id.clone());
+            } else {
+                kept.insert(s.index, id);
+            }
+        }
+    }
     for (id, s) in seen {
         if !live(s) {
             continue;
@@ -352,6 +366,15 @@ mod tests {
         let p = plan(&desired(1), &m, &|_| false);
         assert!(p.start.is_empty());
         assert_eq!(p.stop, vec!["old".to_string()]);
+    }
+
+    #[test]
+    fn duplicate_index_is_stopped() {
+        let mut m = HashMap::new();
+        m.insert("a".to_string(), seen("v2", 0, InstanceState::Running));
+        m.insert("b".to_string(), seen("v2", 0, InstanceState::Running));
+        let p = plan(&desired(1), &m, &|_| false);
+        assert_eq!(p.stop, vec!["b".to_string()]);
     }
 
     #[test]

@@ -376,6 +376,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let driver = choose_driver(&opts, &layout);
     let api_listener = TcpListener::bind("127.0.0.1:0").context("binding the API port")?;
+    api_listener.set_nonblocking(true)?;
     let node = Arc::new(Node {
         opts: opts.clone(),
         layout: layout.clone(),

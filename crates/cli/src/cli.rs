@@ -1,0 +1,228 @@
+//! The command line: global options and one subcommand per Stackato verb.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strato",
+    version,
+    about = "Push and manage apps on a Strato (Stackato-compatible) cloud",
+    after_help = "The target is taken from --target, then STRATO_TARGET/STACKATO_TARGET, then `strato target`."
+)]
+pub struct Cli {
+    /// API endpoint to use for this command only (overrides STRATO_TARGET and the saved target).
+    #[arg(long, global = true, value_name = "URL")]
+    pub target: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Never ask questions; take defaults (and confirm deletions).
+    #[arg(short = 'n', long = "no-prompt", global = true)]
+    pub no_prompt: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show or set the API endpoint (host without scheme: https, then http).
+    Target { url: Option<String> },
+    /// List the saved targets.
+    Targets,
+    /// Log in to the target.
+    Login(LoginArgs),
+    /// Forget the tokens of the target.
+    Logout,
+    /// Show the target, user, org, space and server version.
+    Info,
+    /// Show the client version.
+    Version,
+    /// Create or update an app, upload its files and start it.
+    Push(PushArgs),
+    /// List the apps of the current space.
+    Apps,
+    /// Show one app.
+    App { name: String },
+    /// Start an app.
+    Start(AppStartArgs),
+    /// Stop an app.
+    Stop { name: String },
+    /// Stop and start an app.
+    Restart(AppStartArgs),
+    /// Stage an app again and restart it.
+    Restage(AppStartArgs),
+    /// Delete an app (asks first unless -n).
+    Delete { name: String },
+    /// List the instances of an app.
+    Instances { name: String },
+    /// Resource usage of each instance of an app.
+    Stats { name: String },
+    /// Change the instance count, memory or disk of an app.
+    Scale(ScaleArgs),
+    /// Show an app's environment variables.
+    Env { name: String },
+    /// Set an environment variable of an app.
+    #[command(name = "env-add", visible_alias = "set-env")]
+    EnvAdd {
+        name: String,
+        key: String,
+        value: String,
+    },
+    /// Remove an environment variable of an app.
+    #[command(name = "env-del", visible_alias = "unset-env")]
+    EnvDel { name: String, key: String },
+    /// Add a URL to an app.
+    Map { name: String, url: String },
+    /// Remove a URL from an app.
+    Unmap { name: String, url: String },
+    /// List the domains apps can use.
+    Domains,
+    /// List the routes of the current space.
+    Routes,
+    /// Show an app's log.
+    Logs(LogsArgs),
+    /// Send a raw authenticated request to the API.
+    Curl {
+        /// GET, POST, PUT, DELETE, ...
+        method: String,
+        /// Path such as /v2/apps
+        path: String,
+        /// JSON body
+        body: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name (asked when missing on a terminal).
+    pub user: Option<String>,
+    #[arg(long = "username", conflicts_with = "user", value_name = "USER")]
+    pub username: Option<String>,
+    /// Password (asked when missing on a terminal).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Organization to use (default: STRATO_ORG, else the first).
+    #[arg(long)]
+    pub organization: Option<String>,
+    /// Space to use (default: STRATO_SPACE, else the first).
+    #[arg(long)]
+    pub space: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// App name (default: `name:` from stackato.yml).
+    pub name: Option<String>,
+    /// Directory to push (default: the current one).
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// Memory per instance, e.g. 256, 256M, 1.5G.
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
+    /// Disk per instance, e.g. 1G.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+    #[arg(long)]
+    pub instances: Option<u32>,
+    /// URL to map (repeatable); default NAME.DOMAIN.
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    #[arg(long)]
+    pub buildpack: Option<String>,
+    /// Command that starts the app.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Seconds the app may take to start after staging.
+    #[arg(long = "health-timeout", value_name = "SECS")]
+    pub health_timeout: Option<u64>,
+    /// Upload but do not start.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Do not stream the staging log.
+    #[arg(long)]
+    pub no_tail: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AppStartArgs {
+    pub name: String,
+    /// Seconds the app may take to start after staging.
+    #[arg(long = "health-timeout", value_name = "SECS")]
+    pub health_timeout: Option<u64>,
+    /// Do not stream the staging log.
+    #[arg(long)]
+    pub no_tail: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    pub name: String,
+    #[arg(long)]
+    pub instances: Option<u32>,
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub name: String,
+    /// Keep streaming new lines until Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Number of past lines to show.
+    #[arg(long, default_value_t = 100)]
+    pub num: u32,
+    /// Only lines from this instance index.
+    #[arg(long)]
+    pub instance: Option<i64>,
+    /// Only lines from this source (app, staging, ...).
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let cli =
+            Cli::try_parse_from(["strato", "delete", "web", "-n", "--target", "http://x"]).unwrap();
+        assert!(cli.no_prompt);
+        assert_eq!(cli.target.as_deref(), Some("http://x"));
+        let cli = Cli::try_parse_from([
+            "strato",
+            "push",
+            "web",
+            "--url",
+            "a.b",
+            "--url",
+            "c.d",
+            "--no-start",
+        ])
+        .unwrap();
+        let Command::Push(p) = cli.command else {
+            panic!("not push")
+        };
+        assert_eq!(p.urls, vec!["a.b", "c.d"]);
+        assert!(p.no_start);
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        let err = Cli::try_parse_from(["strato", "app"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,166 @@
+//! One module per group of commands; this one dispatches and holds what they share: the
+//! resolved target, the session, and the current space.
+
+mod apps;
+mod curl;
+mod lifecycle;
+mod logs;
+mod push;
+mod routes;
+mod session;
+
+use crate::api::Api;
+use crate::cf::{AppEntity, Resource};
+use crate::cli::{Cli, Command};
+use crate::config::{resolve_target, Config, ConfigFile, ResolvedTarget, Session};
+use crate::output::Output;
+use anyhow::{anyhow, Result};
+
+/// What every command gets.
+pub struct Ctx {
+    pub target_flag: Option<String>,
+    pub no_prompt: bool,
+    pub out: Output,
+    pub store: ConfigFile,
+}
+
+/// A logged-in client working in one space.
+pub struct Scope {
+    pub api: Api,
+    pub target: String,
+    pub session: Session,
+    pub space_guid: String,
+}
+
+impl Ctx {
+    /// The target in use given `config`, if any.
+    pub fn resolve(&self, config: &Config) -> Option<ResolvedTarget> {
+        resolve_target(
+            self.target_flag.as_deref(),
+            &|k| std::env::var(k).ok(),
+            config.target.as_deref(),
+        )
+    }
+
+    /// The target in use, or an error saying how to set one.
+    pub fn target(&self) -> Result<ResolvedTarget> {
+        let config = self.store.load()?;
+        self.resolve(&config)
+            .ok_or_else(|| anyhow!("no target set; run `strato target URL` (or set STRATO_TARGET)"))
+    }
+
+    /// The target and its saved session, which must hold a token.
+    pub fn session(&self) -> Result<(ResolvedTarget, Session)> {
+        let target = self.target()?;
+        let session = self
+            .store
+            .load()?
+            .targets
+            .get(&target.url)
+            .cloned()
+            .unwrap_or_default();
+        if !session.logged_in() {
+            return Err(anyhow!(
+                "not logged in to {}; run `strato login`",
+                target.url
+            ));
+        }
+        Ok((target, session))
+    }
+
+    /// A logged-in client.
+    pub fn api(&self) -> Result<(Api, ResolvedTarget, Session)> {
+        let (target, session) = self.session()?;
+        let api = Api::with_session(&target.url, &session, self.store.clone())?;
+        Ok((api, target, session))
+    }
+
+    /// A logged-in client and the current space.
+    pub fn scope(&self) -> Result<Scope> {
+        let (api, target, session) = self.api()?;
+        let space_guid = session.space_guid.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+            anyhow!("no space selected on {}; log in again (`strato login`) once your user belongs to a space", target.url)
+        })?;
+        Ok(Scope {
+            api,
+            target: target.url,
+            session,
+            space_guid,
+        })
+    }
+}
+
+impl Scope {
+    /// The app called `name` in this space, if any.
+    pub async fn find_app(&self, name: &str) -> Result<Option<Resource<AppEntity>>> {
+        let query = [
+            ("q", format!("name:{name}")),
+            ("q", format!("space_guid:{}", self.space_guid)),
+        ];
+        let apps = self.api.list::<AppEntity>("/v2/apps", &query).await?;
+        // A server that ignores a filter must not make us act on the wrong app.
+        Ok(apps.into_iter().find(|a| {
+            a.entity.name == name
+                && a.entity
+                    .space_guid
+                    .as_deref()
+                    .is_none_or(|s| s == self.space_guid)
+        }))
+    }
+
+    /// The app called `name`, or an error saying it does not exist here.
+    pub async fn require_app(&self, name: &str) -> Result<Resource<AppEntity>> {
+        self.find_app(name).await?.ok_or_else(|| {
+            anyhow!(
+                "no app named {name:?} in space {}; see `strato apps`",
+                self.session
+                    .space_name
+                    .as_deref()
+                    .unwrap_or(&self.space_guid)
+            )
+        })
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        target_flag: cli.target,
+        no_prompt: cli.no_prompt,
+        out: Output::detect(cli.json),
+        store: ConfigFile::from_env()?,
+    };
+    match cli.command {
+        Command::Target { url } => session::target(&ctx, url).await,
+        Command::Targets => session::targets(&ctx),
+        Command::Login(args) => session::login(&ctx, args).await,
+        Command::Logout => session::logout(&ctx),
+        Command::Info => session::info(&ctx).await,
+        Command::Version => {
+            println!("strato {}", strato_core::VERSION);
+            Ok(())
+        }
+        Command::Push(args) => push::push(&ctx, args).await,
+        Command::Apps => apps::list(&ctx).await,
+        Command::App { name } => apps::show(&ctx, &name).await,
+        Command::Start(args) => lifecycle::start_cmd(&ctx, args).await,
+        Command::Stop { name } => lifecycle::stop_cmd(&ctx, &name).await,
+        Command::Restart(args) => lifecycle::restart_cmd(&ctx, args).await,
+        Command::Restage(args) => lifecycle::restage_cmd(&ctx, args).await,
+        Command::Delete { name } => apps::delete(&ctx, &name).await,
+        Command::Instances { name } => apps::instances(&ctx, &name).await,
+        Command::Stats { name } => apps::stats(&ctx, &name).await,
+        Command::Scale(args) => apps::scale(&ctx, args).await,
+        Command::Env { name } => apps::env(&ctx, &name).await,
+        Command::EnvAdd { name, key, value } => apps::env_set(&ctx, &name, &key, Some(value)).await,
+        Command::EnvDel { name, key } => apps::env_set(&ctx, &name, &key, None).await,
+        Command::Map { name, url } => routes::map_cmd(&ctx, &name, &url).await,
+        Command::Unmap { name, url } => routes::unmap_cmd(&ctx, &name, &url).await,
+        Command::Domains => routes::domains_cmd(&ctx).await,
+        Command::Routes => routes::routes_cmd(&ctx).await,
+        Command::Logs(args) => logs::logs(&ctx, args).await,
+        Command::Curl { method, path, body } => {
+            curl::curl(&ctx, &method, &path, body.as_deref()).await
+        }
+    }
+}
