@@ -24,11 +24,14 @@ const DEA_EXPIRY: Duration = Duration::from_secs(10);
 /// instance is known to have crashed.
 const START_SHIELD: Duration = Duration::from_secs(15);
 
+/// (app, version, index) of a start sent to a DEA.
+type StartKey = (String, String, u32);
+
 #[derive(Clone)]
 pub struct Runner {
     bus: SharedBus,
     deas: Arc<Mutex<HashMap<String, (DeaAdvertise, Instant)>>>,
-    pending: Arc<Mutex<HashMap<(String, String, u32), Instant>>>,
+    pending: Arc<Mutex<HashMap<StartKey, Instant>>>,
 }
 
 /// Picks a DEA for one instance (REFERENCE §5): enough memory and the right stack, then
@@ -52,7 +55,7 @@ pub fn place<'a>(
     let count = |d: &DeaAdvertise| d.app_id_to_count.get(app).copied().unwrap_or(0);
     let fewest = fit.iter().map(|d| count(d)).min().unwrap_or(0);
     fit.retain(|d| count(d) == fewest);
-    fit.sort_by(|a, b| b.available_memory.cmp(&a.available_memory));
+    fit.sort_by_key(|d| std::cmp::Reverse(d.available_memory));
     let upper = fit.len().div_ceil(2);
     fit.truncate(upper);
     fit.choose(&mut rand::thread_rng()).copied()
@@ -239,7 +242,7 @@ pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiErr
     let droplet = app
         .droplet_hash
         .clone()
-        .ok_or_else(|| ApiError::staging_in_progress())?;
+        .ok_or_else(ApiError::staging_in_progress)?;
     let space =
         c.db.space_by_guid(&app.space_guid)
             .await
@@ -299,10 +302,15 @@ pub async fn start_all(c: &Shared, app: &App) -> Result<(), ApiError> {
         .find(&app.guid, false)
         .await
         .into_iter()
-        .filter(|i| i.version == app.version && matches!(i.state, InstanceState::Running | InstanceState::Starting))
+        .filter(|i| {
+            i.version == app.version
+                && matches!(i.state, InstanceState::Running | InstanceState::Starting)
+        })
         .map(|i| i.index)
         .collect();
-    let indices: Vec<u32> = (0..app.instances.max(0) as u32).filter(|i| !live.contains(i)).collect();
+    let indices: Vec<u32> = (0..app.instances.max(0) as u32)
+        .filter(|i| !live.contains(i))
+        .collect();
     c.runner.start_instances(&req, &indices, false).await?;
     Ok(())
 }

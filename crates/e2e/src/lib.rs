@@ -15,18 +15,27 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/<test> -> target/debug
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target dir")
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} is missing: build the binaries first (`cargo build --bins`, as scripts/test does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build the binaries first (`cargo build --bins`, as scripts/test does)",
+        p.display()
+    );
     p
 }
 
 /// A fixture app under `tests/fixtures`.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 /// A running micro cloud.
@@ -41,7 +50,12 @@ pub struct MicroCloud {
 
 fn random_port_base() -> u16 {
     // A block of 1000 ports per cloud so parallel tests never share app ports.
-    let n = (std::process::id() as u64 ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)) % 30;
+    let n = (std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0))
+        % 30;
     20000 + (n as u16) * 1000
 }
 
@@ -49,19 +63,31 @@ impl MicroCloud {
     /// Starts `stratod` and waits until the API answers through the router.
     pub fn start() -> anyhow::Result<MicroCloud> {
         let home = tempfile::Builder::new().prefix("strato-e2e-").tempdir()?;
-        let client_home = tempfile::Builder::new().prefix("strato-client-").tempdir()?;
+        let client_home = tempfile::Builder::new()
+            .prefix("strato-client-")
+            .tempdir()?;
         // Service users must be able to traverse the data dir.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711))?;
         let port = strato_testkit::free_port();
         let password = format!("pw-{}", std::process::id());
-        let mut mc = MicroCloud { home, client_home, port, password, app_port_base: random_port_base(), child: None };
+        let mut mc = MicroCloud {
+            home,
+            client_home,
+            port,
+            password,
+            app_port_base: random_port_base(),
+            child: None,
+        };
         mc.spawn()?;
         Ok(mc)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("stratod.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.path().join("stratod.log"))?;
         let child = Command::new(bin("stratod"))
             .env("STRATO_HOME", self.home.path())
             .env("STRATO_HTTP_PORT", self.port.to_string())
@@ -89,7 +115,10 @@ impl MicroCloud {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = write!(s, "GET /v2/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+                let _ = write!(
+                    s,
+                    "GET /v2/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                );
                 let mut buf = String::new();
                 let _ = s.read_to_string(&mut buf);
                 if buf.starts_with("HTTP/1.1 200") {
@@ -98,11 +127,15 @@ impl MicroCloud {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("the API did not answer within {wait:?}; log:\n{}", self.log_tail())
+        bail!(
+            "the API did not answer within {wait:?}; log:\n{}",
+            self.log_tail()
+        )
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.home.path().join("stratod.log")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.home.path().join("stratod.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
@@ -139,7 +172,12 @@ impl MicroCloud {
     }
 
     pub fn kato(&self, args: &[&str]) -> Output {
-        Command::new(bin("kato")).args(args).env("STRATO_HOME", self.home.path()).stdin(Stdio::null()).output().expect("run kato")
+        Command::new(bin("kato"))
+            .args(args)
+            .env("STRATO_HOME", self.home.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kato")
     }
 
     /// Targets and logs in as admin.
@@ -196,9 +234,17 @@ impl MicroCloud {
     /// Container ids runc knows under this cloud.
     pub fn containers(&self) -> Vec<String> {
         let root = self.home.path().join("containers/runc");
-        let out = Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output();
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output();
         match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect(),
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect(),
             Err(_) => vec![],
         }
     }
@@ -206,12 +252,20 @@ impl MicroCloud {
     fn force_cleanup(&self) {
         let root = self.home.path().join("containers/runc");
         for id in self.containers() {
-            let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "-f", &id]).output();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", &id])
+                .output();
         }
         // Unmount anything left under the home dir, deepest first.
         let prefix = self.home.path().to_string_lossy().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut targets: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&prefix)).collect();
+        let mut targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
         targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
         for t in targets {
             let _ = Command::new("umount").args(["-l", t]).output();
@@ -229,13 +283,25 @@ impl Drop for MicroCloud {
 /// A plain HTTP/1.1 GET to 127.0.0.1:port with the given Host.
 pub fn http_get(port: u16, host: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, "connect failed".into()) };
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, "connect failed".into());
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+    );
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (status, body)
 }

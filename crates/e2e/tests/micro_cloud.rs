@@ -9,7 +9,11 @@ use strato_e2e::{fixture, MicroCloud};
 
 fn blobs(mc: &MicroCloud, ext: &str) -> usize {
     std::fs::read_dir(mc.home.path().join("blobs"))
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(ext)).count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(ext))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -19,21 +23,51 @@ fn push_static_procfile_python_and_delete() {
     mc.login();
 
     let out = mc.strato_ok(&fixture("static"), &["push", "-n"]);
-    assert!(out.contains("staticfixture.localhost"), "push prints the app's URL:\n{out}");
-    mc.wait_for("staticfixture.localhost", "/", "hello from static", Duration::from_secs(30));
+    assert!(
+        out.contains("staticfixture.localhost"),
+        "push prints the app's URL:\n{out}"
+    );
+    mc.wait_for(
+        "staticfixture.localhost",
+        "/",
+        "hello from static",
+        Duration::from_secs(30),
+    );
 
     let out = mc.strato_ok(&fixture("procfile"), &["push", "-n"]);
-    assert!(out.contains("pre-staging hook ran"), "staging output (with the hook) streams to the client:\n{out}");
-    mc.wait_for("procfixture.localhost", "/", "hello from procfile", Duration::from_secs(30));
+    assert!(
+        out.contains("pre-staging hook ran"),
+        "staging output (with the hook) streams to the client:\n{out}"
+    );
+    mc.wait_for(
+        "procfixture.localhost",
+        "/",
+        "hello from procfile",
+        Duration::from_secs(30),
+    );
 
     mc.strato_ok(&fixture("python"), &["push", "-n"]);
-    mc.wait_for("pyfixture.localhost", "/", "hello from python", Duration::from_secs(30));
+    mc.wait_for(
+        "pyfixture.localhost",
+        "/",
+        "hello from python",
+        Duration::from_secs(30),
+    );
     let (_, body) = mc.get("pyfixture.localhost", "/whoami");
     let json_start = body.find('{').expect("json body");
-    let who: serde_json::Value = serde_json::from_str(body[json_start..].trim_end_matches(|c: char| c != '}')).expect("whoami json");
+    let who: serde_json::Value =
+        serde_json::from_str(body[json_start..].trim_end_matches(|c: char| c != '}'))
+            .expect("whoami json");
     assert_ne!(who["uid"], 0, "the app must not run as root: {who}");
-    assert_eq!(who["memory_limit"], 128 * 1024 * 1024, "the app runs under its 128M memory limit: {who}");
-    assert_eq!(who["usr_writable"], false, "/usr is read-only inside the instance: {who}");
+    assert_eq!(
+        who["memory_limit"],
+        128 * 1024 * 1024,
+        "the app runs under its 128M memory limit: {who}"
+    );
+    assert_eq!(
+        who["usr_writable"], false,
+        "/usr is read-only inside the instance: {who}"
+    );
 
     let apps = mc.strato_ok(mc.client_home.path(), &["apps"]);
     for name in ["staticfixture", "procfixture", "pyfixture"] {
@@ -53,13 +87,25 @@ fn push_static_procfile_python_and_delete() {
     while mc.get("staticfixture.localhost", "/").0 != 404 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(mc.get("staticfixture.localhost", "/").0, 404, "the route is gone after delete");
+    assert_eq!(
+        mc.get("staticfixture.localhost", "/").0,
+        404,
+        "the route is gone after delete"
+    );
     let until = Instant::now() + Duration::from_secs(30);
     while mc.containers().len() >= containers_before && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(mc.containers().len(), containers_before - 1, "the instance's container is gone");
-    assert_eq!(blobs(&mc, ".tgz"), droplets_before - 1, "the droplet is gone");
+    assert_eq!(
+        mc.containers().len(),
+        containers_before - 1,
+        "the instance's container is gone"
+    );
+    assert_eq!(
+        blobs(&mc, ".tgz"),
+        droplets_before - 1,
+        "the droplet is gone"
+    );
     let apps = mc.strato_ok(mc.client_home.path(), &["apps"]);
     assert!(!apps.contains("staticfixture"), "{apps}");
 }
@@ -69,10 +115,16 @@ fn push_static_procfile_python_and_delete() {
 fn app_pid(mc: &MicroCloud, hint: &str) -> Option<i32> {
     let root = mc.home.path().join("containers/runc");
     for id in mc.containers() {
-        let out = std::process::Command::new("runc").arg("--root").arg(&root).args(["state", &id]).output().ok()?;
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["state", &id])
+            .output()
+            .ok()?;
         let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         let init = state["pid"].as_i64()? as i32;
-        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap_or_default();
+        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+            .unwrap_or_default();
         for c in children.split_whitespace() {
             if tree_mentions(c, hint) {
                 return c.parse().ok();
@@ -87,7 +139,8 @@ fn tree_mentions(pid: &str, hint: &str) -> bool {
     if cmdline.contains(hint) {
         return true;
     }
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     children.split_whitespace().any(|c| tree_mentions(c, hint))
 }
 
@@ -100,14 +153,34 @@ async fn node_websocket_crash_recovery_and_restart() {
     let mut mc = MicroCloud::start().expect("micro cloud");
     mc.login();
     mc.strato_ok(&fixture("node"), &["push", "-n"]);
-    mc.wait_for("nodefixture.localhost", "/", "hello from node", Duration::from_secs(30));
+    mc.wait_for(
+        "nodefixture.localhost",
+        "/",
+        "hello from node",
+        Duration::from_secs(30),
+    );
 
     // A WebSocket echo through the router.
-    let mut req = format!("ws://127.0.0.1:{}/", mc.port).into_client_request().unwrap();
-    req.headers_mut().insert("host", format!("nodefixture.localhost:{}", mc.port).parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket through the router");
-    ws.send(Message::Text("ping through strato".into())).await.unwrap();
-    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("echo in time").unwrap().unwrap();
+    let mut req = format!("ws://127.0.0.1:{}/", mc.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "host",
+        format!("nodefixture.localhost:{}", mc.port)
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket through the router");
+    ws.send(Message::Text("ping through strato".into()))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "ping through strato");
     drop(ws);
 
@@ -122,19 +195,33 @@ async fn node_websocket_crash_recovery_and_restart() {
     while mc.get("nodefixture.localhost", "/").0 == 200 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
-    mc.wait_for("nodefixture.localhost", "/", "hello from node", Duration::from_secs(60));
+    mc.wait_for(
+        "nodefixture.localhost",
+        "/",
+        "hello from node",
+        Duration::from_secs(60),
+    );
     println!("crash -> serving again: {:?}", killed.elapsed());
 
     // A restart of stratod brings the started app back.
     mc.restart().expect("stratod restarts");
-    let t = mc.wait_for("nodefixture.localhost", "/", "hello from node", Duration::from_secs(90));
+    let t = mc.wait_for(
+        "nodefixture.localhost",
+        "/",
+        "hello from node",
+        Duration::from_secs(90),
+    );
     println!("stratod restart -> app serving again: {t:?}");
 
     let status = mc.kato(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "kato status: {text}");
     for role in ["controller", "router", "dea", "stager", "health_manager"] {
-        assert!(text.lines().any(|l| l.contains(role) && l.contains("running")), "{role} running in:\n{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains(role) && l.contains("running")),
+            "{role} running in:\n{text}"
+        );
     }
 }
 
@@ -153,8 +240,15 @@ async fn staging_streams_live_and_bad_input_is_refused() {
     write(empty.path(), "README.txt", "no app here\n");
     let out = mc.strato(empty.path(), &["push", "nothing", "-n"]);
     assert!(!out.status.success());
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(all.contains("python") && all.contains("node") && all.contains("static"), "names the buildpacks tried:\n{all}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("python") && all.contains("node") && all.contains("static"),
+        "names the buildpacks tried:\n{all}"
+    );
 
     // An invalid name is refused with CF's error.
     let out = mc.strato(&fixture("static"), &["push", "bad name!", "-n"]);
@@ -165,48 +259,114 @@ async fn staging_streams_live_and_bad_input_is_refused() {
     // Staging output reaches the client while staging still runs.
     let slow = tempfile::tempdir().unwrap();
     write(slow.path(), "index.html", "<p>hello from slow</p>\n");
-    write(slow.path(), "stackato.yml", "name: slow\nmem: 64M\nhooks:\n  pre-staging:\n    - echo staging-begins\n    - sleep 4\n");
+    write(
+        slow.path(),
+        "stackato.yml",
+        "name: slow\nmem: 64M\nhooks:\n  pre-staging:\n    - echo staging-begins\n    - sleep 4\n",
+    );
     mc.strato_ok(slow.path(), &["push", "-n", "--no-start"]);
     let http = reqwest::Client::new();
     let tok: serde_json::Value = http
         .post(format!("{}/oauth/token", mc.url()))
         .basic_auth("cf", Some(""))
-        .form(&[("grant_type", "password"), ("username", "admin"), ("password", mc.password.as_str())])
-        .send().await.unwrap().json().await.unwrap();
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", mc.password.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let auth = format!("bearer {}", tok["access_token"].as_str().unwrap());
-    let apps: serde_json::Value = http.get(format!("{}/v2/apps?q=name:slow", mc.url())).header("authorization", &auth).send().await.unwrap().json().await.unwrap();
-    let guid = apps["resources"][0]["metadata"]["guid"].as_str().unwrap().to_string();
+    let apps: serde_json::Value = http
+        .get(format!("{}/v2/apps?q=name:slow", mc.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let guid = apps["resources"][0]["metadata"]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let resp = http
         .put(format!("{}/v2/apps/{guid}?stage_async=true", mc.url()))
         .header("authorization", &auth)
         .json(&serde_json::json!({"state": "STARTED"}))
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
-    let log_url = resp.headers()["x-app-staging-log"].to_str().unwrap().to_string();
-    let mut log = http.get(&log_url).header("authorization", &auth).send().await.unwrap();
+    let log_url = resp.headers()["x-app-staging-log"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut log = http
+        .get(&log_url)
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
     let mut seen = String::new();
     while !seen.contains("staging-begins") {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), log.chunk()).await.expect("a staging line in time").unwrap().expect("stream open");
+        let chunk = tokio::time::timeout(Duration::from_secs(30), log.chunk())
+            .await
+            .expect("a staging line in time")
+            .unwrap()
+            .expect("stream open");
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let inst = http.get(format!("{}/v2/apps/{guid}/instances", mc.url())).header("authorization", &auth).send().await.unwrap();
-    assert_eq!(inst.status(), 400, "staging is still running when its first line arrived");
+    let inst = http
+        .get(format!("{}/v2/apps/{guid}/instances", mc.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        inst.status(),
+        400,
+        "staging is still running when its first line arrived"
+    );
     let body: serde_json::Value = inst.json().await.unwrap();
     assert_eq!(body["error_code"], "CF-NotStaged");
     while let Some(chunk) = log.chunk().await.unwrap() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    mc.wait_for("slow.localhost", "/", "hello from slow", Duration::from_secs(30));
+    mc.wait_for(
+        "slow.localhost",
+        "/",
+        "hello from slow",
+        Duration::from_secs(30),
+    );
 
     // A failed staging leaves the running version serving.
     write(slow.path(), "index.html", "<p>version two</p>\n");
-    write(slow.path(), "stackato.yml", "name: slow\nmem: 64M\nhooks:\n  pre-staging:\n    - echo about-to-fail\n    - exit 3\n");
+    write(
+        slow.path(),
+        "stackato.yml",
+        "name: slow\nmem: 64M\nhooks:\n  pre-staging:\n    - echo about-to-fail\n    - exit 3\n",
+    );
     let out = mc.strato(slow.path(), &["push", "-n"]);
     assert!(!out.status.success(), "a failed staging fails the push");
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(all.contains("about-to-fail"), "the log tail reaches the user:\n{all}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("about-to-fail"),
+        "the log tail reaches the user:\n{all}"
+    );
     let (status, body) = mc.get("slow.localhost", "/");
     assert_eq!(status, 200);
-    assert!(body.contains("hello from slow"), "the previous droplet keeps serving: {body}");
+    assert!(
+        body.contains("hello from slow"),
+        "the previous droplet keeps serving: {body}"
+    );
     let _ = here;
 }

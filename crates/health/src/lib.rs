@@ -83,10 +83,10 @@ fn plan(desired: &DesiredApp, seen: &HashMap<String, Seen>, blocked: &dyn Fn(u32
     for id in ids {
         let s = &seen[id];
         if live(s) && s.version == desired.version && s.index < desired.instances {
-            if kept.contains_key(&s.index) {
-                p.stop.push(id.clone());
+            if let std::collections::hash_map::Entry::Vacant(e) = kept.entry(s.index) {
+                e.insert(id);
             } else {
-                kept.insert(s.index, id);
+                p.stop.push(id.clone());
             }
         }
     }
