@@ -658,14 +658,13 @@ pub async fn app_uris(c: &Shared, app_guid: &str) -> Result<Vec<String>, ApiErro
     Ok(uris)
 }
 
-/// After a route change, running instances must carry the new uris: restart them in place
-/// is not needed — DEAs re-register on their next interval with what the controller says.
-/// For now a route change takes effect when instances are (re)started.
+/// After a route change, tells the DEAs the app's uris so its running instances
+/// register the new ones and unregister (and so drain) the old ones, without a restart.
 async fn refresh_routes(c: &Shared, app: &App) {
     if app.state == "STARTED" && app.package_state == package_state::STAGED {
         if let Ok(uris) = app_uris(c, &app.guid).await {
-            let body = json!({"droplet": app.guid, "uris": uris});
-            let _ = strato_bus::publish_json(c.bus.as_ref(), "dea.update", &body).await;
+            let body = strato_core::messages::DeaUpdate { droplet: app.guid.clone(), uris };
+            let _ = strato_bus::publish_json(c.bus.as_ref(), strato_core::subjects::DEA_UPDATE, &body).await;
         }
     }
 }

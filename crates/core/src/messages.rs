@@ -197,6 +197,13 @@ pub struct InstanceInfo {
     pub disk_quota: u64,
 }
 
+/// `dea.update`: the uris of an app changed; running instances re-register with them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeaUpdate {
+    pub droplet: String,
+    pub uris: Vec<String>,
+}
+
 /// `dea.find.droplet` request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FindDroplet {

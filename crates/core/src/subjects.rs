@@ -8,6 +8,8 @@ pub const DEA_HEARTBEAT: &str = "dea.heartbeat";
 pub const DEA_SHUTDOWN: &str = "dea.shutdown";
 pub const DEA_STOP: &str = "dea.stop";
 pub const DEA_FIND_DROPLET: &str = "dea.find.droplet";
+/// The controller tells DEAs an app's uris changed (map/unmap): [`crate::messages::DeaUpdate`].
+pub const DEA_UPDATE: &str = "dea.update";
 pub const DROPLET_EXITED: &str = "droplet.exited";
 pub const HM_START: &str = "healthmanager.start";
 /// Staging requests; stagers subscribe in the `stagers` queue group.

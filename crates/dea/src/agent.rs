@@ -76,6 +76,7 @@ impl Dea {
         let mut exec = self.bus.subscribe(&subjects::dea_exec(&id)).await?;
         let mut files = self.bus.subscribe(&subjects::dea_files(&id)).await?;
         let mut router_start = self.bus.subscribe(subjects::ROUTER_START).await?;
+        let mut update = self.bus.subscribe(subjects::DEA_UPDATE).await?;
         let mut advertise = tokio::time::interval(self.cfg.advertise_interval);
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         let mut register = tokio::time::interval(self.cfg.register_interval);
@@ -89,6 +90,7 @@ impl Dea {
                 Some(msg) = exec.next() => self.spawn_handler(msg, Dea::handle_exec),
                 Some(msg) = files.next() => self.spawn_handler(msg, Dea::handle_files),
                 Some(_) = router_start.next() => self.register_all().await,
+                Some(msg) = update.next() => self.spawn_handler(msg, Dea::handle_update),
                 _ = advertise.tick() => self.advertise().await,
                 _ = heartbeat.tick() => self.heartbeat().await,
                 _ = register.tick() => self.register_all().await,
@@ -676,6 +678,38 @@ impl Dea {
             },
         };
         self.publish(subjects::DEA_ADVERTISE, &ad).await;
+    }
+
+    /// `dea.update`: an app's uris changed; running instances unregister the uris that
+    /// went away (routers drain them) and register the new set.
+    async fn handle_update(self: Arc<Self>, msg: Message) {
+        let Ok(update) = strato_bus::decode::<strato_core::messages::DeaUpdate>(&msg) else {
+            return warn!("ignoring a malformed dea.update");
+        };
+        let mut gone = Vec::new();
+        let mut fresh = Vec::new();
+        {
+            let mut instances = lock(&self.instances);
+            for inst in instances.values_mut().filter(|i| i.req.droplet == update.droplet) {
+                let removed: Vec<String> = inst.req.uris.iter().filter(|u| !update.uris.contains(u)).cloned().collect();
+                let running = inst.state == InstanceState::Running;
+                if running && !removed.is_empty() {
+                    let mut r = inst.route(&self.cfg.id, &self.cfg.host_ip);
+                    r.uris = removed;
+                    gone.push(r);
+                }
+                inst.req.uris = update.uris.clone();
+                if running && !update.uris.is_empty() {
+                    fresh.push(inst.route(&self.cfg.id, &self.cfg.host_ip));
+                }
+            }
+        }
+        for r in &fresh {
+            self.publish(subjects::ROUTER_REGISTER, r).await;
+        }
+        for r in &gone {
+            self.publish(subjects::ROUTER_UNREGISTER, r).await;
+        }
     }
 
     async fn register_all(&self) {
