@@ -663,8 +663,13 @@ pub async fn app_uris(c: &Shared, app_guid: &str) -> Result<Vec<String>, ApiErro
 async fn refresh_routes(c: &Shared, app: &App) {
     if app.state == "STARTED" && app.package_state == package_state::STAGED {
         if let Ok(uris) = app_uris(c, &app.guid).await {
-            let body = strato_core::messages::DeaUpdate { droplet: app.guid.clone(), uris };
-            let _ = strato_bus::publish_json(c.bus.as_ref(), strato_core::subjects::DEA_UPDATE, &body).await;
+            let body = strato_core::messages::DeaUpdate {
+                droplet: app.guid.clone(),
+                uris,
+            };
+            let _ =
+                strato_bus::publish_json(c.bus.as_ref(), strato_core::subjects::DEA_UPDATE, &body)
+                    .await;
         }
     }
 }

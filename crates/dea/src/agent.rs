@@ -690,8 +690,17 @@ impl Dea {
         let mut fresh = Vec::new();
         {
             let mut instances = lock(&self.instances);
-            for inst in instances.values_mut().filter(|i| i.req.droplet == update.droplet) {
-                let removed: Vec<String> = inst.req.uris.iter().filter(|u| !update.uris.contains(u)).cloned().collect();
+            for inst in instances
+                .values_mut()
+                .filter(|i| i.req.droplet == update.droplet)
+            {
+                let removed: Vec<String> = inst
+                    .req
+                    .uris
+                    .iter()
+                    .filter(|u| !update.uris.contains(u))
+                    .cloned()
+                    .collect();
                 let running = inst.state == InstanceState::Running;
                 if running && !removed.is_empty() {
                     let mut r = inst.route(&self.cfg.id, &self.cfg.host_ip);

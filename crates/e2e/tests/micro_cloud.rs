@@ -73,21 +73,47 @@ fn push_static_procfile_python_and_delete() {
     let until = Instant::now() + Duration::from_secs(10);
     let mut logs = String::new();
     while !logs.contains("GET /whoami") && Instant::now() < until {
-        logs = mc.strato_ok(mc.client_home.path(), &["logs", "pyfixture", "--num", "200"]);
+        logs = mc.strato_ok(
+            mc.client_home.path(),
+            &["logs", "pyfixture", "--num", "200"],
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(logs.contains("GET /whoami"), "the app's access log is in `strato logs`:\n{logs}");
+    assert!(
+        logs.contains("GET /whoami"),
+        "the app's access log is in `strato logs`:\n{logs}"
+    );
 
     // map and unmap take effect on the running instance, no restart.
-    mc.strato_ok(mc.client_home.path(), &["map", "pyfixture", "pyalias.localhost"]);
-    mc.wait_for("pyalias.localhost", "/", "hello from python", Duration::from_secs(15));
-    mc.strato_ok(mc.client_home.path(), &["unmap", "pyfixture", "pyalias.localhost"]);
+    mc.strato_ok(
+        mc.client_home.path(),
+        &["map", "pyfixture", "pyalias.localhost"],
+    );
+    mc.wait_for(
+        "pyalias.localhost",
+        "/",
+        "hello from python",
+        Duration::from_secs(15),
+    );
+    mc.strato_ok(
+        mc.client_home.path(),
+        &["unmap", "pyfixture", "pyalias.localhost"],
+    );
     let until = Instant::now() + Duration::from_secs(30);
     while mc.get("pyalias.localhost", "/").0 != 404 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(mc.get("pyalias.localhost", "/").0, 404, "an unmapped route stops serving after its drain");
-    mc.wait_for("pyfixture.localhost", "/", "hello from python", Duration::from_secs(5));
+    assert_eq!(
+        mc.get("pyalias.localhost", "/").0,
+        404,
+        "an unmapped route stops serving after its drain"
+    );
+    mc.wait_for(
+        "pyfixture.localhost",
+        "/",
+        "hello from python",
+        Duration::from_secs(5),
+    );
 
     let apps = mc.strato_ok(mc.client_home.path(), &["apps"]);
     for name in ["staticfixture", "procfixture", "pyfixture"] {

@@ -47,6 +47,9 @@ pub struct Options {
     /// Use the unisolated process driver even where runc works (development only).
     #[arg(long, env = "STRATO_PROCESS_DRIVER", default_value_t = false)]
     pub process_driver: bool,
+    /// Largest app upload accepted, in MB.
+    #[arg(long, env = "STRATO_MAX_UPLOAD_MB", default_value_t = 1024)]
+    pub max_upload_mb: u64,
     /// First port handed to app instances.
     #[arg(long, env = "STRATO_APP_PORT_BASE", default_value_t = 61000)]
     pub app_port_base: u16,
@@ -249,6 +252,7 @@ impl Node {
         );
         cfg.packages_dir = self.layout.root.join("blobs");
         cfg.droplets_dir = self.layout.root.join("blobs");
+        cfg.max_upload_mb = self.opts.max_upload_mb;
         let c = strato_controller::Controller::start(
             cfg,
             self.db.clone(),

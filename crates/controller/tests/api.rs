@@ -1,0 +1,349 @@
+//! The controller's HTTP surface served for real (SQLite, the in-process bus, a TCP port),
+//! checked the way a CF client sees it: status codes, CF error codes, link shapes.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use strato_controller::{api, bootstrap, Controller, ControllerConfig};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: String,
+    _dir: tempfile::TempDir,
+    _cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Api {
+    async fn start(max_upload_mb: u64) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = strato_core::home::Layout::new(dir.path().to_path_buf());
+        let db = strato_db::Db::connect(&strato_db::Db::sqlite_url(&dir.path().join("c.sqlite")))
+            .await
+            .unwrap();
+        bootstrap::ensure(
+            &db,
+            "localhost",
+            &layout.admin_password_file(),
+            Some("s3cret".into()),
+        )
+        .await
+        .unwrap();
+        let mut cfg = ControllerConfig::new(
+            "localhost",
+            &layout,
+            b"test-secret-test-secret-test-secret".to_vec(),
+        );
+        cfg.max_upload_mb = max_upload_mb;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let bus: strato_bus::SharedBus = Arc::new(strato_bus::InProcBus::new());
+        let c = Controller::start(cfg, db, bus, cancel.clone())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = api::router(c);
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        let http = reqwest::Client::new();
+        let tok: Value = http
+            .post(format!("{base}/oauth/token"))
+            .basic_auth("cf", Some(""))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "admin"),
+                ("password", "s3cret"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Api {
+            base,
+            http,
+            token: tok["access_token"].as_str().unwrap().to_string(),
+            _dir: dir,
+            _cancel: cancel,
+        }
+    }
+
+    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(m, format!("{}{path}", self.base))
+            .header("authorization", format!("bearer {}", self.token))
+    }
+
+    async fn space(&self) -> String {
+        let v: Value = self
+            .req(reqwest::Method::GET, "/v2/spaces")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["resources"][0]["metadata"]["guid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn create_app(&self, name: &str) -> (u16, Value) {
+        let space = self.space().await;
+        let r = self
+            .req(reqwest::Method::POST, "/v2/apps")
+            .json(&json!({"name": name, "space_guid": space}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_checked() {
+    let api = Api::start(10).await;
+    let r = api
+        .http
+        .get(format!("{}/v2/apps", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = api
+        .http
+        .get(format!("{}/v2/apps", api.base))
+        .header("authorization", "bearer nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = api
+        .http
+        .post(format!("{}/oauth/token", api.base))
+        .basic_auth("cf", Some(""))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", "wrong"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "unauthorized");
+    // The refresh grant gives a working access token.
+    let tok: Value = api
+        .http
+        .post(format!("{}/oauth/token", api.base))
+        .basic_auth("cf", Some(""))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", "s3cret"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh: Value = api
+        .http
+        .post(format!("{}/oauth/token", api.base))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tok["refresh_token"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let info: Value = api
+        .http
+        .get(format!("{}/v2/info", api.base))
+        .header(
+            "authorization",
+            format!("bearer {}", fresh["access_token"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["user_name"], "admin");
+}
+
+#[tokio::test]
+async fn root_links_follow_the_host_the_client_used() {
+    let api = Api::start(10).await;
+    let v: Value = api
+        .http
+        .get(format!("{}/", api.base))
+        .header("host", "api.example.test:8080")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["links"]["self"]["href"], "http://api.example.test:8080");
+    assert_eq!(
+        v["links"]["cloud_controller_v2"]["href"],
+        "http://api.example.test:8080/v2"
+    );
+    let info: Value = api
+        .http
+        .get(format!("{}/v2/info", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["token_endpoint"], api.base);
+    assert!(info.get("user").is_none(), "no user without a token");
+}
+
+#[tokio::test]
+async fn bad_input_gets_cf_errors() {
+    let api = Api::start(1).await;
+    let (status, v) = api.create_app("bad name").await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error_code"], "CF-AppInvalid");
+    let (status, app) = api.create_app("web").await;
+    assert_eq!(status, 201);
+    let (status, v) = api.create_app("web").await;
+    assert_eq!(
+        (status, v["error_code"].as_str()),
+        (400, Some("CF-AppNameTaken"))
+    );
+    assert_eq!(v["code"], 100002);
+    let r = api
+        .req(reqwest::Method::POST, "/v2/apps")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = api
+        .req(reqwest::Method::GET, "/v2/apps?q=colour:blue")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "unknown filters are refused, not ignored");
+
+    // Routes: a taken host is refused with CF's code.
+    let domains: Value = api
+        .req(reqwest::Method::GET, "/v2/shared_domains")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dom = domains["resources"][0]["metadata"]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let space = api.space().await;
+    let body = json!({"host": "web", "domain_guid": dom, "space_guid": space});
+    assert_eq!(
+        api.req(reqwest::Method::POST, "/v2/routes")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let r = api
+        .req(reqwest::Method::POST, "/v2/routes")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error_code"], "CF-RouteHostTaken");
+
+    // Starting an app with no bits says what to do.
+    let guid = app["metadata"]["guid"].as_str().unwrap();
+    let r = api
+        .req(reqwest::Method::PUT, &format!("/v2/apps/{guid}"))
+        .json(&json!({"state": "STARTED"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["description"].as_str().unwrap().contains("upload"), "{v}");
+
+    // An upload over the limit is 413 naming the limit.
+    let big = vec![b'x'; 2 * 1024 * 1024 + 10];
+    let form = reqwest::multipart::Form::new()
+        .text("resources", "[]")
+        .part(
+            "application",
+            reqwest::multipart::Part::bytes(big)
+                .file_name("app.zip")
+                .mime_str("application/zip")
+                .unwrap(),
+        );
+    let r = api
+        .req(reqwest::Method::PUT, &format!("/v2/apps/{guid}/bits"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["description"].as_str().unwrap().contains("1 MB"), "{v}");
+
+    // A zip with `..` is refused and leaves the app without a package.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    {
+        let mut z = zip::ZipWriter::new(f.reopen().unwrap());
+        z.start_file("../escape.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(b"x").unwrap();
+        z.finish().unwrap();
+    }
+    let bytes = std::fs::read(f.path()).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("resources", "[]")
+        .part(
+            "application",
+            reqwest::multipart::Part::bytes(bytes).file_name("app.zip"),
+        );
+    let r = api
+        .req(reqwest::Method::PUT, &format!("/v2/apps/{guid}/bits"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error_code"], "CF-AppBitsUploadInvalid");
+    let a: Value = api
+        .req(reqwest::Method::GET, &format!("/v2/apps/{guid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["entity"]["package_state"], "PENDING");
+}
