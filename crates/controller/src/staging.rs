@@ -216,10 +216,6 @@ async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, l
                     return;
                 }
             };
-            log.push(format!(
-                "-----> Uploaded droplet ({})",
-                &droplet_sha256[..12.min(droplet_sha256.len())]
-            ));
             event(c, &app, "audit.app.staged").await;
             if app.state == "STARTED" {
                 let _ = c
