@@ -12,6 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use strato_blobs::BlobKind;
 use strato_core::messages::StopRequest;
 use strato_core::{names, ApiError};
 use strato_db::{package_state, App, Domain, Filter, Organization, Route, Space};
@@ -1073,19 +1074,10 @@ async fn delete_app(
         }
     }
     if let Some(d) = &a.droplet_hash {
-        drop_droplet_if_unused(&c, d).await;
+        release_blob(&c, BlobKind::Droplet, d).await;
     }
-    if let Some(pkg) = &a.package_hash {
-        let users =
-            c.db.list_apps(&Filter::default())
-                .await
-                .map_err(db_err)?
-                .iter()
-                .filter(|x| x.package_hash.as_deref() == Some(pkg))
-                .count();
-        if users == 0 {
-            let _ = std::fs::remove_file(c.cfg.packages_dir.join(format!("{pkg}.zip")));
-        }
+    if let Some(p) = &a.package_hash {
+        release_blob(&c, BlobKind::Package, p).await;
     }
     c.logs.forget(&guid);
     audit(
@@ -1101,10 +1093,16 @@ async fn delete_app(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Removes a droplet blob once no app refers to it.
-pub async fn drop_droplet_if_unused(c: &Shared, sha: &str) {
-    if let Ok(0) = c.db.apps_using_droplet(sha).await {
-        let _ = std::fs::remove_file(c.cfg.droplets_dir.join(format!("{sha}.tgz")));
+/// Removes a droplet or package blob once no app refers to it.
+pub async fn release_blob(c: &Shared, kind: BlobKind, sha: &str) {
+    let users = match kind {
+        BlobKind::Droplet => c.db.apps_using_droplet(sha).await,
+        BlobKind::Package => c.db.apps_using_package(sha).await,
+    };
+    if let Ok(0) = users {
+        if let Err(e) = c.blobs.delete(kind, sha) {
+            tracing::warn!(error = %e, "could not remove an unused blob");
+        }
     }
 }
 
@@ -1223,7 +1221,7 @@ async fn upload_bits(
             }
             Some("application") => {
                 use std::io::Write;
-                let mut tmp = tempfile::NamedTempFile::new_in(&c.cfg.packages_dir)
+                let mut tmp = tempfile::NamedTempFile::new_in(c.blobs.root())
                     .map_err(|e| ApiError::server(e.to_string()))?;
                 let mut total = 0u64;
                 while let Some(chunk) = field
@@ -1250,13 +1248,13 @@ async fn upload_bits(
         .into());
     }
     let res_dir = c.cfg.resources_dir.clone();
-    let pkg_dir = c.cfg.packages_dir.clone();
+    let blobs = c.blobs.clone();
     let sha = tokio::task::spawn_blocking(move || {
         crate::bits::build_package(
             upload.as_ref().map(|t| t.path()),
             &matched,
             &res_dir,
-            &pkg_dir,
+            &blobs,
         )
     })
     .await

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha1::Digest as _;
+use strato_blobs::{BlobKind, BlobStore};
 use strato_core::ApiError;
 
 /// CF's wire form uses `fn`, a Rust keyword.
@@ -110,9 +111,9 @@ pub fn build_package(
     upload: Option<&Path>,
     matched: &[WireResource],
     resources_dir: &Path,
-    packages_dir: &Path,
+    blobs: &BlobStore,
 ) -> Result<String, ApiError> {
-    let tmp = tempfile::NamedTempFile::new_in(packages_dir).map_err(io)?;
+    let tmp = tempfile::NamedTempFile::new_in(blobs.root()).map_err(io)?;
     let mut out = zip::ZipWriter::new(tmp.reopen().map_err(io)?);
     let mut seen = std::collections::HashSet::new();
     if let Some(upload) = upload {
@@ -174,9 +175,12 @@ pub fn build_package(
         out.write_all(&data).map_err(io)?;
     }
     out.finish().map_err(bad_zip)?;
-    let sha = sha256_file(tmp.path()).map_err(io)?;
-    let dest = packages_dir.join(format!("{sha}.zip"));
-    tmp.persist(&dest).map_err(|e| io(e.error))?;
+    let path = tmp.into_temp_path();
+    let sha = blobs
+        .adopt(BlobKind::Package, &path)
+        .map_err(|e| ApiError::server(format!("storing the package: {e}")))?;
+    // The file now lives under its sha256; nothing is left to clean up.
+    let _ = path.keep();
     Ok(sha)
 }
 
@@ -201,21 +205,6 @@ fn cache_resource(dir: &Path, data: &[u8]) -> Result<(), ApiError> {
     std::fs::write(&tmp, data).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(())
-}
-
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]
@@ -251,11 +240,12 @@ mod tests {
     fn package_combines_upload_and_matched_resources_and_refuses_escapes() {
         let res = tempfile::tempdir().unwrap();
         let pkgs = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(pkgs.path()).unwrap();
         let up = zip_with(&[
             ("app.py", b"print(1)", 0o755),
             ("lib/x.txt", b"hello", 0o644),
         ]);
-        let sha = build_package(Some(up.path()), &[], res.path(), pkgs.path()).unwrap();
+        let sha = build_package(Some(up.path()), &[], res.path(), &store).unwrap();
         assert!(pkgs.path().join(format!("{sha}.zip")).exists());
         // The second push sends nothing: both files match.
         let wanted = vec![
@@ -274,7 +264,7 @@ mod tests {
         ];
         let matched = resource_match(res.path(), &wanted);
         assert_eq!(matched.len(), 2);
-        let sha2 = build_package(None, &matched, res.path(), pkgs.path()).unwrap();
+        let sha2 = build_package(None, &matched, res.path(), &store).unwrap();
         let mut z = zip::ZipArchive::new(
             std::fs::File::open(pkgs.path().join(format!("{sha2}.zip"))).unwrap(),
         )
@@ -285,20 +275,16 @@ mod tests {
         );
 
         let evil = zip_with(&[("../../evil", b"x", 0o644)]);
-        assert!(
-            build_package(Some(evil.path()), &[], res.path(), pkgs.path())
-                .unwrap_err()
-                .description
-                .contains("outside")
-        );
+        assert!(build_package(Some(evil.path()), &[], res.path(), &store)
+            .unwrap_err()
+            .description
+            .contains("outside"));
         let link = zip_with(&[("a/link", b"../../etc/passwd", 0o120777)]);
-        assert!(
-            build_package(Some(link.path()), &[], res.path(), pkgs.path())
-                .unwrap_err()
-                .description
-                .contains("outside")
-        );
+        assert!(build_package(Some(link.path()), &[], res.path(), &store)
+            .unwrap_err()
+            .description
+            .contains("outside"));
         let ok_link = zip_with(&[("a/link", b"../app.py", 0o120777)]);
-        assert!(build_package(Some(ok_link.path()), &[], res.path(), pkgs.path()).is_ok());
+        assert!(build_package(Some(ok_link.path()), &[], res.path(), &store).is_ok());
     }
 }

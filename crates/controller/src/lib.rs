@@ -26,8 +26,8 @@ use strato_db::Db;
 pub struct ControllerConfig {
     /// The shared app domain (`localhost` on a micro cloud).
     pub domain: String,
-    pub packages_dir: PathBuf,
-    pub droplets_dir: PathBuf,
+    /// Packages and droplets, content-addressed (shared with the stager on one node).
+    pub blobs_dir: PathBuf,
     pub resources_dir: PathBuf,
     /// Largest app upload accepted, in MB.
     pub max_upload_mb: u64,
@@ -43,8 +43,7 @@ impl ControllerConfig {
     pub fn new(domain: &str, home: &strato_core::home::Layout, token_secret: Vec<u8>) -> Self {
         ControllerConfig {
             domain: domain.to_string(),
-            packages_dir: home.packages(),
-            droplets_dir: home.droplets(),
+            blobs_dir: home.blobs(),
             resources_dir: home.resource_cache(),
             max_upload_mb: 1024,
             token_secret,
@@ -61,6 +60,7 @@ pub struct Controller {
     pub cfg: ControllerConfig,
     pub db: Db,
     pub bus: SharedBus,
+    pub blobs: strato_blobs::BlobStore,
     pub auth: auth::Tokens,
     pub logs: logs::LogStore,
     pub staging: staging::StagingLogs,
@@ -78,9 +78,8 @@ impl Controller {
         bus: SharedBus,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Shared> {
-        for d in [&cfg.packages_dir, &cfg.droplets_dir, &cfg.resources_dir] {
-            std::fs::create_dir_all(d)?;
-        }
+        std::fs::create_dir_all(&cfg.resources_dir)?;
+        let blobs = strato_blobs::BlobStore::open(&cfg.blobs_dir)?;
         let auth = auth::Tokens::new(&cfg.token_secret, cfg.access_token_ttl);
         let logs = logs::LogStore::new(2000);
         let runner = runner::Runner::new(bus.clone());
@@ -88,6 +87,7 @@ impl Controller {
             cfg,
             db,
             bus,
+            blobs,
             auth,
             logs,
             staging: staging::StagingLogs::default(),

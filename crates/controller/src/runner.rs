@@ -267,10 +267,7 @@ pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiErr
         version: app.version.clone(),
         index: 0,
         droplet_sha256: droplet.clone(),
-        droplet_uri: format!(
-            "file://{}",
-            c.cfg.droplets_dir.join(format!("{droplet}.tgz")).display()
-        ),
+        droplet_uri: crate::staging::blob_uri(c, strato_blobs::BlobKind::Droplet, &droplet)?,
         uris,
         limits: Limits {
             mem: app.memory as u64,

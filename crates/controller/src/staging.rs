@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use strato_blobs::BlobKind;
 use strato_bus::BusError;
 use strato_core::messages::{LogLine, StagingRequest, StagingResult};
 use strato_core::{subjects, timings};
@@ -109,10 +110,7 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
         app_name: app.name.clone(),
         task_id: task.clone(),
         package_sha256: package.clone(),
-        package_uri: format!(
-            "file://{}",
-            c.cfg.packages_dir.join(format!("{package}.zip")).display()
-        ),
+        package_uri: blob_uri(c, BlobKind::Package, &package)?,
         buildpack: app.buildpack.clone().filter(|b| !b.is_empty()),
         environment: env_list(&app.environment_json),
         limits: strato_core::messages::Limits {
@@ -171,6 +169,15 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
     });
     let _ = timings::STAGING_TIMEOUT;
     Ok(task)
+}
+
+/// Where a stager or DEA on this node reads a blob.
+pub fn blob_uri(c: &Shared, kind: BlobKind, sha: &str) -> Result<String, strato_core::ApiError> {
+    let path = c
+        .blobs
+        .path_of(kind, sha)
+        .map_err(|e| strato_core::ApiError::server(e.to_string()))?;
+    Ok(format!("file://{}", path.display()))
 }
 
 fn env_list(json: &str) -> Vec<String> {
@@ -235,7 +242,7 @@ async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, l
                 }
             }
             if let Some(old) = old_droplet.filter(|o| *o != droplet_sha256) {
-                crate::api::drop_droplet_if_unused(c, &old).await;
+                crate::api::release_blob(c, BlobKind::Droplet, &old).await;
             }
         }
         StagingResult::Failed {

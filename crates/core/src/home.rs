@@ -62,11 +62,9 @@ impl Layout {
     pub fn admin_password_file(&self) -> PathBuf {
         self.root.join("admin-password")
     }
-    pub fn packages(&self) -> PathBuf {
-        self.root.join("packages")
-    }
-    pub fn droplets(&self) -> PathBuf {
-        self.root.join("droplets")
+    /// Content-addressed packages and droplets (`strato_blobs::BlobStore`).
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
     }
     pub fn resource_cache(&self) -> PathBuf {
         self.root.join("resources")

@@ -366,6 +366,16 @@ impl Db {
         Ok(row.try_get::<i64, _>("n")?)
     }
 
+    /// How many apps still use a package.
+    pub async fn apps_using_package(&self, sha256: &str) -> Result<i64> {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE package_hash = $1")
+            .bind(sha256)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
     // ---- events ----
 
     #[allow(clippy::too_many_arguments)]

@@ -72,7 +72,10 @@ async fn suite(db: &Db) {
     let mut changed = app.clone();
     changed.state = "STARTED".into();
     changed.droplet_hash = Some("abc".into());
+    changed.package_hash = Some("pkg".into());
     db.update_app(&changed).await.unwrap();
+    assert_eq!(db.apps_using_package("pkg").await.unwrap(), 1);
+    assert_eq!(db.apps_using_package("other").await.unwrap(), 0);
     let got = db.app_by_guid(&app.guid).await.unwrap().unwrap();
     assert_eq!(got.state, "STARTED");
     assert_eq!(db.apps_using_droplet("abc").await.unwrap(), 1);

@@ -6,11 +6,11 @@
 //! the controller serves blobs.
 
 use std::fs;
-use std::io::Read;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use strato_blobs::{BlobError, BlobKind, BlobStore, BlobWriter};
 
 /// What can go wrong preparing a droplet.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub enum DropletError {
         #[source]
         source: std::io::Error,
     },
+    #[error("droplet cache: {0}")]
+    Cache(String),
     #[error("droplet has no app/ directory: was it made by the stager?")]
     NoApp,
 }
@@ -51,62 +53,46 @@ pub struct StagingInfo {
     pub start_command: String,
 }
 
-/// The sha256 of a file, lower-case hex.
-pub fn sha256_file(path: &Path) -> Result<String, DropletError> {
-    let mut file = fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(io(format!("read {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Returns the cached droplet `<cache>/<sha>.tgz`, fetching and verifying it first when it
-/// is not there yet.
+/// Returns the cached droplet `<cache>/<sha>.tgz`, fetching it first when it is not there
+/// yet. The bytes are streamed into the cache and kept only when they hash to `sha`.
 pub async fn ensure_cached(cache: &Path, sha: &str, uri: &str) -> Result<PathBuf, DropletError> {
-    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(DropletError::BadSha(sha.to_string()));
-    }
     let sha = sha.to_ascii_lowercase();
-    let cached = cache.join(format!("{sha}.tgz"));
+    let store = BlobStore::open(cache).map_err(|e| DropletError::Cache(e.to_string()))?;
+    let cached = store
+        .path_of(BlobKind::Droplet, &sha)
+        .map_err(|_| DropletError::BadSha(sha.clone()))?;
     if cached.is_file() {
         return Ok(cached);
     }
-    fs::create_dir_all(cache).map_err(io(format!("create {}", cache.display())))?;
-    let partial = cache.join(format!(".{sha}.{}.partial", uuid::Uuid::new_v4().simple()));
-    let result = fetch(uri, &partial).await.and_then(|()| {
-        let actual = sha256_file(&partial)?;
-        if actual != sha {
-            return Err(DropletError::ShaMismatch {
-                uri: uri.to_string(),
-                expected: sha.clone(),
-                actual,
-            });
-        }
-        fs::rename(&partial, &cached).map_err(io(format!("store {}", cached.display())))
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
+    let writer = store
+        .writer(BlobKind::Droplet)
+        .map_err(|e| DropletError::Cache(e.to_string()))?;
+    let writer = fetch(uri, writer).await?;
+    match writer.commit_expecting(&sha) {
+        Ok(_) => Ok(cached),
+        Err(BlobError::ShaMismatch { expected, actual }) => Err(DropletError::ShaMismatch {
+            uri: uri.to_string(),
+            expected,
+            actual,
+        }),
+        Err(e) => Err(DropletError::Cache(e.to_string())),
     }
-    result.map(|()| cached)
 }
 
-async fn fetch(uri: &str, to: &Path) -> Result<(), DropletError> {
+/// Streams the droplet at `uri` into `writer`.
+async fn fetch(uri: &str, mut writer: BlobWriter) -> Result<BlobWriter, DropletError> {
     if let Some(path) = uri.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(DropletError::BadUri(uri.to_string()));
         }
-        tokio::fs::copy(path, to)
-            .await
-            .map_err(io(format!("copy droplet {path}")))?;
-        return Ok(());
+        let path = path.to_string();
+        return tokio::task::spawn_blocking(move || {
+            let mut file = fs::File::open(&path).map_err(io(format!("open droplet {path}")))?;
+            std::io::copy(&mut file, &mut writer).map_err(io(format!("copy droplet {path}")))?;
+            Ok(writer)
+        })
+        .await
+        .map_err(|e| DropletError::Cache(e.to_string()))?;
     }
     if !(uri.starts_with("http://") || uri.starts_with("https://")) {
         return Err(DropletError::BadUri(uri.to_string()));
@@ -115,14 +101,16 @@ async fn fetch(uri: &str, to: &Path) -> Result<(), DropletError> {
         uri: uri.to_string(),
         message: e.to_string(),
     };
-    let response = reqwest::get(uri)
+    let mut response = reqwest::get(uri)
         .await
         .and_then(|r| r.error_for_status())
         .map_err(fetch_err)?;
-    let body = response.bytes().await.map_err(fetch_err)?;
-    tokio::fs::write(to, &body)
-        .await
-        .map_err(io(format!("write {}", to.display())))
+    while let Some(chunk) = response.chunk().await.map_err(fetch_err)? {
+        writer
+            .write_all(&chunk)
+            .map_err(io(format!("cache droplet {uri}")))?;
+    }
+    Ok(writer)
 }
 
 /// Unpacks `droplet` into `instance_dir` (`app/`, `staging_info.json`), hands `app/` to
@@ -198,7 +186,7 @@ mod tests {
             0o644,
         );
         tar.into_inner().unwrap().finish().unwrap();
-        let sha = sha256_file(&path).unwrap();
+        let sha = strato_blobs::sha256_file(&path).unwrap();
         (path, sha)
     }
 

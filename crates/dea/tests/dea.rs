@@ -180,7 +180,7 @@ fn make_droplet(dir: &Path, start_sh: &str) -> PathBuf {
 }
 
 fn sha256(path: &Path) -> String {
-    strato_dea::droplet::sha256_file(path).unwrap()
+    strato_blobs::sha256_file(path).unwrap()
 }
 
 /// The next message on `sub` that decodes as `T` and satisfies `pred`.

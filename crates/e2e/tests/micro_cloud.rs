@@ -128,6 +128,7 @@ fn push_static_procfile_python_and_delete() {
     // Delete removes the route, the container and the droplet.
     let containers_before = mc.containers().len();
     let droplets_before = blobs(&mc, ".tgz");
+    let packages_before = blobs(&mc, ".zip");
     mc.strato_ok(mc.client_home.path(), &["delete", "staticfixture", "-n"]);
     let until = Instant::now() + Duration::from_secs(30);
     while mc.get("staticfixture.localhost", "/").0 != 404 && Instant::now() < until {
@@ -151,6 +152,11 @@ fn push_static_procfile_python_and_delete() {
         blobs(&mc, ".tgz"),
         droplets_before - 1,
         "the droplet is gone"
+    );
+    assert_eq!(
+        blobs(&mc, ".zip"),
+        packages_before - 1,
+        "the package is gone"
     );
     let apps = mc.strato_ok(mc.client_home.path(), &["apps"]);
     assert!(!apps.contains("staticfixture"), "{apps}");

@@ -12,7 +12,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::{BlobError, BlobKind, BlobStore};
+use strato_blobs::{BlobError, BlobKind, BlobStore};
 
 /// `staging_info.json` at the droplet's root.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +116,7 @@ mod tests {
         let (sha, size) = write_droplet(&store, &build, &info).unwrap();
         let path = store.path_of(BlobKind::Droplet, &sha).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
-        assert_eq!(crate::blobs::sha256_file(&path).unwrap(), sha);
+        assert_eq!(strato_blobs::sha256_file(&path).unwrap(), sha);
         assert_eq!(read_staging_info(&path).unwrap(), info);
 
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(

@@ -19,13 +19,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app_config;
-use crate::blobs::{sha256_file, BlobKind, BlobStore};
 use crate::buildpacks::{self, BuildpackChoice};
 use crate::config::{inherited_env, EnvBuilder, StagerConfig};
 use crate::droplet::{self, StagingInfo};
 use crate::extract;
 use crate::release;
 use crate::script::{self, paths, ScriptBuildpack};
+use strato_blobs::{sha256_file, BlobKind, BlobStore};
 
 /// How many of the last output lines a failed staging reports.
 pub const LOG_TAIL_LINES: usize = 20;
@@ -50,7 +50,7 @@ pub enum SetupError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Blobs(#[from] crate::blobs::BlobError),
+    Blobs(#[from] strato_blobs::BlobError),
     #[error("buildpack_order names '{0}', which is not a built-in buildpack (built-ins: {1})")]
     UnknownBuiltin(String, String),
 }

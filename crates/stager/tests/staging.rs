@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use strato_blobs::{sha256_file, BlobKind};
 use strato_bus::{Bus, InProcBus};
 use strato_container::{ContainerDriver, RuncDriver, Stack};
 use strato_core::messages::{Limits, LogLine, StagingRequest, StagingResult};
 use strato_core::subjects;
-use strato_stager::blobs::{sha256_file, BlobKind};
 use strato_stager::droplet::read_staging_info;
 use strato_stager::{Stager, StagerConfig, StagingLine};
 use tokio::sync::mpsc;

@@ -202,7 +202,7 @@ impl Node {
                 Box::pin(async move {
                     let mut cfg =
                         strato_stager::StagerConfig::under(&node.layout.root.join("stager"));
-                    cfg.blobs_dir = node.layout.root.join("blobs");
+                    cfg.blobs_dir = node.layout.blobs();
                     cfg.uid = APP_UID;
                     cfg.gid = APP_UID;
                     strato_stager::run(cfg, node.bus.clone(), node.driver.clone(), cancel).await
@@ -250,8 +250,6 @@ impl Node {
             &self.layout,
             token_secret(&self.layout)?,
         );
-        cfg.packages_dir = self.layout.root.join("blobs");
-        cfg.droplets_dir = self.layout.root.join("blobs");
         cfg.max_upload_mb = self.opts.max_upload_mb;
         let c = strato_controller::Controller::start(
             cfg,

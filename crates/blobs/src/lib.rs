@@ -1,5 +1,9 @@
 //! Content-addressed blobs: droplets (`<sha256>.tgz`) and packages (`<sha256>.zip`).
 //!
+//! The controller stores uploaded packages here, the stager reads them and stores droplets,
+//! and each DEA keeps a cache of the droplets it runs in a store of its own: one layout and
+//! one hashing routine for all three.
+//!
 //! A blob's name is the sha256 of its bytes, so a DEA can verify what it fetched and two
 //! stagings that produce the same bytes share one file. Blobs are written to a temporary
 //! file in the same directory while hashing and renamed into place only when complete, so
@@ -36,6 +40,8 @@ impl BlobKind {
 pub enum BlobError {
     #[error("'{0}' is not a sha256: expected 64 lowercase hex digits")]
     InvalidSha(String),
+    #[error("the blob has sha256 {actual}, expected {expected}: it is corrupt or the wrong one")]
+    ShaMismatch { expected: String, actual: String },
     #[error("blob store at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -101,6 +107,16 @@ impl BlobStore {
         writer.commit()
     }
 
+    /// Moves the finished file at `path` into the store under its sha256 and returns the
+    /// sha256. `path` must be on the store's filesystem (make it inside [`BlobStore::root`],
+    /// e.g. with a temp file there), for blobs written by a library that needs to seek.
+    pub fn adopt(&self, kind: BlobKind, path: &Path) -> Result<String, BlobError> {
+        let sha = sha256_file(path).map_err(io_err(path))?;
+        let dest = self.path_of(kind, &sha)?;
+        fs::rename(path, &dest).map_err(io_err(&dest))?;
+        Ok(sha)
+    }
+
     /// A writer for a new blob: write its bytes, then [`BlobWriter::commit`] to name it by
     /// its sha256. Dropping the writer without committing discards it.
     pub fn writer(&self, kind: BlobKind) -> Result<BlobWriter, BlobError> {
@@ -129,7 +145,30 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     /// Flushes the blob to disk, renames it to `<sha256>.<ext>` and returns the sha256.
-    pub fn commit(mut self) -> Result<String, BlobError> {
+    pub fn commit(self) -> Result<String, BlobError> {
+        self.commit_if(|_| Ok(()))
+    }
+
+    /// Like [`BlobWriter::commit`], but only when the bytes hash to `expected` (a download
+    /// verified against the sha256 it was asked for); otherwise nothing is stored.
+    pub fn commit_expecting(self, expected: &str) -> Result<String, BlobError> {
+        let expected = expected.to_ascii_lowercase();
+        self.commit_if(|actual| {
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(BlobError::ShaMismatch {
+                    expected: expected.clone(),
+                    actual: actual.to_string(),
+                })
+            }
+        })
+    }
+
+    fn commit_if(
+        mut self,
+        check: impl FnOnce(&str) -> Result<(), BlobError>,
+    ) -> Result<String, BlobError> {
         let file = self.file.take().ok_or_else(|| BlobError::Io {
             path: self.temp.clone(),
             source: io::Error::other("blob writer already finished"),
@@ -137,9 +176,13 @@ impl BlobWriter {
         file.sync_all().map_err(io_err(&self.temp))?;
         drop(file);
         let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let dest = self.store.path_of(self.kind, &sha)?;
-        fs::rename(&self.temp, &dest).map_err(io_err(&dest))?;
-        Ok(sha)
+        let stored = check(&sha)
+            .and_then(|()| self.store.path_of(self.kind, &sha))
+            .and_then(|dest| fs::rename(&self.temp, &dest).map_err(io_err(&dest)));
+        if stored.is_err() {
+            let _ = fs::remove_file(&self.temp);
+        }
+        stored.map(|()| sha)
     }
 }
 
@@ -228,6 +271,44 @@ mod tests {
         w.write_all(b"partial").unwrap();
         drop(w);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_verified_write_stores_only_the_expected_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let hello = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let mut w = store.writer(BlobKind::Droplet).unwrap();
+        w.write_all(b"hellO").unwrap();
+        assert!(matches!(
+            w.commit_expecting(hello),
+            Err(BlobError::ShaMismatch { .. })
+        ));
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing is kept"
+        );
+        let mut w = store.writer(BlobKind::Droplet).unwrap();
+        w.write_all(b"hello").unwrap();
+        assert_eq!(w.commit_expecting(hello).unwrap(), hello);
+        assert!(store.exists(BlobKind::Droplet, hello));
+    }
+
+    #[test]
+    fn adopt_moves_a_finished_file_in_by_its_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let tmp = tempfile::NamedTempFile::new_in(store.root()).unwrap();
+        fs::write(tmp.path(), b"hello").unwrap();
+        let path = tmp.into_temp_path();
+        let sha = store.adopt(BlobKind::Package, &path).unwrap();
+        path.keep().unwrap();
+        assert_eq!(
+            fs::read(store.path_of(BlobKind::Package, &sha).unwrap()).unwrap(),
+            b"hello"
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
