@@ -5,7 +5,7 @@
 //! the app are refused before anything is stored.
 
 use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha1::Digest as _;
@@ -46,55 +46,28 @@ pub fn resource_match(dir: &Path, wanted: &[WireResource]) -> Vec<WireResource> 
 
 /// Checks a path inside the app: relative, no `..`, not empty.
 pub fn check_entry_path(name: &str) -> Result<PathBuf, ApiError> {
-    let p = Path::new(name);
-    if name.is_empty() || name.contains('\0') || name.contains('\\') {
-        return Err(ApiError::app_bits_upload_invalid(format!(
-            "the file name '{name}' is not allowed"
-        )));
-    }
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(s) => out.push(s),
-            Component::CurDir => {}
-            _ => {
-                return Err(ApiError::app_bits_upload_invalid(format!(
-                    "'{name}' points outside the app (absolute paths and '..' are refused)"
-                )))
-            }
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(ApiError::app_bits_upload_invalid(format!(
+    match strato_core::paths::app_relative(name) {
+        Some(p) if !p.as_os_str().is_empty() => Ok(p),
+        Some(_) => Err(ApiError::app_bits_upload_invalid(format!(
             "the file name '{name}' is empty"
-        )));
+        ))),
+        None => Err(ApiError::app_bits_upload_invalid(format!(
+            "'{name}' points outside the app (absolute paths and '..' are refused)"
+        ))),
     }
-    Ok(out)
 }
 
 /// A symlink at `entry` pointing to `target` must stay inside the app.
 fn check_symlink(entry: &Path, target: &str) -> Result<(), ApiError> {
-    if target.starts_with('/') {
-        return Err(ApiError::app_bits_upload_invalid(format!(
-            "the symlink '{}' points to the absolute path '{target}', outside the app",
+    let depth = entry.components().count().saturating_sub(1);
+    if strato_core::paths::link_stays_inside(depth, target) {
+        Ok(())
+    } else {
+        Err(ApiError::app_bits_upload_invalid(format!(
+            "the symlink '{}' points to '{target}', outside the app",
             entry.display()
-        )));
+        )))
     }
-    let mut depth: i64 = entry.components().count() as i64 - 1;
-    for c in Path::new(target).components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            _ => {}
-        }
-        if depth < 0 {
-            return Err(ApiError::app_bits_upload_invalid(format!(
-                "the symlink '{}' points to '{target}', outside the app",
-                entry.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn bad_zip(e: impl std::fmt::Display) -> ApiError {

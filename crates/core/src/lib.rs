@@ -9,6 +9,7 @@ pub mod error;
 pub mod home;
 pub mod messages;
 pub mod names;
+pub mod paths;
 pub mod role;
 pub mod subjects;
 pub mod timings;

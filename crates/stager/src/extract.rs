@@ -8,7 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Why a package could not be extracted.
 #[derive(Debug, thiserror::Error)]
@@ -97,20 +97,7 @@ pub fn extract_zip_file(package: &Path, dest: &Path, max_bytes: u64) -> Result<u
 
 /// The entry name as a relative path of normal components only.
 fn safe_relative_path(name: &str) -> Result<PathBuf, ExtractError> {
-    if name.contains('\0') || name.contains('\\') {
-        return Err(ExtractError::UnsafePath(name.to_string()));
-    }
-    let mut out = PathBuf::new();
-    for component in Path::new(name).components() {
-        match component {
-            Component::Normal(c) => out.push(c),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(ExtractError::UnsafePath(name.to_string()))
-            }
-        }
-    }
-    Ok(out)
+    strato_core::paths::app_relative(name).ok_or_else(|| ExtractError::UnsafePath(name.to_string()))
 }
 
 /// Creates the symlink `relative -> link_target` under `dest` when the target stays inside.
@@ -133,18 +120,13 @@ fn create_contained_symlink(
     // Earlier links all point inside, so creating missing parents through them stays inside.
     fs::create_dir_all(&parent).map_err(io_err(name))?;
     let parent = parent.canonicalize().map_err(io_err(name))?;
-    let mut depth = match parent.strip_prefix(&root) {
+    // The depth is measured on disk, through links created so far.
+    let depth = match parent.strip_prefix(&root) {
         Ok(inside) => inside.components().count(),
         Err(_) => return Err(unsafe_link()),
     };
-    let mut seen_normal = false;
-    for component in Path::new(link_target).components() {
-        match component {
-            Component::ParentDir if !seen_normal && depth > 0 => depth -= 1,
-            Component::Normal(_) => seen_normal = true,
-            Component::CurDir => {}
-            _ => return Err(unsafe_link()),
-        }
+    if !strato_core::paths::link_stays_inside(depth, link_target) {
+        return Err(unsafe_link());
     }
     let link = parent.join(relative.file_name().ok_or_else(unsafe_link)?);
     std::os::unix::fs::symlink(link_target, &link).map_err(io_err(name))
