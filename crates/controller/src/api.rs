@@ -437,10 +437,8 @@ async fn space_summary(
         })
         .await
         .map_err(db_err)?;
-    let mut out = Vec::new();
-    for a in &apps {
-        out.push(summary_of(&c, a).await?);
-    }
+    // Each summary asks the DEAs and may wait for their answers: ask for all apps at once.
+    let out = futures::future::try_join_all(apps.iter().map(|a| summary_of(&c, a))).await?;
     Ok(Json(
         json!({"guid": s.guid, "name": s.name, "apps": out, "services": []}),
     ))
@@ -448,10 +446,9 @@ async fn space_summary(
 
 async fn list_domains(
     State(c): State<Shared>,
-    user: CurrentUser,
+    _user: CurrentUser,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    let _ = user;
     let p = ListParams::parse(q.as_deref())?;
     p.check_known(&["name"])?;
     let ds =
@@ -491,7 +488,7 @@ fn route_json(r: &Route, domain: Option<&Domain>) -> Value {
         &r.updated_at,
         json!({
             "host": r.host, "path": "", "domain_guid": r.domain_guid, "space_guid": r.space_guid,
-            "domain_url": format!("/v2shared_domains/{}", r.domain_guid).replace("/v2shared", "/v2/shared"),
+            "domain_url": format!("/v2/shared_domains/{}", r.domain_guid),
             "space_url": format!("/v2/spaces/{}", r.space_guid),
             "apps_url": format!("/v2/routes/{}/apps", r.guid),
         }),
@@ -690,8 +687,8 @@ fn app_json(a: &App) -> Value {
             "detected_buildpack": a.detected_buildpack, "detected_start_command": a.detected_start_command.clone().unwrap_or_default(),
             "environment_json": env, "health_check_timeout": a.health_check_timeout, "health_check_type": "port",
             "package_state": a.package_state, "staging_task_id": a.staging_task_id, "version": a.version,
-            "staging_failed_reason": a.staging_error.as_ref().map(|e| e.split('|').next().unwrap_or("").to_string()),
-            "staging_failed_description": a.staging_error.as_ref().map(|e| e.split_once('|').map(|x| x.1).unwrap_or(e).to_string()),
+            "staging_failed_reason": a.staging_failure().map(|f| f.0),
+            "staging_failed_description": a.staging_failure().map(|f| f.1),
             "production": false, "stack_guid": null, "diego": false, "enable_ssh": true, "ports": null,
             "space_url": format!("/v2/spaces/{}", a.space_guid),
             "routes_url": format!("/v2/apps/{}/routes", a.guid),
@@ -840,7 +837,6 @@ fn validate(f: &AppFields) -> CfResult<()> {
 async fn create_app(
     State(c): State<Shared>,
     user: CurrentUser,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> CfResult<Response> {
     user.require_admin()?;
@@ -900,7 +896,6 @@ async fn create_app(
         Some(&a.space_guid),
     )
     .await;
-    let _ = headers;
     Ok((StatusCode::CREATED, Json(app_json(&a))).into_response())
 }
 
@@ -1328,8 +1323,7 @@ async fn staging_log(
 // ---------------------------------------------------------------- instances, stats, logs
 
 fn check_staged(a: &App) -> CfResult<()> {
-    if let Some(err) = &a.staging_error {
-        let (kind, msg) = err.split_once('|').unwrap_or(("StagingError", err));
+    if let Some((kind, msg)) = a.staging_failure() {
         return Err(match kind {
             "NoAppDetected" => ApiError::no_app_detected(msg),
             _ => ApiError::staging_error(msg),
@@ -1519,12 +1513,6 @@ async fn audit(
         .await
     {
         tracing::warn!(error = %e, "could not record event {kind}");
-    }
-}
-
-impl From<ApiError> for Box<CfError> {
-    fn from(e: ApiError) -> Self {
-        Box::new(CfError(e))
     }
 }
 

@@ -167,7 +167,9 @@ impl CurrentUser {
         if self.admin {
             Ok(())
         } else {
-            Err(ApiError::not_authorized().into())
+            let mut e = ApiError::not_authorized();
+            e.description.push_str(": only administrators can use the API until org and space roles arrive; ask an administrator");
+            Err(e.into())
         }
     }
 }

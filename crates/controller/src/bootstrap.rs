@@ -42,7 +42,7 @@ pub async fn ensure(
         };
         let hash =
             crate::auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e.description))?;
-        write_secret(password_file, &password)?;
+        write_secret(password_file, format!("{password}\n").as_bytes())?;
         match db.create_user("admin", &hash, true).await {
             Ok(_) | Err(DbError::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -87,7 +87,21 @@ pub async fn ensure(
     Ok(out)
 }
 
-fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+/// The key tokens are signed with: read from `path`, or made (64 random bytes) and saved
+/// there 0600 on first use.
+pub fn token_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    if let Ok(s) = std::fs::read(path) {
+        if s.len() >= 32 {
+            return Ok(s);
+        }
+    }
+    let secret: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+    write_secret(path, &secret)?;
+    Ok(secret)
+}
+
+/// Writes a file only its owner can read, atomically.
+fn write_secret(path: &Path, secret: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -98,7 +112,7 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    writeln!(f, "{secret}")?;
+    f.write_all(secret)?;
     f.sync_all()?;
     std::fs::rename(tmp, path)
 }
@@ -107,6 +121,23 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn token_secret_is_made_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token-secret");
+        let first = token_secret(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(
+            token_secret(&path).unwrap(),
+            first,
+            "the same key on the next start"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
 
     #[tokio::test]
     async fn creates_admin_org_space_domain_once() {

@@ -248,19 +248,7 @@ pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiErr
             .await
             .map_err(|e| ApiError::server(e.to_string()))?;
     let uris = crate::api::app_uris(c, &app.guid).await?;
-    let env: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&app.environment_json).unwrap_or_default();
-    let env = env
-        .into_iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            )
-        })
-        .collect();
+    let env = app.env_pairs();
     Ok(StartRequest {
         droplet: app.guid.clone(),
         name: app.name.clone(),

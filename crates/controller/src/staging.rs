@@ -9,7 +9,7 @@ use std::time::Duration;
 use strato_blobs::BlobKind;
 use strato_bus::BusError;
 use strato_core::messages::{LogLine, StagingRequest, StagingResult};
-use strato_core::{subjects, timings};
+use strato_core::subjects;
 use strato_db::package_state;
 use tokio::sync::Notify;
 
@@ -112,7 +112,7 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
         package_sha256: package.clone(),
         package_uri: blob_uri(c, BlobKind::Package, &package)?,
         buildpack: app.buildpack.clone().filter(|b| !b.is_empty()),
-        environment: env_list(&app.environment_json),
+        environment: app.env_pairs(),
         limits: strato_core::messages::Limits {
             mem: app.memory.max(1024) as u64,
             disk: app.disk_quota as u64,
@@ -167,7 +167,6 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
         finish(&c2, &req.app_id, &task2, result, &log).await;
         log.finish();
     });
-    let _ = timings::STAGING_TIMEOUT;
     Ok(task)
 }
 
@@ -178,21 +177,6 @@ pub fn blob_uri(c: &Shared, kind: BlobKind, sha: &str) -> Result<String, strato_
         .path_of(kind, sha)
         .map_err(|e| strato_core::ApiError::server(e.to_string()))?;
     Ok(format!("file://{}", path.display()))
-}
-
-fn env_list(json: &str) -> Vec<String> {
-    let env: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(json).unwrap_or_default();
-    env.into_iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            )
-        })
-        .collect()
 }
 
 async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, log: &TaskLog) {
@@ -249,9 +233,9 @@ async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, l
             kind,
             message,
             exit_status,
-            log_tail,
+            ..
         } => {
-            let _ = log_tail;
+            // The log tail already streamed to the client line by line.
             let what = match exit_status {
                 Some(s) => format!("{kind}: {message} (exit status {s})"),
                 None => format!("{kind}: {message}"),
@@ -263,7 +247,7 @@ async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, l
             } else {
                 app.package_state = package_state::FAILED.into();
             }
-            app.staging_error = Some(format!("{kind}|{message}"));
+            app.set_staging_failure(&kind, &message);
             let _ = c.db.update_app(&app).await;
         }
     }

@@ -35,7 +35,7 @@ impl ApiError {
         )
     }
     pub fn not_authenticated() -> Self {
-        Self::new(401, 1000, "CF-InvalidAuthToken", "Invalid Auth Token")
+        Self::new(401, 1000, "CF-InvalidAuthToken", "Invalid Auth Token: it is malformed, expired or revoked; log in again with `strato login`")
     }
     pub fn not_authorized() -> Self {
         Self::new(

@@ -59,6 +59,10 @@ impl Layout {
     pub fn controller_db(&self) -> PathBuf {
         self.root.join("controller.sqlite")
     }
+    /// The key the controller signs tokens with.
+    pub fn token_secret_file(&self) -> PathBuf {
+        self.root.join("token-secret")
+    }
     pub fn admin_password_file(&self) -> PathBuf {
         self.root.join("admin-password")
     }

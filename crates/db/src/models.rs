@@ -91,6 +91,33 @@ pub struct App {
     pub updated_at: String,
 }
 
+impl App {
+    /// The user's environment as `KEY=VALUE` pairs (strings unquoted, other JSON as text).
+    pub fn env_pairs(&self) -> Vec<String> {
+        let env: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&self.environment_json).unwrap_or_default();
+        env.into_iter()
+            .map(|(k, v)| match v.as_str() {
+                Some(s) => format!("{k}={s}"),
+                None => format!("{k}={v}"),
+            })
+            .collect()
+    }
+
+    /// Records why the last staging failed: a CF-style kind and a message.
+    pub fn set_staging_failure(&mut self, kind: &str, message: &str) {
+        self.staging_error = Some(format!("{kind}|{message}"));
+    }
+
+    /// The kind (`NoAppDetected`, `StagingError`, ...) and message of the last failed
+    /// staging, if it failed.
+    pub fn staging_failure(&self) -> Option<(&str, &str)> {
+        self.staging_error
+            .as_deref()
+            .map(|e| e.split_once('|').unwrap_or(("StagingError", e)))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Event {
     pub guid: String,

@@ -98,26 +98,6 @@ fn load_identity(layout: &Layout) -> anyhow::Result<NodeIdentity> {
     Ok(id)
 }
 
-fn token_secret(layout: &Layout) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = layout.root.join("token-secret");
-    if let Ok(s) = std::fs::read(&path) {
-        if s.len() >= 32 {
-            return Ok(s);
-        }
-    }
-    let secret: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(&secret)?;
-    Ok(secret)
-}
-
 fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
     let runc = strato_container::RuncDriver::new(
         layout.containers(),
@@ -248,7 +228,7 @@ impl Node {
         let mut cfg = strato_controller::ControllerConfig::new(
             &self.opts.domain,
             &self.layout,
-            token_secret(&self.layout)?,
+            strato_controller::bootstrap::token_secret(&self.layout.token_secret_file())?,
         );
         cfg.max_upload_mb = self.opts.max_upload_mb;
         let c = strato_controller::Controller::start(
