@@ -1,6 +1,7 @@
 //! Repository methods: every read and write the controller makes.
 
 use crate::{conflict_or, App, Db, Domain, Event, Organization, Result, Route, Space, User};
+use sqlx::any::AnyRow;
 use strato_core::{new_guid, now_rfc3339};
 
 /// Equality filters for list queries (`q=name:X` in the API). Empty fields match all.
@@ -14,8 +15,7 @@ pub struct Filter {
 }
 
 /// Builds `WHERE a = $1 AND b = $2` from the set fields, in a fixed order.
-fn where_clause(f: &Filter, columns: &[(&str, &Option<String>)]) -> (String, Vec<String>) {
-    let _ = f;
+fn where_clause(columns: &[(&str, &Option<String>)]) -> (String, Vec<String>) {
     let mut parts = Vec::new();
     let mut binds = Vec::new();
     for (col, val) in columns {
@@ -28,6 +28,60 @@ fn where_clause(f: &Filter, columns: &[(&str, &Option<String>)]) -> (String, Vec
         (String::new(), binds)
     } else {
         (format!(" WHERE {}", parts.join(" AND ")), binds)
+    }
+}
+
+/// A row type the `Any` driver can decode.
+trait Row: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin {}
+impl<T: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin> Row for T {}
+
+// Table, column and order names below are literals of this file, never user input;
+// values always go through binds.
+impl Db {
+    /// `SELECT * FROM table [WHERE col = value AND ...] ORDER BY order`.
+    async fn select_where<T: Row>(
+        &self,
+        table: &str,
+        order: &str,
+        columns: &[(&str, &Option<String>)],
+    ) -> Result<Vec<T>> {
+        let (w, binds) = where_clause(columns);
+        let sql = format!("SELECT * FROM {table}{w} ORDER BY {order}");
+        let mut q = sqlx::query_as(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        Ok(q.fetch_all(self.pool()).await?)
+    }
+
+    /// The row of `table` with this guid.
+    async fn by_guid<T: Row>(&self, table: &str, guid: &str) -> Result<Option<T>> {
+        let sql = format!("SELECT * FROM {table} WHERE guid = $1");
+        Ok(sqlx::query_as(&sql)
+            .bind(guid)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// `SELECT COUNT(*)` with an optional `column = value` condition.
+    async fn count(&self, table: &str, column: Option<(&str, &str)>) -> Result<i64> {
+        use sqlx::Row as _;
+        let row = match column {
+            Some((col, value)) => {
+                sqlx::query(&format!(
+                    "SELECT COUNT(*) AS n FROM {table} WHERE {col} = $1"
+                ))
+                .bind(value)
+                .fetch_one(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+                    .fetch_one(self.pool())
+                    .await?
+            }
+        };
+        Ok(row.try_get::<i64, _>("n")?)
     }
 }
 
@@ -64,18 +118,11 @@ impl Db {
     }
 
     pub async fn user_by_guid(&self, guid: &str) -> Result<Option<User>> {
-        Ok(sqlx::query_as("SELECT * FROM users WHERE guid = $1")
-            .bind(guid)
-            .fetch_optional(self.pool())
-            .await?)
+        self.by_guid("users", guid).await
     }
 
     pub async fn count_users(&self) -> Result<i64> {
-        use sqlx::Row;
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
-            .fetch_one(self.pool())
-            .await?;
-        Ok(row.try_get::<i64, _>("n")?)
+        self.count("users", None).await
     }
 
     // ---- organizations and spaces ----
@@ -102,22 +149,12 @@ impl Db {
     }
 
     pub async fn list_orgs(&self, f: &Filter) -> Result<Vec<Organization>> {
-        let (w, binds) = where_clause(f, &[("name", &f.name)]);
-        let sql = format!("SELECT * FROM organizations{w} ORDER BY created_at, name");
-        let mut q = sqlx::query_as(&sql);
-        for b in binds {
-            q = q.bind(b);
-        }
-        Ok(q.fetch_all(self.pool()).await?)
+        self.select_where("organizations", "created_at, name", &[("name", &f.name)])
+            .await
     }
 
     pub async fn org_by_guid(&self, guid: &str) -> Result<Option<Organization>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM organizations WHERE guid = $1")
-                .bind(guid)
-                .fetch_optional(self.pool())
-                .await?,
-        )
+        self.by_guid("organizations", guid).await
     }
 
     pub async fn create_space(&self, org_guid: &str, name: &str) -> Result<Space> {
@@ -137,26 +174,19 @@ impl Db {
     }
 
     pub async fn list_spaces(&self, f: &Filter) -> Result<Vec<Space>> {
-        let (w, binds) = where_clause(
-            f,
+        self.select_where(
+            "spaces",
+            "created_at, name",
             &[
                 ("name", &f.name),
                 ("organization_guid", &f.organization_guid),
             ],
-        );
-        let sql = format!("SELECT * FROM spaces{w} ORDER BY created_at, name");
-        let mut q = sqlx::query_as(&sql);
-        for b in binds {
-            q = q.bind(b);
-        }
-        Ok(q.fetch_all(self.pool()).await?)
+        )
+        .await
     }
 
     pub async fn space_by_guid(&self, guid: &str) -> Result<Option<Space>> {
-        Ok(sqlx::query_as("SELECT * FROM spaces WHERE guid = $1")
-            .bind(guid)
-            .fetch_optional(self.pool())
-            .await?)
+        self.by_guid("spaces", guid).await
     }
 
     // ---- domains ----
@@ -179,20 +209,12 @@ impl Db {
     }
 
     pub async fn list_domains(&self, f: &Filter) -> Result<Vec<Domain>> {
-        let (w, binds) = where_clause(f, &[("name", &f.name)]);
-        let sql = format!("SELECT * FROM domains{w} ORDER BY created_at, name");
-        let mut q = sqlx::query_as(&sql);
-        for b in binds {
-            q = q.bind(b);
-        }
-        Ok(q.fetch_all(self.pool()).await?)
+        self.select_where("domains", "created_at, name", &[("name", &f.name)])
+            .await
     }
 
     pub async fn domain_by_guid(&self, guid: &str) -> Result<Option<Domain>> {
-        Ok(sqlx::query_as("SELECT * FROM domains WHERE guid = $1")
-            .bind(guid)
-            .fetch_optional(self.pool())
-            .await?)
+        self.by_guid("domains", guid).await
     }
 
     // ---- routes ----
@@ -220,27 +242,20 @@ impl Db {
     }
 
     pub async fn list_routes(&self, f: &Filter) -> Result<Vec<Route>> {
-        let (w, binds) = where_clause(
-            f,
+        self.select_where(
+            "routes",
+            "created_at, host",
             &[
                 ("host", &f.host),
                 ("domain_guid", &f.domain_guid),
                 ("space_guid", &f.space_guid),
             ],
-        );
-        let sql = format!("SELECT * FROM routes{w} ORDER BY created_at, host");
-        let mut q = sqlx::query_as(&sql);
-        for b in binds {
-            q = q.bind(b);
-        }
-        Ok(q.fetch_all(self.pool()).await?)
+        )
+        .await
     }
 
     pub async fn route_by_guid(&self, guid: &str) -> Result<Option<Route>> {
-        Ok(sqlx::query_as("SELECT * FROM routes WHERE guid = $1")
-            .bind(guid)
-            .fetch_optional(self.pool())
-            .await?)
+        self.by_guid("routes", guid).await
     }
 
     pub async fn delete_route(&self, guid: &str) -> Result<bool> {
@@ -325,20 +340,16 @@ impl Db {
     }
 
     pub async fn app_by_guid(&self, guid: &str) -> Result<Option<App>> {
-        Ok(sqlx::query_as("SELECT * FROM apps WHERE guid = $1")
-            .bind(guid)
-            .fetch_optional(self.pool())
-            .await?)
+        self.by_guid("apps", guid).await
     }
 
     pub async fn list_apps(&self, f: &Filter) -> Result<Vec<App>> {
-        let (w, binds) = where_clause(f, &[("name", &f.name), ("space_guid", &f.space_guid)]);
-        let sql = format!("SELECT * FROM apps{w} ORDER BY created_at, name");
-        let mut q = sqlx::query_as(&sql);
-        for b in binds {
-            q = q.bind(b);
-        }
-        Ok(q.fetch_all(self.pool()).await?)
+        self.select_where(
+            "apps",
+            "created_at, name",
+            &[("name", &f.name), ("space_guid", &f.space_guid)],
+        )
+        .await
     }
 
     pub async fn delete_app(&self, guid: &str) -> Result<bool> {
@@ -358,22 +369,12 @@ impl Db {
 
     /// How many apps still use a droplet (so a droplet is deleted only when none does).
     pub async fn apps_using_droplet(&self, sha256: &str) -> Result<i64> {
-        use sqlx::Row;
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE droplet_hash = $1")
-            .bind(sha256)
-            .fetch_one(self.pool())
-            .await?;
-        Ok(row.try_get::<i64, _>("n")?)
+        self.count("apps", Some(("droplet_hash", sha256))).await
     }
 
     /// How many apps still use a package.
     pub async fn apps_using_package(&self, sha256: &str) -> Result<i64> {
-        use sqlx::Row;
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE package_hash = $1")
-            .bind(sha256)
-            .fetch_one(self.pool())
-            .await?;
-        Ok(row.try_get::<i64, _>("n")?)
+        self.count("apps", Some(("package_hash", sha256))).await
     }
 
     // ---- events ----
