@@ -332,11 +332,22 @@ pub async fn serve_health_manager(
 }
 
 async fn handle_hm_request(c: &Shared, req: HmRequest) {
-    let Ok(Some(app)) = c.db.app_by_guid(&req.droplet).await else {
-        return;
-    };
     match req.op {
+        // Stops need no app record: the app may be gone already.
+        HmOp::Stop => {
+            let stop = StopRequest {
+                droplet: req.droplet.clone(),
+                instances: Some(req.instances.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = c.runner.stop(&stop).await {
+                tracing::warn!(app = %req.droplet, error = %e, "cannot stop instances for the health manager");
+            }
+        }
         HmOp::Start => {
+            let Ok(Some(app)) = c.db.app_by_guid(&req.droplet).await else {
+                return;
+            };
             if app.state != "STARTED"
                 || app.version != req.version
                 || app.package_state != package_state::STAGED
@@ -349,28 +360,21 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
                 .copied()
                 .filter(|i| (*i as i64) < app.instances)
                 .collect();
+            // A crash is known to have ended the instance: no start shield applies.
             let force = req.reason == "crashed";
-            match start_request(c, &app).await {
-                Ok(tpl) => match c.runner.start_instances(&tpl, &indices, force).await {
-                    Ok(started) if !started.is_empty() => {
-                        tracing::info!(app = %app.name, ?started, reason = %req.reason, "health manager started instances");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(app = %app.name, error = %e, "health manager could not start instances")
-                    }
-                },
-                Err(e) => tracing::warn!(app = %app.name, error = %e, "cannot build start request"),
-            }
-        }
-        HmOp::Stop => {
-            let stop = StopRequest {
-                droplet: app.guid.clone(),
-                version: None,
-                indices: None,
-                instances: Some(req.instances.clone()),
+            let started = match start_request(c, &app).await {
+                Ok(tpl) => c.runner.start_instances(&tpl, &indices, force).await,
+                Err(e) => Err(e),
             };
-            let _ = c.runner.stop(&stop).await;
+            match started {
+                Ok(started) if !started.is_empty() => {
+                    tracing::info!(app = %app.name, ?started, reason = %req.reason, "health manager started instances");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(app = %app.name, error = %e, "health manager could not start instances")
+                }
+            }
         }
     }
 }

@@ -285,6 +285,32 @@ pub struct HmRequest {
     pub reason: String,
 }
 
+impl HmRequest {
+    /// Start these indices of `droplet` at `version`.
+    pub fn start(droplet: &str, version: &str, indices: Vec<u32>, reason: &str) -> Self {
+        HmRequest {
+            op: HmOp::Start,
+            droplet: droplet.to_string(),
+            version: version.to_string(),
+            indices,
+            instances: Vec::new(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Stop these instances (ids) of `droplet`.
+    pub fn stop(droplet: &str, instances: Vec<String>, reason: &str) -> Self {
+        HmRequest {
+            op: HmOp::Stop,
+            droplet: droplet.to_string(),
+            version: String::new(),
+            indices: Vec::new(),
+            instances,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum HmOp {

@@ -48,12 +48,23 @@ struct Seen {
     at: Instant,
 }
 
+/// The crash history of one index of an app.
+#[derive(Clone, Debug)]
+struct CrashRecord {
+    count: u32,
+    last: Instant,
+    /// Back-off: no restart before this.
+    not_before: Instant,
+    /// A restart was asked for since the last crash; further starts of this index are
+    /// ordinary (shielded) ones, so one crash never starts two instances.
+    restart_sent: bool,
+}
+
 #[derive(Default)]
 struct Actual {
     /// instance id → what the last heartbeat said, per app.
     apps: HashMap<String, HashMap<String, Seen>>,
-    /// (app, index) → (crash count, last crash, restart not before).
-    crashes: HashMap<(String, u32), (u32, Instant, Instant)>,
+    crashes: HashMap<(String, u32), CrashRecord>,
 }
 
 /// What to ask of the controller for one app, computed from desired and actual state.
@@ -168,51 +179,46 @@ async fn on_exit(
         ExitReason::Stopped | ExitReason::DeaShutdown => {}
         ExitReason::DeaEvacuation => {
             drop(a);
-            request(
-                bus,
-                HmOp::Start,
-                &e.droplet,
-                &e.version,
-                vec![e.index],
-                vec![],
-                "evacuated",
-            )
-            .await;
+            let req = HmRequest::start(&e.droplet, &e.version, vec![e.index], "evacuated");
+            request(bus, req).await;
         }
         ExitReason::Crashed => {
             let now = Instant::now();
-            let entry = a
+            let record = a
                 .crashes
                 .entry((e.droplet.clone(), e.index))
-                .or_insert((0, now, now));
-            if entry.1.elapsed() > cfg.crash_reset {
-                entry.0 = 0;
+                .or_insert(CrashRecord {
+                    count: 0,
+                    last: now,
+                    not_before: now,
+                    restart_sent: false,
+                });
+            if record.last.elapsed() > cfg.crash_reset {
+                record.count = 0;
             }
-            entry.0 += 1;
-            entry.1 = now;
-            let count = entry.0;
-            let delay = if count <= cfg.immediate_restarts {
-                Duration::ZERO
-            } else {
-                let exp = (count - cfg.immediate_restarts).min(10);
-                Duration::from_secs(1u64 << exp).min(cfg.backoff_max)
-            };
-            entry.2 = now + delay;
+            record.count += 1;
+            record.last = now;
+            let delay = backoff(cfg, record.count);
+            record.not_before = now + delay;
+            record.restart_sent = delay.is_zero();
+            let count = record.count;
             drop(a);
             tracing::info!(target: "event", app = %e.droplet, index = e.index, crashes = count, delay_ms = delay.as_millis() as u64, "health_manager: instance crashed ({}); restarting", e.exit_description);
             if delay.is_zero() {
-                request(
-                    bus,
-                    HmOp::Start,
-                    &e.droplet,
-                    &e.version,
-                    vec![e.index],
-                    vec![],
-                    "crashed",
-                )
-                .await;
+                let req = HmRequest::start(&e.droplet, &e.version, vec![e.index], "crashed");
+                request(bus, req).await;
             }
         }
+    }
+}
+
+/// No delay for the first crashes, then doubling from 2 s up to the maximum.
+fn backoff(cfg: &HealthConfig, crashes: u32) -> Duration {
+    if crashes <= cfg.immediate_restarts {
+        Duration::ZERO
+    } else {
+        let exp = (crashes - cfg.immediate_restarts).min(10);
+        Duration::from_secs(1u64 << exp).min(cfg.backoff_max)
     }
 }
 
@@ -230,93 +236,68 @@ async fn reconcile(
     .await?;
     let mut todo = Vec::new();
     {
-        let mut a = actual.lock().await;
+        let mut guard = actual.lock().await;
+        let a = &mut *guard;
         for m in a.apps.values_mut() {
             m.retain(|_, s| s.at.elapsed() < cfg.heartbeat_deadline);
         }
         let now = Instant::now();
-        for d in &desired {
-            if d.package_state != "STAGED" {
-                continue;
-            }
-            let empty = HashMap::new();
+        let empty = HashMap::new();
+        for d in desired.iter().filter(|d| d.package_state == "STAGED") {
             let seen = a.apps.get(&d.droplet).unwrap_or(&empty);
-            let crashes = &a.crashes;
             let blocked = |i: u32| {
-                crashes
+                a.crashes
                     .get(&(d.droplet.clone(), i))
-                    .map(|c| c.2 > now)
-                    .unwrap_or(false)
+                    .is_some_and(|c| c.not_before > now)
             };
             let p = plan(d, seen, &blocked);
-            // Crash restarts due now: a backed-off crash whose time has come.
-            let reason = |i: u32| {
-                if crashes.contains_key(&(d.droplet.clone(), i)) {
-                    "crashed"
-                } else {
-                    "missing"
+            // A backed-off crash whose time has come is restarted as a crash (once);
+            // anything else missing is an ordinary start.
+            let mut crashed = Vec::new();
+            let mut missing = Vec::new();
+            for i in p.start {
+                match a.crashes.get_mut(&(d.droplet.clone(), i)) {
+                    Some(c) if !c.restart_sent => {
+                        c.restart_sent = true;
+                        crashed.push(i);
+                    }
+                    _ => missing.push(i),
                 }
-            };
-            let (crashed, missing): (Vec<u32>, Vec<u32>) =
-                p.start.iter().partition(|i| reason(**i) == "crashed");
-            todo.push((
-                d.droplet.clone(),
-                d.version.clone(),
-                missing,
-                crashed,
-                p.stop,
-            ));
+            }
+            if !missing.is_empty() {
+                todo.push(HmRequest::start(&d.droplet, &d.version, missing, "missing"));
+            }
+            if !crashed.is_empty() {
+                todo.push(HmRequest::start(&d.droplet, &d.version, crashed, "crashed"));
+            }
+            if !p.stop.is_empty() {
+                todo.push(HmRequest::stop(&d.droplet, p.stop, "extra"));
+            }
         }
+        // Apps no longer desired (stopped or deleted) with live instances: stop them.
         let wanted: std::collections::HashSet<&String> =
             desired.iter().map(|d| &d.droplet).collect();
-        // Apps no longer desired (stopped or deleted) with live instances: stop them.
-        for (app, seen) in &a.apps {
-            if !wanted.contains(app) {
-                let ids: Vec<String> = seen
-                    .iter()
-                    .filter(|(_, s)| {
-                        matches!(s.state, InstanceState::Running | InstanceState::Starting)
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                if !ids.is_empty() {
-                    todo.push((app.clone(), String::new(), vec![], vec![], ids));
-                }
+        for (app, seen) in a.apps.iter().filter(|(app, _)| !wanted.contains(app)) {
+            let ids: Vec<String> = seen
+                .iter()
+                .filter(|(_, s)| {
+                    matches!(s.state, InstanceState::Running | InstanceState::Starting)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !ids.is_empty() {
+                todo.push(HmRequest::stop(app, ids, "not desired"));
             }
         }
     }
-    for (app, version, missing, crashed, stop) in todo {
-        if !missing.is_empty() {
-            request(bus, HmOp::Start, &app, &version, missing, vec![], "missing").await;
-        }
-        if !crashed.is_empty() {
-            request(bus, HmOp::Start, &app, &version, crashed, vec![], "crashed").await;
-        }
-        if !stop.is_empty() {
-            request(bus, HmOp::Stop, &app, &version, vec![], stop, "extra").await;
-        }
+    for req in todo {
+        request(bus, req).await;
     }
     Ok(())
 }
 
-async fn request(
-    bus: &SharedBus,
-    op: HmOp,
-    app: &str,
-    version: &str,
-    indices: Vec<u32>,
-    instances: Vec<String>,
-    reason: &str,
-) {
-    tracing::info!(target: "event", app, ?op, ?indices, ?instances, reason, "health_manager decision");
-    let req = HmRequest {
-        op,
-        droplet: app.to_string(),
-        version: version.to_string(),
-        indices,
-        instances,
-        reason: reason.to_string(),
-    };
+async fn request(bus: &SharedBus, req: HmRequest) {
+    tracing::info!(target: "event", app = %req.droplet, op = ?req.op, indices = ?req.indices, instances = ?req.instances, reason = %req.reason, "health_manager decision");
     if let Err(e) = strato_bus::publish_json(bus.as_ref(), subjects::CC_HM_REQUESTS, &req).await {
         tracing::warn!(error = %e, "health manager could not send its request");
     }
@@ -375,6 +356,21 @@ mod tests {
         m.insert("b".to_string(), seen("v2", 0, InstanceState::Running));
         let p = plan(&desired(1), &m, &|_| false);
         assert_eq!(p.stop, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn backoff_is_immediate_then_doubles_up_to_the_maximum() {
+        let cfg = HealthConfig::default();
+        assert_eq!(backoff(&cfg, cfg.immediate_restarts), Duration::ZERO);
+        assert_eq!(
+            backoff(&cfg, cfg.immediate_restarts + 1),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            backoff(&cfg, cfg.immediate_restarts + 2),
+            Duration::from_secs(4)
+        );
+        assert_eq!(backoff(&cfg, 100), cfg.backoff_max);
     }
 
     #[test]
