@@ -76,35 +76,18 @@ pub struct RouteEntity {
     pub space_guid: Option<String>,
 }
 
-/// An app in `GET /v2/spaces/:guid/summary` and `GET /v2/apps/:guid/summary`.
+/// An app in `GET /v2/spaces/:guid/summary` and `GET /v2/apps/:guid/summary`: the app's
+/// entity plus what the summary adds.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct AppSummary {
     #[serde(default)]
     pub guid: String,
     #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub instances: u32,
-    #[serde(default)]
     pub running_instances: Option<u32>,
     #[serde(default)]
-    pub memory: u64,
-    #[serde(default)]
-    pub disk_quota: u64,
-    #[serde(default)]
     pub urls: Vec<String>,
-    #[serde(default)]
-    pub package_state: Option<String>,
-    #[serde(default)]
-    pub buildpack: Option<String>,
-    #[serde(default)]
-    pub detected_buildpack: Option<String>,
-    #[serde(default)]
-    pub command: Option<String>,
-    #[serde(default)]
-    pub environment_json: Option<Map<String, Value>>,
+    #[serde(flatten)]
+    pub app: AppEntity,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

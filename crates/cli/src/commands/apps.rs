@@ -25,15 +25,15 @@ pub async fn list(ctx: &Ctx) -> Result<()> {
         return ctx.out.print_json(&space.apps);
     }
     let mut apps = space.apps;
-    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    apps.sort_by(|a, b| a.app.name.cmp(&b.app.name));
     let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
             vec![
-                a.name.clone(),
+                a.app.name.clone(),
                 instance_count(a),
-                megabytes(a.memory),
-                a.state.clone(),
+                megabytes(a.app.memory),
+                a.app.state.clone(),
                 a.urls.join(", "),
             ]
         })
@@ -48,8 +48,8 @@ pub async fn list(ctx: &Ctx) -> Result<()> {
 
 fn instance_count(app: &AppSummary) -> String {
     match app.running_instances {
-        Some(running) => format!("{running}/{}", app.instances),
-        None => app.instances.to_string(),
+        Some(running) => format!("{running}/{}", app.app.instances),
+        None => app.app.instances.to_string(),
     }
 }
 
@@ -71,22 +71,23 @@ pub async fn show(ctx: &Ctx, name: &str) -> Result<()> {
         .map(|u| super::routes::public_url(&scope.target, u))
         .collect();
     let buildpack = s
+        .app
         .buildpack
         .clone()
-        .or(s.detected_buildpack.clone())
+        .or(s.app.detected_buildpack.clone())
         .unwrap_or_default();
     let rows = vec![
-        vec!["Name".into(), s.name.clone()],
-        vec!["State".into(), s.state.clone()],
+        vec!["Name".into(), s.app.name.clone()],
+        vec!["State".into(), s.app.state.clone()],
         vec!["Instances".into(), instance_count(&s)],
-        vec!["Memory".into(), megabytes(s.memory)],
-        vec!["Disk".into(), megabytes(s.disk_quota)],
+        vec!["Memory".into(), megabytes(s.app.memory)],
+        vec!["Disk".into(), megabytes(s.app.disk_quota)],
         vec!["URLs".into(), urls.join(" ")],
         vec!["Buildpack".into(), buildpack],
-        vec!["Command".into(), s.command.clone().unwrap_or_default()],
+        vec!["Command".into(), s.app.command.clone().unwrap_or_default()],
         vec![
             "Package".into(),
-            s.package_state.clone().unwrap_or_default(),
+            s.app.package_state.clone().unwrap_or_default(),
         ],
         vec!["Guid".into(), app.metadata.guid.clone()],
     ];

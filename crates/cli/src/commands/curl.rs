@@ -23,13 +23,7 @@ pub async fn curl(ctx: &Ctx, method: &str, path: &str, body: Option<&str>) -> Re
         }
     }
     let target = ctx.target()?;
-    let session = ctx
-        .store
-        .load()?
-        .targets
-        .get(&target.url)
-        .cloned()
-        .unwrap_or_default();
+    let session = ctx.saved_session(&target)?;
     let api = if session.logged_in() {
         Api::with_session(&target.url, &session, ctx.store.clone())?
     } else {

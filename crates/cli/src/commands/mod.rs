@@ -49,16 +49,21 @@ impl Ctx {
             .ok_or_else(|| anyhow!("no target set; run `strato target URL` (or set STRATO_TARGET)"))
     }
 
-    /// The target and its saved session, which must hold a token.
-    pub fn session(&self) -> Result<(ResolvedTarget, Session)> {
-        let target = self.target()?;
-        let session = self
+    /// What is saved for `target` (empty when never logged in there).
+    pub fn saved_session(&self, target: &ResolvedTarget) -> Result<Session> {
+        Ok(self
             .store
             .load()?
             .targets
             .get(&target.url)
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_default())
+    }
+
+    /// The target and its saved session, which must hold a token.
+    pub fn session(&self) -> Result<(ResolvedTarget, Session)> {
+        let target = self.target()?;
+        let session = self.saved_session(&target)?;
         if !session.logged_in() {
             return Err(anyhow!(
                 "not logged in to {}; run `strato login`",

@@ -280,13 +280,7 @@ pub fn logout(ctx: &Ctx) -> Result<()> {
 pub async fn info(ctx: &Ctx) -> Result<()> {
     let target = ctx.target()?;
     let info = Api::anonymous(&target.url)?.info().await?;
-    let session = ctx
-        .store
-        .load()?
-        .targets
-        .get(&target.url)
-        .cloned()
-        .unwrap_or_default();
+    let session = ctx.saved_session(&target)?;
     let user = session.user.clone().filter(|_| session.logged_in());
     if ctx.out.json {
         return ctx.out.print_json(&json!({
