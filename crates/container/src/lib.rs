@@ -176,13 +176,60 @@ pub struct RunningContainer {
     /// Output lines, in order per stream. Ends when both streams are closed. Dropping the
     /// receiver discards further output without blocking the app.
     pub output: mpsc::Receiver<OutputLine>,
-    waiter: Box<dyn Waiter>,
+    waiter: ChildWaiter,
 }
 
-/// How a driver waits for its container's exit.
-#[async_trait]
-pub(crate) trait Waiter: Send {
-    async fn wait(&mut self) -> Result<i32, ContainerError>;
+/// Waits on the child whose exit status is the container's: the app itself for the
+/// process driver, the foreground `runc run` for runc.
+pub(crate) struct ChildWaiter {
+    child: tokio::process::Child,
+    /// What the child is, for error messages.
+    what: &'static str,
+    status: Option<i32>,
+    /// Set once the child has exited (the process driver's bookkeeping).
+    exited: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl ChildWaiter {
+    pub(crate) fn new(child: tokio::process::Child, what: &'static str) -> Self {
+        ChildWaiter {
+            child,
+            what,
+            status: None,
+            exited: None,
+        }
+    }
+
+    pub(crate) fn flag_exit(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.exited = Some(flag);
+        self
+    }
+
+    async fn wait(&mut self) -> Result<i32, ContainerError> {
+        if let Some(code) = self.status {
+            return Ok(code);
+        }
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(ContainerError::io(self.what))?;
+        if let Some(flag) = &self.exited {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let code = exit_code(status);
+        self.status = Some(code);
+        Ok(code)
+    }
+}
+
+/// The exit code, or 128 + signal for a process killed by a signal.
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
 }
 
 impl RunningContainer {
@@ -190,7 +237,7 @@ impl RunningContainer {
         id: String,
         pid: u32,
         output: mpsc::Receiver<OutputLine>,
-        waiter: Box<dyn Waiter>,
+        waiter: ChildWaiter,
     ) -> Self {
         RunningContainer {
             id,
@@ -225,7 +272,7 @@ impl RunningContainer {
 pub struct ContainerWaiter {
     pub id: String,
     pub pid: u32,
-    waiter: Box<dyn Waiter>,
+    waiter: ChildWaiter,
 }
 
 impl ContainerWaiter {

@@ -15,13 +15,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::output::spawn_readers;
-use crate::runc::exit_code;
 use crate::{
-    validate_id, ContainerDriver, ContainerError, ContainerSpec, ExecOutput, RunningContainer,
-    Stats, Waiter,
+    exit_code, validate_id, ChildWaiter, ContainerDriver, ContainerError, ContainerSpec,
+    ExecOutput, RunningContainer, Stats,
 };
 
 struct Entry {
@@ -127,11 +126,7 @@ impl ContainerDriver for ProcessDriver {
             id,
             pid,
             spawn_readers(stdout, stderr),
-            Box::new(ProcessWaiter {
-                child,
-                exited,
-                status: None,
-            }),
+            ChildWaiter::new(child, "wait for the app process").flag_exit(exited),
         ))
     }
 
@@ -205,30 +200,6 @@ impl ContainerDriver for ProcessDriver {
         let mut ids: Vec<String> = entries.keys().cloned().collect();
         ids.sort();
         Ok(ids)
-    }
-}
-
-struct ProcessWaiter {
-    child: Child,
-    exited: Arc<AtomicBool>,
-    status: Option<i32>,
-}
-
-#[async_trait]
-impl Waiter for ProcessWaiter {
-    async fn wait(&mut self) -> Result<i32, ContainerError> {
-        if let Some(code) = self.status {
-            return Ok(code);
-        }
-        let status = self
-            .child
-            .wait()
-            .await
-            .map_err(ContainerError::io("wait for the app process"))?;
-        self.exited.store(true, Ordering::SeqCst);
-        let code = exit_code(status);
-        self.status = Some(code);
-        Ok(code)
     }
 }
 

@@ -18,8 +18,8 @@ use crate::output::spawn_readers;
 use crate::spec::oci_config;
 use crate::stack::Stack;
 use crate::{
-    validate_id, ContainerDriver, ContainerError, ContainerSpec, ExecOutput, RunningContainer,
-    Stats, Waiter,
+    exit_code, validate_id, ChildWaiter, ContainerDriver, ContainerError, ContainerSpec,
+    ExecOutput, RunningContainer, Stats,
 };
 
 /// How long `runc run` may take to get the container's init running.
@@ -223,10 +223,7 @@ impl RuncDriver {
             spec.id.clone(),
             pid,
             output,
-            Box::new(RuncWaiter {
-                child,
-                status: None,
-            }),
+            ChildWaiter::new(child, "wait for runc run"),
         ))
     }
 
@@ -393,38 +390,6 @@ impl ContainerDriver for RuncDriver {
         ids.dedup();
         Ok(ids)
     }
-}
-
-/// Waits on the foreground `runc run`, whose exit status is the container's.
-struct RuncWaiter {
-    child: Child,
-    status: Option<i32>,
-}
-
-#[async_trait]
-impl Waiter for RuncWaiter {
-    async fn wait(&mut self) -> Result<i32, ContainerError> {
-        if let Some(code) = self.status {
-            return Ok(code);
-        }
-        let status = self
-            .child
-            .wait()
-            .await
-            .map_err(ContainerError::io("wait for runc run"))?;
-        let code = exit_code(status);
-        self.status = Some(code);
-        Ok(code)
-    }
-}
-
-/// The exit code, or 128 + signal for a process killed by a signal.
-pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1)
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
