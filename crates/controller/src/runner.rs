@@ -101,11 +101,16 @@ impl Runner {
         Ok(())
     }
 
-    /// The DEAs heard from recently.
-    pub fn live_deas(&self) -> Vec<DeaAdvertise> {
+    /// The DEA table with expired adverts dropped.
+    fn fresh_deas(&self) -> std::sync::MutexGuard<'_, HashMap<String, (DeaAdvertise, Instant)>> {
         let mut map = self.deas.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, (_, seen)| seen.elapsed() < DEA_EXPIRY);
-        map.values().map(|(a, _)| a.clone()).collect()
+        map
+    }
+
+    /// The DEAs heard from recently.
+    pub fn live_deas(&self) -> Vec<DeaAdvertise> {
+        self.fresh_deas().values().map(|(a, _)| a.clone()).collect()
     }
 
     /// Waits up to `wait` for at least one DEA to advertise.
@@ -139,8 +144,7 @@ impl Runner {
                 }
             }
             let dea_id = {
-                let mut map = self.deas.lock().unwrap_or_else(|p| p.into_inner());
-                map.retain(|_, (_, seen)| seen.elapsed() < DEA_EXPIRY);
+                let mut map = self.fresh_deas();
                 let ads: Vec<DeaAdvertise> = map.values().map(|(a, _)| a.clone()).collect();
                 let chosen = place(&ads, &template.droplet, template.limits.mem as i64, "default")
                     .map(|d| d.id.clone())

@@ -285,7 +285,6 @@ fn write(dir: &Path, name: &str, text: &str) {
 async fn staging_streams_live_and_bad_input_is_refused() {
     let mc = MicroCloud::start().expect("micro cloud");
     mc.login();
-    let here = mc.client_home.path().to_path_buf();
 
     // Nothing detectable: the error names the buildpacks tried.
     let empty = tempfile::tempdir().unwrap();
@@ -420,5 +419,4 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         body.contains("hello from slow"),
         "the previous droplet keeps serving: {body}"
     );
-    let _ = here;
 }

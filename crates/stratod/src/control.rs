@@ -65,15 +65,11 @@ async fn status(State(node): State<S>) -> Json<Value> {
     let statuses = node.supervisor.status();
     let mut roles = Vec::new();
     for r in configured.iter().filter(|r| **r != Role::Base) {
-        let st = statuses.iter().find(|s| s.role == r.name());
-        let hosted = node.factory(*r).is_some();
+        let host = crate::node::hosting_role(*r);
+        let st = statuses.iter().find(|s| s.role == host.name());
         roles.push(json!({
             "role": r.name(),
-            "state": match (st, hosted) {
-                (Some(s), _) => s.state.clone(),
-                (None, false) => "running".into(), // served inside another role (logs)
-                (None, true) => "stopped".into(),
-            },
+            "state": st.map(|s| s.state.clone()).unwrap_or_else(|| "stopped".into()),
             "restarts": st.map(|s| s.restarts).unwrap_or(0),
             "last_error": st.and_then(|s| s.last_error.clone()),
             "since": st.map(|s| s.since.clone()).unwrap_or_else(|| node.started_at.clone()),

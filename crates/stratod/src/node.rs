@@ -138,6 +138,15 @@ pub async fn configured_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Re
     Ok(roles)
 }
 
+/// The role whose task serves `role`: the logs role lives inside the controller for now,
+/// so its state is the controller's.
+pub fn hosting_role(role: Role) -> Role {
+    match role {
+        Role::Logs => Role::Controller,
+        r => r,
+    }
+}
+
 /// Writes a role set to the config store (what `kato node setup micro` does).
 pub async fn set_roles(kv: &dyn ConfigStore, node_id: &str, roles: &[Role]) -> anyhow::Result<()> {
     let mut doc = serde_json::Map::new();

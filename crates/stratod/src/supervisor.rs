@@ -97,8 +97,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops every role, the DEA last so its instances are stopped cleanly... well,
-    /// all at once but each gets `wait`.
+    /// Stops every role at once and gives each up to `wait` to finish (the DEA uses it to
+    /// stop its instances cleanly).
     pub async fn stop_all(&self, wait: Duration) {
         let slots: Vec<(Role, Slot)> =
             std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()))
