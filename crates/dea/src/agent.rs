@@ -544,9 +544,6 @@ impl Dea {
                 )
             })
             .collect();
-        if found.is_empty() {
-            return;
-        }
         if req.include_stats {
             for (info, container_id, dir) in &mut found {
                 if info.state == InstanceState::Running {

@@ -6,9 +6,8 @@
 //! output on `apptail.<app>`. Containers go through a [`ContainerDriver`] (runc in
 //! production), so the same code runs isolated or, where runc cannot run, unisolated.
 //!
-//! `dea.find.droplet` gets no reply from a DEA without instances of the app, so a requester
-//! taking the first reply hears from a DEA that has some, and a collector waits for its
-//! timeout.
+//! Every DEA answers `dea.find.droplet`, with an empty list when it has no instance of the
+//! app, so the controller's collector is done once each live DEA has answered.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -292,6 +292,17 @@ async fn runs_routes_crashes_stops_and_shuts_down() {
     assert_eq!(infos[0].port, route.port);
     assert!(infos[0].mem_bytes > 0, "{:?}", infos[0]);
     assert_eq!(infos[0].mem_quota, 128 * 1024 * 1024);
+    // A DEA without instances of an app answers at once with none, so a collector
+    // asking every DEA need not wait for its timeout.
+    let other = FindDroplet {
+        droplet: "no-such-app".into(),
+        include_stats: false,
+    };
+    let none: Vec<InstanceInfo> =
+        request_json(bus.as_ref(), subjects::DEA_FIND_DROPLET, &other, WAIT)
+            .await
+            .unwrap();
+    assert!(none.is_empty());
 
     // Exec and files go through the DEA.
     let reply = exec(bus.as_ref(), &dea_id, &instance, &["id", "-u"]).await;
