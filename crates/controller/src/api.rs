@@ -301,14 +301,10 @@ async fn list_orgs(
 ) -> CfResult<Json<Value>> {
     user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    p.check_known(&["name"])?;
     let orgs =
-        c.db.list_orgs(&Filter {
-            name: p.filter("name"),
-            ..Default::default()
-        })
-        .await
-        .map_err(db_err)?;
+        c.db.list_orgs(&p.db_filter(&["name"])?)
+            .await
+            .map_err(db_err)?;
     Ok(Json(paginate(
         "/v2/organizations",
         &p,
@@ -338,19 +334,13 @@ async fn org_spaces(
 ) -> CfResult<Json<Value>> {
     user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    p.check_known(&["name"])?;
+    let mut filter = p.db_filter(&["name"])?;
+    filter.organization_guid = Some(guid.clone());
     c.db.org_by_guid(&guid)
         .await
         .map_err(db_err)?
         .ok_or_else(|| ApiError::not_found("organization", &guid))?;
-    let spaces =
-        c.db.list_spaces(&Filter {
-            organization_guid: Some(guid.clone()),
-            name: p.filter("name"),
-            ..Default::default()
-        })
-        .await
-        .map_err(db_err)?;
+    let spaces = c.db.list_spaces(&filter).await.map_err(db_err)?;
     Ok(Json(paginate(
         &format!("/v2/organizations/{guid}/spaces"),
         &p,
@@ -365,15 +355,8 @@ async fn list_spaces(
 ) -> CfResult<Json<Value>> {
     user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    p.check_known(&["name", "organization_guid"])?;
-    let spaces =
-        c.db.list_spaces(&Filter {
-            name: p.filter("name"),
-            organization_guid: p.filter("organization_guid"),
-            ..Default::default()
-        })
-        .await
-        .map_err(db_err)?;
+    let filter = p.db_filter(&["name", "organization_guid"])?;
+    let spaces = c.db.list_spaces(&filter).await.map_err(db_err)?;
     Ok(Json(paginate(
         "/v2/spaces",
         &p,
@@ -406,16 +389,10 @@ async fn space_apps(
 ) -> CfResult<Json<Value>> {
     user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    p.check_known(&["name"])?;
+    let mut filter = p.db_filter(&["name"])?;
+    filter.space_guid = Some(guid.clone());
     space(&c, &guid).await?;
-    let apps =
-        c.db.list_apps(&Filter {
-            space_guid: Some(guid.clone()),
-            name: p.filter("name"),
-            ..Default::default()
-        })
-        .await
-        .map_err(db_err)?;
+    let apps = c.db.list_apps(&filter).await.map_err(db_err)?;
     Ok(Json(paginate(
         &format!("/v2/spaces/{guid}/apps"),
         &p,
@@ -450,14 +427,10 @@ async fn list_domains(
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
     let p = ListParams::parse(q.as_deref())?;
-    p.check_known(&["name"])?;
     let ds =
-        c.db.list_domains(&Filter {
-            name: p.filter("name"),
-            ..Default::default()
-        })
-        .await
-        .map_err(db_err)?;
+        c.db.list_domains(&p.db_filter(&["name"])?)
+            .await
+            .map_err(db_err)?;
     Ok(Json(paginate(
         "/v2/shared_domains",
         &p,
@@ -506,16 +479,8 @@ async fn list_routes(
 ) -> CfResult<Json<Value>> {
     user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    p.check_known(&["host", "domain_guid", "space_guid"])?;
-    let rs =
-        c.db.list_routes(&Filter {
-            host: p.filter("host").map(|h| h.to_ascii_lowercase()),
-            domain_guid: p.filter("domain_guid"),
-            space_guid: p.filter("space_guid"),
-            ..Default::default()
-        })
-        .await
-        .map_err(db_err)?;
+    let filter = p.db_filter(&["host", "domain_guid", "space_guid"])?;
+    let rs = c.db.list_routes(&filter).await.map_err(db_err)?;
     let mut out = Vec::new();
     for r in &rs {
         let d = if p.depth > 0 {
@@ -733,15 +698,8 @@ async fn list_apps(
 ) -> CfResult<Json<Value>> {
     user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    p.check_known(&["name", "space_guid"])?;
-    let apps =
-        c.db.list_apps(&Filter {
-            name: p.filter("name"),
-            space_guid: p.filter("space_guid"),
-            ..Default::default()
-        })
-        .await
-        .map_err(db_err)?;
+    let filter = p.db_filter(&["name", "space_guid"])?;
+    let apps = c.db.list_apps(&filter).await.map_err(db_err)?;
     Ok(Json(paginate(
         "/v2/apps",
         &p,

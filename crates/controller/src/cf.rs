@@ -117,6 +117,19 @@ impl ListParams {
         Ok(())
     }
 
+    /// The `q=` filters as a database filter, refusing fields this list does not know.
+    /// Hosts compare lowercased, as routes are stored.
+    pub fn db_filter(&self, known: &[&str]) -> Result<strato_db::Filter, CfError> {
+        self.check_known(known)?;
+        Ok(strato_db::Filter {
+            name: self.filter("name"),
+            space_guid: self.filter("space_guid"),
+            organization_guid: self.filter("organization_guid"),
+            host: self.filter("host").map(|h| h.to_ascii_lowercase()),
+            domain_guid: self.filter("domain_guid"),
+        })
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.raw
             .iter()
@@ -197,6 +210,16 @@ mod tests {
         assert_eq!(p.depth, 1);
         assert!(ListParams::parse(Some("q=nocolon")).is_err());
         assert!(p.check_known(&["name"]).is_err());
+    }
+
+    #[test]
+    fn filters_become_a_db_filter() {
+        let p = ListParams::parse(Some("q=host:WeB&q=space_guid:s1")).unwrap();
+        let f = p.db_filter(&["host", "space_guid"]).unwrap();
+        assert_eq!(f.host.as_deref(), Some("web"), "hosts compare lowercased");
+        assert_eq!(f.space_guid.as_deref(), Some("s1"));
+        assert!(f.name.is_none());
+        assert!(p.db_filter(&["host"]).is_err(), "a filter the list does not know is refused");
     }
 
     #[test]
