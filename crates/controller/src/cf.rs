@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(f.host.as_deref(), Some("web"), "hosts compare lowercased");
         assert_eq!(f.space_guid.as_deref(), Some("s1"));
         assert!(f.name.is_none());
-        assert!(p.db_filter(&["host"]).is_err(), "a filter the list does not know is refused");
+        assert!(
+            p.db_filter(&["host"]).is_err(),
+            "a filter the list does not know is refused"
+        );
     }
 
     #[test]

@@ -7,6 +7,18 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use strato_controller::{api, bootstrap, Controller, ControllerConfig};
 
+/// `POST /oauth/token` as client `cf` with an empty secret: status and JSON body.
+async fn token(http: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let r = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth("cf", Some(""))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -52,20 +64,16 @@ impl Api {
                 .unwrap();
         });
         let http = reqwest::Client::new();
-        let tok: Value = http
-            .post(format!("{base}/oauth/token"))
-            .basic_auth("cf", Some(""))
-            .form(&[
+        let (_, tok) = token(
+            &http,
+            &base,
+            &[
                 ("grant_type", "password"),
                 ("username", "admin"),
                 ("password", "s3cret"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ],
+        )
+        .await;
         Api {
             base,
             http,
@@ -126,50 +134,37 @@ async fn authentication_is_required_and_checked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = api
-        .http
-        .post(format!("{}/oauth/token", api.base))
-        .basic_auth("cf", Some(""))
-        .form(&[
+    let (status, v) = token(
+        &api.http,
+        &api.base,
+        &[
             ("grant_type", "password"),
             ("username", "admin"),
             ("password", "wrong"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let v: Value = r.json().await.unwrap();
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
     assert_eq!(v["error"], "unauthorized");
     // The refresh grant gives a working access token.
-    let tok: Value = api
-        .http
-        .post(format!("{}/oauth/token", api.base))
-        .basic_auth("cf", Some(""))
-        .form(&[
+    let (_, tok) = token(
+        &api.http,
+        &api.base,
+        &[
             ("grant_type", "password"),
             ("username", "admin"),
             ("password", "s3cret"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let fresh: Value = api
-        .http
-        .post(format!("{}/oauth/token", api.base))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tok["refresh_token"].as_str().unwrap()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
+    let refresh = tok["refresh_token"].as_str().unwrap();
+    let (status, fresh) = token(
+        &api.http,
+        &api.base,
+        &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
+    )
+    .await;
+    assert_eq!(status, 200);
     let info: Value = api
         .http
         .get(format!("{}/v2/info", api.base))
