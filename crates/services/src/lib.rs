@@ -11,11 +11,19 @@
 
 pub mod address;
 pub mod error;
+pub mod filesystem;
+pub mod gateway;
+pub mod mysql;
+pub mod osb;
+pub mod postgresql;
+pub mod redis;
+pub mod role;
 pub mod server;
 pub mod state;
 
 pub use error::ServiceError;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -250,6 +258,22 @@ pub fn random_secret(len: usize) -> String {
         .collect()
 }
 
+/// Where and how a node runs its servers.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This type's own directory (`STRATO_HOME/services/<type>`): data, logs, the
+    /// instance table. One directory, so an operator can relocate it.
+    pub dir: PathBuf,
+    /// The address the servers listen on and credentials name (see [`address`]).
+    pub address: IpAddr,
+    /// The port of the node's shared server (postgres, mariadbd); `0` picks a free port
+    /// on first start and keeps it (saved under `dir`) across restarts. Types with one
+    /// server per instance (redis) pick a port per instance the same way.
+    pub port: u16,
+    /// The most instances this node holds (`<type>_node/capacity`).
+    pub capacity: u64,
+}
+
 /// One service type's node: runs the server(s) and manages instances on them.
 ///
 /// Every method is idempotent where the broker API wants it: provisioning an id that
@@ -290,8 +314,25 @@ pub trait ServiceNode: Send + Sync {
     /// The instances this node holds.
     async fn instances(&self) -> Result<Vec<InstanceId>, ServiceError>;
 
+    /// Measures each instance against its plan's size and takes write access away from
+    /// those over it (giving it back once they are under again). Types whose server
+    /// enforces its own limit (Redis `maxmemory`, a filesystem image) have nothing to do.
+    async fn enforce_quotas(&self) -> Result<Vec<QuotaChange>, ServiceError> {
+        Ok(Vec::new())
+    }
+
     /// Stops the server processes (data stays).
     async fn shutdown(&self);
+}
+
+/// An instance whose write access the quota enforcer just changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaChange {
+    pub id: InstanceId,
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+    /// False: writes are refused until the instance is trimmed below its limit.
+    pub writable: bool,
 }
 
 #[cfg(test)]

@@ -182,6 +182,20 @@ fn spawn(spec: &ServerSpec) -> Result<tokio::process::Child, ServiceError> {
         .stderr(err)
         .kill_on_drop(true);
     spec.user.apply(&mut cmd);
+    // If stratod dies without stopping its servers (kill -9, a crash), the kernel sends
+    // each server its own stop signal, so a restarted stratod never finds an orphan
+    // holding the data dir. Set after the uid change (which would clear it); spawning
+    // happens on a runtime worker thread, which lives as long as stratod.
+    let death_signal = spec.stop_signal as libc::c_int;
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.spawn().map_err(|e| {
         ServiceError::io(
             &format!(
