@@ -82,6 +82,60 @@ pub enum Command {
     Routes,
     /// Show an app's log.
     Logs(LogsArgs),
+    /// List the service types and plans on offer.
+    Marketplace,
+    /// List the services of the current space.
+    Services,
+    /// Show one service.
+    Service { name: String },
+    /// Create a service (and bind it to APP when given).
+    #[command(name = "create-service")]
+    CreateService {
+        /// Service type: mysql, postgresql, redis, filesystem (see `strato marketplace`).
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// Name of the new service (default TYPE-xxxxx).
+        name: Option<String>,
+        /// App to bind it to.
+        app: Option<String>,
+        /// Plan (default: the first on offer).
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Create a service for an external resource from credentials you give.
+    #[command(name = "create-user-provided-service", visible_alias = "cups")]
+    CreateUserProvidedService {
+        name: String,
+        /// Credentials as a JSON object, e.g. '{"uri":"postgres://u:p@db.example.com/x"}'.
+        credentials: Option<String>,
+        /// Ask for these comma-separated keys instead, e.g. -p 'host, port, password'.
+        #[arg(short = 'p', long = "parameters", value_name = "KEYS")]
+        params: Option<String>,
+    },
+    /// Delete services and their data (asks first unless -n).
+    #[command(name = "delete-service")]
+    DeleteService {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Unbind it from its apps first instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rename a service.
+    #[command(name = "rename-service")]
+    RenameService { name: String, new_name: String },
+    /// Bind a service to an app (APP defaults to `name:` in stackato.yml).
+    #[command(name = "bind-service")]
+    BindService {
+        service: String,
+        app: Option<String>,
+    },
+    /// Unbind a service from an app.
+    #[command(name = "unbind-service")]
+    UnbindService {
+        service: String,
+        app: Option<String>,
+    },
     /// Send a raw authenticated request to the API.
     Curl {
         /// GET, POST, PUT, DELETE, ...

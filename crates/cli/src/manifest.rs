@@ -24,6 +24,9 @@ pub struct Manifest {
     pub timeout: Option<u64>,
     /// Directory to push, relative to the manifest.
     pub app_dir: Option<String>,
+    /// `services:` as (instance name, type); an empty type means "an existing instance"
+    /// (manifest.yml's list of names).
+    pub services: Vec<(String, String)>,
 }
 
 /// Values of the built-in `${...}` symbols that depend on the target.
@@ -165,7 +168,58 @@ fn from_map(map: Map<String, Value>, builtins: &Builtins) -> Result<Manifest> {
         ignores: string_list(map.get("ignores"), "ignores")?,
         timeout: number("timeout")?,
         app_dir: text("app-dir")?,
+        services: services(map.get("services"))?,
     })
+}
+
+/// Service types a `services:` entry can name (to tell `TYPE: NAME` from `NAME: TYPE`).
+const SERVICE_TYPES: &[&str] = &[
+    "mysql",
+    "postgresql",
+    "redis",
+    "filesystem",
+    "memcached",
+    "mongodb",
+    "rabbitmq",
+    "rabbit",
+];
+
+/// `services:` as `NAME: TYPE` (Stackato 3), the older `TYPE: NAME` (seed 001: when the
+/// key is a known type and the value is not, it is the older form), or manifest.yml's
+/// list of existing instance names.
+fn services(v: Option<&Value>) -> Result<Vec<(String, String)>> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(_)) => Ok(string_list(v, "services")?
+            .into_iter()
+            .map(|name| (name, String::new()))
+            .collect()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let v = scalar(v).ok_or_else(|| {
+                    anyhow!("`services:` entry `{k}` must be a service type, e.g. `{k}: mysql`")
+                })?;
+                let key_is_type = SERVICE_TYPES.contains(&k.as_str());
+                let value_is_type = SERVICE_TYPES.contains(&v.as_str());
+                Ok(if key_is_type && !value_is_type {
+                    (v, k.clone())
+                } else {
+                    (k.clone(), v)
+                })
+            })
+            .collect(),
+        Some(_) => bail!("`services:` must be a mapping of NAME: TYPE (e.g. `mydb: mysql`)"),
+    }
+}
+
+/// The app name the manifest files in `dir` give, if any (for commands whose APP is
+/// optional).
+pub fn app_name_in(dir: &Path) -> Option<String> {
+    load_dir(dir, &Builtins::default())
+        .ok()
+        .flatten()
+        .and_then(|m| m.name)
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -383,6 +437,26 @@ mod tests {
             target_base: Some("localhost".into()),
             target_url: Some("http://127.0.0.1:8080".into()),
         }
+    }
+
+    #[test]
+    fn services_in_both_forms_and_as_a_list() {
+        let m = parse_stackato(
+            "name: web\nservices:\n  mydb: mysql\n  redis: ${name}-cache\n",
+            &builtins(),
+        )
+        .unwrap();
+        assert_eq!(
+            m.services,
+            vec![
+                ("mydb".to_string(), "mysql".to_string()),
+                ("web-cache".to_string(), "redis".to_string())
+            ]
+        );
+        let m = parse_stackato("services: [a, b]\n", &builtins()).unwrap();
+        assert_eq!(m.services[1], ("b".to_string(), String::new()));
+        let err = parse_stackato("services: 5\n", &builtins()).unwrap_err();
+        assert!(err.to_string().contains("NAME: TYPE"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub fn router(c: Shared) -> Router {
         .route("/v2/apps/{guid}/stackato_logs", get(app_logs))
         .route("/v2/resource_match", put(resource_match))
         .route("/v2/events", get(list_events))
+        .merge(crate::services::routes())
         .fallback(not_found)
         .with_state(c)
 }
@@ -88,7 +89,7 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("{proto}://{host}")
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> CfResult<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> CfResult<T> {
     if body.len() > 1024 * 1024 {
         return Err(CfError(ApiError::new(
             413,
@@ -364,7 +365,7 @@ async fn list_spaces(
     )))
 }
 
-async fn space(c: &Shared, guid: &str) -> CfResult<Space> {
+pub(crate) async fn space(c: &Shared, guid: &str) -> CfResult<Space> {
     Ok(c.db
         .space_by_guid(guid)
         .await
@@ -416,8 +417,9 @@ async fn space_summary(
         .map_err(db_err)?;
     // Each summary asks the DEAs and may wait for their answers: ask for all apps at once.
     let out = futures::future::try_join_all(apps.iter().map(|a| summary_of(&c, a))).await?;
+    let services = crate::services::space_services_summary(&c, &guid).await?;
     Ok(Json(
-        json!({"guid": s.guid, "name": s.name, "apps": out, "services": []}),
+        json!({"guid": s.guid, "name": s.name, "apps": out, "services": services}),
     ))
 }
 
@@ -683,7 +685,7 @@ async fn summary_of(c: &Shared, a: &App) -> CfResult<Value> {
     Ok(v)
 }
 
-async fn app(c: &Shared, guid: &str) -> CfResult<App> {
+pub(crate) async fn app(c: &Shared, guid: &str) -> CfResult<App> {
     Ok(c.db
         .app_by_guid(guid)
         .await
@@ -1012,6 +1014,7 @@ async fn delete_app(
             ..Default::default()
         })
         .await?;
+    crate::services::unbind_app(&c, &guid).await?;
     let routes = c.db.routes_of_app(&guid).await.map_err(db_err)?;
     c.db.delete_app(&guid).await.map_err(db_err)?;
     if p.get("recursive") == Some("true") {
@@ -1448,7 +1451,7 @@ async fn list_events(
     Ok(Json(paginate("/v2/events", &p, items)))
 }
 
-async fn audit(
+pub(crate) async fn audit(
     c: &Shared,
     user: &CurrentUser,
     kind: &str,

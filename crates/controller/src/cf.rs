@@ -127,6 +127,10 @@ impl ListParams {
             organization_guid: self.filter("organization_guid"),
             host: self.filter("host").map(|h| h.to_ascii_lowercase()),
             domain_guid: self.filter("domain_guid"),
+            app_guid: self.filter("app_guid"),
+            service_instance_guid: self.filter("service_instance_guid"),
+            service_guid: self.filter("service_guid"),
+            label: self.filter("label"),
         })
     }
 

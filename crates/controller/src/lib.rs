@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod cf;
 pub mod logs;
 pub mod runner;
+pub mod services;
 pub mod staging;
 
 use std::path::PathBuf;
@@ -65,6 +66,7 @@ pub struct Controller {
     pub logs: logs::LogStore,
     pub staging: staging::StagingLogs,
     pub runner: runner::Runner,
+    pub brokers: services::Brokers,
 }
 
 pub type Shared = Arc<Controller>;
@@ -92,10 +94,12 @@ impl Controller {
             logs,
             staging: staging::StagingLogs::default(),
             runner,
+            brokers: services::Brokers::default(),
         });
         c.logs.listen(c.bus.clone(), shutdown.clone()).await?;
         c.runner.listen(shutdown.clone()).await?;
         runner::serve_health_manager(c.clone(), shutdown.clone()).await?;
+        services::listen(c.clone(), shutdown.clone()).await?;
         Ok(c)
     }
 }

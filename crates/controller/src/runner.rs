@@ -252,7 +252,11 @@ pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiErr
             .await
             .map_err(|e| ApiError::server(e.to_string()))?;
     let uris = crate::api::app_uris(c, &app.guid).await?;
-    let env = app.env_pairs();
+    let bound = crate::services::bound_services(c, &app.guid).await?;
+    let services = crate::services::service_environment(&bound);
+    // Service variables first, so a user's own DATABASE_URL (an external database) wins.
+    let mut env = services.env;
+    env.extend(app.env_pairs());
     Ok(StartRequest {
         droplet: app.guid.clone(),
         name: app.name.clone(),
@@ -274,7 +278,8 @@ pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiErr
         },
         space_id: app.space_guid.clone(),
         space_name: space.map(|s| s.name).unwrap_or_default(),
-        services: serde_json::json!({}),
+        services: services.vcap_services,
+        volumes: services.volumes,
     })
 }
 

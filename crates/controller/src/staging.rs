@@ -104,6 +104,12 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
         c.db.update_app(&app)
             .await
             .map_err(|e| strato_core::ApiError::server(e.to_string()))?;
+    let bound = crate::services::bound_services(c, &app.guid).await?;
+    let cache_volume = crate::services::staging_cache(&bound, &app.name);
+    let services = crate::services::service_environment(&bound);
+    let mut environment = services.env;
+    environment.push(format!("VCAP_SERVICES={}", services.vcap_services));
+    environment.extend(app.env_pairs());
     let log = c.staging.create(&task);
     let req = StagingRequest {
         app_id: app.guid.clone(),
@@ -112,13 +118,15 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
         package_sha256: package.clone(),
         package_uri: blob_uri(c, BlobKind::Package, &package)?,
         buildpack: app.buildpack.clone().filter(|b| !b.is_empty()),
-        environment: app.env_pairs(),
+        environment,
         limits: strato_core::messages::Limits {
             mem: app.memory.max(1024) as u64,
             disk: app.disk_quota as u64,
             fds: 16384,
         },
         timeout_secs: c.cfg.staging_timeout.as_secs(),
+        volumes: services.volumes,
+        cache_volume,
     };
     // Subscribe to the output before asking, so no line is lost.
     let mut sub = c

@@ -53,6 +53,10 @@ impl ApiError {
             "route" => (210002, "CF-RouteNotFound"),
             "domain" => (130002, "CF-DomainNotFound"),
             "user" => (20003, "CF-UserNotFound"),
+            "service" => (120003, "CF-ServiceNotFound"),
+            "service plan" => (110003, "CF-ServicePlanNotFound"),
+            "service instance" => (60004, "CF-ServiceInstanceNotFound"),
+            "service binding" => (90004, "CF-ServiceBindingNotFound"),
             _ => (10000, "CF-NotFound"),
         };
         Self::new(
@@ -61,6 +65,33 @@ impl ApiError {
             ec,
             format!("The {kind} could not be found: {guid}"),
         )
+    }
+    pub fn service_instance_name_taken(name: &str) -> Self {
+        Self::new(
+            400,
+            60002,
+            "CF-ServiceInstanceNameTaken",
+            format!("The service instance name is taken: {name}"),
+        )
+    }
+    pub fn service_instance_invalid(msg: impl Into<String>) -> Self {
+        Self::new(400, 60003, "CF-ServiceInstanceInvalid", msg)
+    }
+    pub fn binding_taken(app: &str, service: &str) -> Self {
+        Self::new(
+            400,
+            90003,
+            "CF-ServiceBindingAppServiceTaken",
+            format!("The app {app} is already bound to the service {service}"),
+        )
+    }
+    /// Something else still refers to the thing being deleted.
+    pub fn association_not_empty(msg: impl Into<String>) -> Self {
+        Self::new(400, 10006, "CF-AssociationNotEmpty", msg)
+    }
+    /// A service broker refused or failed; `msg` is its reason.
+    pub fn service_broker(msg: impl Into<String>) -> Self {
+        Self::new(502, 10001, "CF-ServiceBrokerBadResponse", msg)
     }
     pub fn app_name_taken(name: &str) -> Self {
         Self::new(

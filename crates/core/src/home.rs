@@ -76,6 +76,10 @@ impl Layout {
     pub fn buildpack_cache(&self) -> PathBuf {
         self.root.join("buildpack-cache")
     }
+    /// Data of the service roles, one subdirectory per type (relocatable as one).
+    pub fn services(&self) -> PathBuf {
+        self.root.join("services")
+    }
     pub fn containers(&self) -> PathBuf {
         self.root.join("containers")
     }

@@ -157,6 +157,17 @@ pub struct StartRequest {
     pub space_name: String,
     #[serde(default)]
     pub services: serde_json::Value,
+    /// Filesystem services to mount into the container.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A host directory bind-mounted read-write into an app's containers: a filesystem
+/// service (`STACKATO_FILESYSTEM`), or the staging cache (`BUILDPACK_CACHE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub host_path: String,
+    pub container_path: String,
 }
 
 /// `dea.stop`: stop some or all instances of an app.
@@ -227,6 +238,13 @@ pub struct StagingRequest {
     pub environment: Vec<String>,
     pub limits: Limits,
     pub timeout_secs: u64,
+    /// Filesystem services bound to the app (hooks may use them).
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// A filesystem service named `<app>-cache`: used as `BUILDPACK_CACHE` instead of
+    /// the stager's own cache, so it outlives the app.
+    #[serde(default)]
+    pub cache_volume: Option<String>,
 }
 
 /// The outcome of staging.
@@ -368,5 +386,30 @@ mod tests {
             serde_json::to_value(ExitReason::DeaEvacuation).unwrap(),
             "DEA_EVACUATION"
         );
+    }
+}
+
+/// A service gateway's Open Service Broker endpoint, announced on
+/// [`crate::subjects::SERVICE_ANNOUNCE`] at start, every few seconds, and when the
+/// controller asks. The bus is platform-internal (authenticated in a cluster), so it may
+/// carry the broker's basic-auth credentials.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BrokerAnnounce {
+    /// The service type's label (`mysql`), which names the broker too.
+    pub label: String,
+    /// Base URL of the broker API (`http://10.0.0.5:41234`).
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BrokerAnnounce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerAnnounce")
+            .field("label", &self.label)
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }

@@ -81,6 +81,10 @@ impl Role {
             Role::Router,
             Role::HealthManager,
             Role::Logs,
+            Role::Postgresql,
+            Role::Mysql,
+            Role::Redis,
+            Role::Filesystem,
         ]
     }
 }

@@ -49,3 +49,7 @@ pub fn event(kind: &str) -> String {
 pub fn staging_log(task_id: &str) -> String {
     format!("staging.{task_id}.log")
 }
+/// A service gateway announces its broker endpoint (`messages::BrokerAnnounce`).
+pub const SERVICE_ANNOUNCE: &str = "strato.services.announce";
+/// The controller asks every gateway to announce itself again (after its own start).
+pub const SERVICE_DISCOVER: &str = "strato.services.discover";

@@ -8,9 +8,11 @@
 mod migrations;
 mod models;
 mod repo;
+mod services;
 
 pub use models::*;
 pub use repo::Filter;
+pub use services::CatalogEntry;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;

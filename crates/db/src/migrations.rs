@@ -97,12 +97,78 @@ CREATE INDEX events_actee ON events (actee);
 CREATE INDEX apps_space ON apps (space_guid);
 "#;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial schema: users, orgs, spaces, domains, routes, apps, events",
-    sqlite: INITIAL,
-    postgres: INITIAL,
-}];
+const SERVICES: &str = r#"
+CREATE TABLE service_brokers (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    username TEXT NOT NULL,
+    password TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE services (
+    guid TEXT PRIMARY KEY,
+    label TEXT NOT NULL UNIQUE,
+    unique_id TEXT NOT NULL,
+    description TEXT NOT NULL,
+    bindable BIGINT NOT NULL,
+    tags TEXT NOT NULL,
+    active BIGINT NOT NULL,
+    service_broker_guid TEXT NOT NULL REFERENCES service_brokers(guid),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE service_plans (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    unique_id TEXT NOT NULL,
+    description TEXT NOT NULL,
+    free BIGINT NOT NULL,
+    active BIGINT NOT NULL,
+    service_guid TEXT NOT NULL REFERENCES services(guid),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (service_guid, name)
+);
+CREATE TABLE service_instances (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    space_guid TEXT NOT NULL REFERENCES spaces(guid),
+    service_plan_guid TEXT REFERENCES service_plans(guid),
+    credentials TEXT NOT NULL,
+    syslog_drain_url TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (space_guid, name)
+);
+CREATE TABLE service_bindings (
+    guid TEXT PRIMARY KEY,
+    app_guid TEXT NOT NULL REFERENCES apps(guid),
+    service_instance_guid TEXT NOT NULL REFERENCES service_instances(guid),
+    credentials TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (app_guid, service_instance_guid)
+);
+CREATE INDEX service_bindings_app ON service_bindings (app_guid);
+CREATE INDEX service_bindings_instance ON service_bindings (service_instance_guid)
+"#;
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial schema: users, orgs, spaces, domains, routes, apps, events",
+        sqlite: INITIAL,
+        postgres: INITIAL,
+    },
+    Migration {
+        version: 2,
+        name: "services: brokers, services, plans, instances, bindings",
+        sqlite: SERVICES,
+        postgres: SERVICES,
+    },
+];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {
     sqlx::query(

@@ -133,3 +133,112 @@ pub struct Event {
     pub metadata: String,
     pub timestamp: String,
 }
+
+#[derive(Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ServiceBroker {
+    pub guid: String,
+    pub name: String,
+    pub url: String,
+    pub username: String,
+    pub password: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl std::fmt::Debug for ServiceBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBroker")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A service offering from a broker's catalog (`mysql`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Service {
+    pub guid: String,
+    pub label: String,
+    /// The broker's id for it.
+    pub unique_id: String,
+    pub description: String,
+    pub bindable: i64,
+    /// JSON array of strings.
+    pub tags: String,
+    pub active: i64,
+    pub service_broker_guid: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Service {
+    pub fn tag_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.tags).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ServicePlan {
+    pub guid: String,
+    pub name: String,
+    pub unique_id: String,
+    pub description: String,
+    pub free: i64,
+    pub active: i64,
+    pub service_guid: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A service instance: managed (has a plan) or user-provided (has credentials).
+#[derive(Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ServiceInstance {
+    pub guid: String,
+    pub name: String,
+    pub space_guid: String,
+    /// `None` for a user-provided instance.
+    pub service_plan_guid: Option<String>,
+    /// JSON object: the user's credentials for a user-provided instance, `{}` otherwise.
+    pub credentials: String,
+    pub syslog_drain_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl ServiceInstance {
+    pub fn is_user_provided(&self) -> bool {
+        self.service_plan_guid.is_none()
+    }
+}
+
+impl std::fmt::Debug for ServiceInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceInstance")
+            .field("guid", &self.guid)
+            .field("name", &self.name)
+            .field("space_guid", &self.space_guid)
+            .field("service_plan_guid", &self.service_plan_guid)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ServiceBinding {
+    pub guid: String,
+    pub app_guid: String,
+    pub service_instance_guid: String,
+    /// JSON object from the broker (or the user-provided instance).
+    pub credentials: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl std::fmt::Debug for ServiceBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBinding")
+            .field("guid", &self.guid)
+            .field("app_guid", &self.app_guid)
+            .field("service_instance_guid", &self.service_instance_guid)
+            .finish_non_exhaustive()
+    }
+}

@@ -12,6 +12,10 @@ pub struct Filter {
     pub organization_guid: Option<String>,
     pub host: Option<String>,
     pub domain_guid: Option<String>,
+    pub app_guid: Option<String>,
+    pub service_instance_guid: Option<String>,
+    pub service_guid: Option<String>,
+    pub label: Option<String>,
 }
 
 /// Builds `WHERE a = $1 AND b = $2` from the set fields, in a fixed order.
@@ -32,14 +36,14 @@ fn where_clause(columns: &[(&str, &Option<String>)]) -> (String, Vec<String>) {
 }
 
 /// A row type the `Any` driver can decode.
-trait Row: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin {}
+pub(crate) trait Row: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin {}
 impl<T: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin> Row for T {}
 
 // Table, column and order names below are literals of this file, never user input;
 // values always go through binds.
 impl Db {
     /// `SELECT * FROM table [WHERE col = value AND ...] ORDER BY order`.
-    async fn select_where<T: Row>(
+    pub(crate) async fn select_where<T: Row>(
         &self,
         table: &str,
         order: &str,
@@ -55,7 +59,7 @@ impl Db {
     }
 
     /// The row of `table` with this guid.
-    async fn by_guid<T: Row>(&self, table: &str, guid: &str) -> Result<Option<T>> {
+    pub(crate) async fn by_guid<T: Row>(&self, table: &str, guid: &str) -> Result<Option<T>> {
         let sql = format!("SELECT * FROM {table} WHERE guid = $1");
         Ok(sqlx::query_as(&sql)
             .bind(guid)
@@ -64,7 +68,7 @@ impl Db {
     }
 
     /// `SELECT COUNT(*)` with an optional `column = value` condition.
-    async fn count(&self, table: &str, column: Option<(&str, &str)>) -> Result<i64> {
+    pub(crate) async fn count(&self, table: &str, column: Option<(&str, &str)>) -> Result<i64> {
         use sqlx::Row as _;
         let row = match column {
             Some((col, value)) => {

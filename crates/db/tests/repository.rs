@@ -4,7 +4,7 @@
 use strato_db::{package_state, App, Db, DbError, Filter};
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 1);
+    assert_eq!(db.schema_version().await.unwrap(), 2);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -131,6 +131,89 @@ async fn suite(db: &Db) {
         "audit.app.create"
     );
 
+    // services: a broker's catalog, an instance, a binding
+    let broker = db
+        .upsert_broker("mysql", "http://10.0.0.5:1", "u", "p")
+        .await
+        .unwrap();
+    let again = db
+        .upsert_broker("mysql", "http://10.0.0.5:2", "u", "p")
+        .await
+        .unwrap();
+    assert_eq!(
+        again.guid, broker.guid,
+        "a re-announced broker is updated, not duplicated"
+    );
+    assert!(
+        !format!("{again:?}").contains("\"p\""),
+        "the broker password is not in Debug"
+    );
+    let entry = strato_db::CatalogEntry {
+        label: "mysql".into(),
+        unique_id: "strato-mysql".into(),
+        description: "MySQL".into(),
+        bindable: true,
+        tags: vec!["mysql".into(), "relational".into()],
+        plans: vec![(
+            "free".into(),
+            "strato-mysql-free".into(),
+            "100 MB".into(),
+            true,
+        )],
+    };
+    db.sync_catalog(&broker.guid, std::slice::from_ref(&entry))
+        .await
+        .unwrap();
+    db.sync_catalog(&broker.guid, &[entry]).await.unwrap();
+    let services = db.list_services(&Filter::default()).await.unwrap();
+    assert_eq!(services.len(), 1, "syncing twice keeps one service");
+    assert_eq!(services[0].tag_list(), vec!["mysql", "relational"]);
+    let plans = db
+        .list_service_plans(&Filter {
+            service_guid: Some(services[0].guid.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(plans.len(), 1);
+    let si = Db::new_service_instance("mydb", &space.guid, Some(&plans[0].guid), "{}");
+    db.insert_service_instance(&si).await.unwrap();
+    let dup = Db::new_service_instance("mydb", &space.guid, None, "{}");
+    assert!(matches!(
+        db.insert_service_instance(&dup).await,
+        Err(DbError::Conflict { .. })
+    ));
+    let b = db
+        .insert_service_binding(&app.guid, &si.guid, "b-1", r#"{"password":"x"}"#)
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.insert_service_binding(&app.guid, &si.guid, "b-2", "{}")
+            .await,
+        Err(DbError::Conflict { .. })
+    ));
+    let of_app = db
+        .list_service_bindings(&Filter {
+            app_guid: Some(app.guid.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_app, vec![b.clone()]);
+    let mut renamed = si.clone();
+    renamed.name = "maindb".into();
+    db.update_service_instance(&renamed).await.unwrap();
+    assert_eq!(
+        db.service_instance_by_guid(&si.guid)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "maindb"
+    );
+    assert!(db.delete_service_binding(&b.guid).await.unwrap());
+    assert!(db.delete_service_instance(&si.guid).await.unwrap());
+
     // delete cascades the mapping, not the route
     assert!(db.delete_app(&app.guid).await.unwrap());
     assert!(db.app_by_guid(&app.guid).await.unwrap().is_none());
@@ -148,7 +231,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 1);
+    assert_eq!(db.schema_version().await.unwrap(), 2);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -159,7 +242,7 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 1);
+    assert_eq!(db.schema_version().await.unwrap(), 2);
 }
 
 #[tokio::test]

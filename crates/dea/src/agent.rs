@@ -301,6 +301,15 @@ impl Dea {
             destination: APP_HOME.to_string(),
             read_only: false,
         });
+        // Filesystem services: the controller names the paths; only absolute paths
+        // without `..` are mounted.
+        for v in req.volumes.iter().filter(|v| volume_is_sane(v)) {
+            spec.mounts.push(Mount {
+                source: v.host_path.clone().into(),
+                destination: v.container_path.clone(),
+                read_only: false,
+            });
+        }
         spec.memory_limit_bytes = (req.limits.mem > 0).then(|| req.limits.mem * 1024 * 1024);
         spec.pids_limit = Some(PIDS_LIMIT);
         spec.nofile = if req.limits.fds > 0 {
@@ -882,6 +891,12 @@ fn disk_usage(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// A volume the DEA is willing to mount: absolute paths on both sides, no `..`.
+fn volume_is_sane(v: &strato_core::messages::VolumeMount) -> bool {
+    let ok = |p: &str| p.starts_with('/') && !p.split('/').any(|c| c == "..");
+    ok(&v.host_path) && ok(&v.container_path)
 }
 
 #[cfg(test)]

@@ -148,6 +148,7 @@ pub(crate) mod tests {
             space_id: "space-guid".into(),
             space_name: "dev".into(),
             services: serde_json::Value::Null,
+            volumes: vec![],
         }
     }
 

@@ -123,6 +123,7 @@ impl Fixture {
             space_id: "space-1".to_string(),
             space_name: "dev".to_string(),
             services: serde_json::Value::Null,
+            volumes: vec![],
         }
     }
 

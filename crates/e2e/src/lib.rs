@@ -45,8 +45,12 @@ pub struct MicroCloud {
     pub port: u16,
     pub password: String,
     pub app_port_base: u16,
+    roles: String,
     child: Option<Child>,
 }
+
+/// The roles of tests that push apps but use no data services (faster to start).
+pub const APP_ROLES: &str = "controller,stager,dea,router,health_manager,logs";
 
 fn random_port_base() -> u16 {
     // A block of 1000 ports per cloud so parallel tests never share app ports.
@@ -62,6 +66,12 @@ fn random_port_base() -> u16 {
 impl MicroCloud {
     /// Starts `stratod` and waits until the API answers through the router.
     pub fn start() -> anyhow::Result<MicroCloud> {
+        Self::start_with_roles(APP_ROLES)
+    }
+
+    /// Starts a micro cloud running `roles` (`STRATO_ROLES`, e.g. `micro` for everything
+    /// including the data services).
+    pub fn start_with_roles(roles: &str) -> anyhow::Result<MicroCloud> {
         let home = tempfile::Builder::new().prefix("strato-e2e-").tempdir()?;
         let client_home = tempfile::Builder::new()
             .prefix("strato-client-")
@@ -77,6 +87,7 @@ impl MicroCloud {
             port,
             password,
             app_port_base: random_port_base(),
+            roles: roles.to_string(),
             child: None,
         };
         mc.spawn()?;
@@ -95,6 +106,7 @@ impl MicroCloud {
             .env("STRATO_ADMIN_PASSWORD", &self.password)
             .env("STRATO_APP_PORT_BASE", self.app_port_base.to_string())
             .env("STRATO_LOG", "info,sqlx=warn")
+            .env("STRATO_ROLES", &self.roles)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -249,7 +261,32 @@ impl MicroCloud {
         }
     }
 
+    /// Kills every process whose command line names this cloud's home (service servers
+    /// left behind if stratod died without stopping them).
+    fn kill_strays(&self) {
+        let home = self.home.path().to_string_lossy().to_string();
+        let me = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&home) {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
     fn force_cleanup(&self) {
+        self.kill_strays();
         let root = self.home.path().join("containers/runc");
         for id in self.containers() {
             let _ = Command::new("runc")

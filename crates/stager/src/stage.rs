@@ -186,7 +186,11 @@ impl Stager {
             &script::staging_script(&hooks, &script_buildpack),
             0o755,
         )?;
-        let cache = self.cfg.cache_dir.join(safe_name(&req.app_id));
+        // A `<app>-cache` filesystem service outlives the app; otherwise the stager's own.
+        let cache = match &req.cache_volume {
+            Some(dir) => PathBuf::from(dir),
+            None => self.cfg.cache_dir.join(safe_name(&req.app_id)),
+        };
         fs::create_dir_all(&cache)
             .map_err(|e| Failure::error(format!("cannot create the buildpack cache: {e}")))?;
         self.hand_over(&[&work.app, &work.control, &cache]).await?;
@@ -357,6 +361,12 @@ impl Stager {
         ];
         if let Some(dir) = custom_buildpack {
             spec.mounts.push(mount(dir, paths::CUSTOM_BUILDPACK, true));
+        }
+        for v in &req.volumes {
+            if v.host_path.starts_with('/') && v.container_path.starts_with('/') {
+                spec.mounts
+                    .push(mount(Path::new(&v.host_path), &v.container_path, false));
+            }
         }
         spec
     }

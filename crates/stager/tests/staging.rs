@@ -112,6 +112,8 @@ impl Harness {
                 fds: 1024,
             },
             timeout_secs: 300,
+            volumes: vec![],
+            cache_volume: None,
         }
     }
 

@@ -120,8 +120,9 @@ pub async fn configured_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Re
     let prefix = format!("node/{node_id}/roles");
     let leaves = kv.list(&prefix).await?;
     if leaves.is_empty() {
-        set_roles(kv, node_id, &Role::micro()).await?;
-        return Ok(Role::micro());
+        let roles = first_roles()?;
+        set_roles(kv, node_id, &roles).await?;
+        return Ok(roles);
     }
     let mut roles = Vec::new();
     for (path, v) in leaves {
@@ -131,6 +132,31 @@ pub async fn configured_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Re
                     roles.extend(r.expand());
                 }
             }
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}
+
+/// The roles of a new node: `STRATO_ROLES` (comma-separated, e.g. `micro` or
+/// `controller,dea,router`) when set, else the micro cloud's set.
+fn first_roles() -> anyhow::Result<Vec<Role>> {
+    let Some(list) = std::env::var("STRATO_ROLES")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return Ok(Role::micro());
+    };
+    let mut roles = vec![Role::Base];
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "micro" {
+            roles.extend(Role::micro());
+        } else {
+            let role: Role = name
+                .parse()
+                .with_context(|| format!("STRATO_ROLES names an unknown role {name:?}"))?;
+            roles.extend(role.expand());
         }
     }
     roles.sort();
@@ -227,10 +253,71 @@ impl Node {
                     .await
                 })
             }),
+            Role::Postgresql | Role::Mysql | Role::Redis | Role::Filesystem => {
+                Arc::new(move |cancel| {
+                    let node = node.clone();
+                    Box::pin(async move {
+                        let cfg = node.service_role_config(role).await?;
+                        strato_services::role::run(cfg, node.bus.clone(), cancel).await
+                    })
+                })
+            }
             // The logs role is served by the controller's log store for now; base is the agent.
             _ => return None,
         };
         Some(f)
+    }
+
+    /// A number from the config store (`component/key`), or `default`.
+    async fn config_u64(&self, component: &str, key: &str, default: u64) -> u64 {
+        match self.kv.get(&format!("{component}/{key}")).await {
+            Ok(Some(v)) => v.value.as_u64().unwrap_or_else(|| {
+                tracing::warn!("{component}/{key} is not a whole number; using {default}");
+                default
+            }),
+            _ => default,
+        }
+    }
+
+    /// The settings of a service role: data under `STRATO_HOME/services/<type>`, limits
+    /// from `<type>_node/capacity` and `<type>_node/max_db_size` (MB), credentials naming
+    /// `<type>_node/address` or else the host's default-route address.
+    async fn service_role_config(
+        &self,
+        role: Role,
+    ) -> anyhow::Result<strato_services::role::RoleConfig> {
+        let kind: strato_services::ServiceKind = role.name().parse()?;
+        let component = role.component();
+        let capacity = self.config_u64(component, "capacity", 200).await;
+        let size_mb = self.config_u64(component, "max_db_size", 100).await;
+        let address = match self.kv.get(&format!("{component}/address")).await {
+            Ok(Some(v)) => v
+                .value
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .with_context(|| format!("{component}/address must be an IP address"))?,
+            _ => strato_services::address::default_route_address().unwrap_or_else(|| {
+                tracing::warn!("this host has no default route; service credentials will name 127.0.0.1 (set {component}/address)");
+                std::net::IpAddr::from([127, 0, 0, 1])
+            }),
+        };
+        Ok(strato_services::role::RoleConfig {
+            kind,
+            node: strato_services::NodeConfig {
+                dir: self.layout.services().join(kind.label()),
+                address,
+                port: 0,
+                capacity,
+            },
+            plans: vec![strato_services::Plan {
+                name: "free".to_string(),
+                size_mb,
+            }],
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            app_uid: APP_UID,
+            app_gid: APP_UID,
+            quota_interval: Duration::from_secs(5),
+        })
     }
 
     async fn run_controller(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {

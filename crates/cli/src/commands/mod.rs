@@ -7,6 +7,7 @@ mod lifecycle;
 mod logs;
 mod push;
 mod routes;
+mod services;
 mod session;
 
 use crate::api::Api;
@@ -164,6 +165,42 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Domains => routes::domains_cmd(&ctx).await,
         Command::Routes => routes::routes_cmd(&ctx).await,
         Command::Logs(args) => logs::logs(&ctx, args).await,
+        Command::Marketplace => services::marketplace(&ctx).await,
+        Command::Services => services::list(&ctx).await,
+        Command::Service { name } => services::show(&ctx, &name).await,
+        Command::CreateService {
+            kind,
+            name,
+            app,
+            plan,
+        } => {
+            services::create_cmd(
+                &ctx,
+                &kind,
+                name.as_deref(),
+                app.as_deref(),
+                plan.as_deref(),
+            )
+            .await
+        }
+        Command::CreateUserProvidedService {
+            name,
+            credentials,
+            params,
+        } => {
+            services::create_user_provided(&ctx, &name, credentials.as_deref(), params.as_deref())
+                .await
+        }
+        Command::DeleteService { names, force } => services::delete_cmd(&ctx, &names, force).await,
+        Command::RenameService { name, new_name } => {
+            services::rename_cmd(&ctx, &name, &new_name).await
+        }
+        Command::BindService { service, app } => {
+            services::bind_cmd(&ctx, &service, app.as_deref()).await
+        }
+        Command::UnbindService { service, app } => {
+            services::unbind_cmd(&ctx, &service, app.as_deref()).await
+        }
         Command::Curl { method, path, body } => {
             curl::curl(&ctx, &method, &path, body.as_deref()).await
         }

@@ -38,6 +38,8 @@ pub struct Settings {
     pub command: Option<String>,
     pub env: BTreeMap<String, String>,
     pub timeout_secs: u64,
+    /// `services:` from the manifest: (name, type), type empty for existing ones.
+    pub services: Vec<(String, String)>,
 }
 
 /// Command-line options win over the manifest.
@@ -78,6 +80,7 @@ pub fn merge(args: &PushArgs, manifest: Manifest, name: String) -> Result<Settin
             .health_timeout
             .or(manifest.timeout)
             .unwrap_or(DEFAULT_START_TIMEOUT),
+        services: manifest.services,
     })
 }
 
@@ -174,10 +177,16 @@ async fn deploy(
         }
     };
     map_urls(scope, &guid, settings, &domains, &mapped).await?;
+    // Services are bound before the bits go up, so staging (hooks, the `${name}-cache`
+    // filesystem) already sees them.
+    let newly_bound = super::services::ensure_bound(scope, &guid, &settings.services).await?;
     // A running app keeps serving while the new bits stage; the controller swaps
     // instances only once the new droplet exists, so a failed staging changes nothing.
-    let _ = was_started;
     upload_bits(&scope.api, &guid, app_dir, ignores, ctx.out.tty).await?;
+    if newly_bound && was_started && !args.no_start {
+        // Unchanged bits do not restage; instances must restart to see the new services.
+        lifecycle::stop_app(scope, &guid).await?;
+    }
     if args.no_start {
         println!("Uploaded {name}; not started (`strato start {name}` runs it)");
         return Ok(());

@@ -1,0 +1,220 @@
+//! Data services as a user meets them: `services:` in stackato.yml creates and binds a
+//! MySQL, a PostgreSQL, a Redis and a filesystem service at push; the app writes and reads
+//! each through the variables the platform sets; seed 001's post-staging hook preloads
+//! MySQL; data survives restart and redeploy; the filesystem is shared by two instances;
+//! binding rules (DATABASE_URL with exactly one relational database) and bad input.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strato_e2e::{fixture, MicroCloud};
+
+const HOST: &str = "svcfixture.localhost";
+
+/// GET through the router, as JSON (panics with the stratod log when it is not).
+fn get_json(mc: &MicroCloud, path: &str) -> Value {
+    let (status, body) = mc.get(HOST, path);
+    let v: Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{path}: status {status}, not JSON ({e}): {body}\n{}",
+            mc.log_tail()
+        )
+    });
+    assert_eq!(status, 200, "{path}: {v}");
+    v
+}
+
+fn values(mc: &MicroCloud, service: &str) -> Vec<String> {
+    get_json(mc, &format!("/get/{service}"))["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no values for {service}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Waits until the marketplace offers every type (the service roles start with stratod,
+/// initdb and mariadb-install-db take a few seconds).
+fn wait_for_marketplace(mc: &MicroCloud, dir: &Path) {
+    let until = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while Instant::now() < until {
+        let out = mc.strato(dir, &["marketplace", "--json"]);
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&last) {
+            let labels: Vec<&str> = list
+                .iter()
+                .filter_map(|s| s["entity"]["label"].as_str())
+                .collect();
+            if ["mysql", "postgresql", "redis", "filesystem"]
+                .iter()
+                .all(|l| labels.contains(l))
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!(
+        "the marketplace never offered all four types; last: {last}\n{}",
+        mc.log_tail()
+    );
+}
+
+#[test]
+fn services_are_created_bound_used_and_survive_redeploy() {
+    let mc = MicroCloud::start_with_roles("micro").expect("micro cloud with services");
+    mc.login();
+    let here = mc.client_home.path();
+    wait_for_marketplace(&mc, here);
+
+    // A copy of the fixture we can change for the redeploy.
+    let app = tempfile::tempdir().unwrap();
+    for f in ["app.py", "preload.py", "requirements.txt", "stackato.yml"] {
+        std::fs::copy(fixture("services").join(f), app.path().join(f)).unwrap();
+    }
+    let out = mc.strato_ok(app.path(), &["push", "-n"]);
+    assert!(
+        out.contains("preloaded the mysql service") || mc.log_tail().contains("preloaded"),
+        "the post-staging hook ran with the service bound:\n{out}"
+    );
+    mc.wait_for(HOST, "/", "services", Duration::from_secs(60));
+
+    // Seed 001: the post-staging hook filled the database while staging.
+    assert_eq!(values(&mc, "mysql"), vec!["preloaded"]);
+
+    // What the app sees (REFERENCE §4).
+    let env = get_json(&mc, "/env");
+    assert!(
+        env["DATABASE_URL"].is_null(),
+        "two relational databases: no DATABASE_URL: {env}"
+    );
+    let mysql_url = env["MYSQL_URL"].as_str().expect("MYSQL_URL");
+    assert!(mysql_url.starts_with("mysql://"), "{mysql_url}");
+    assert!(
+        !mysql_url.contains("127.0.0.1"),
+        "credentials name the node's address, not loopback: {mysql_url}"
+    );
+    assert!(env["POSTGRESQL_URL"]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres://"));
+    assert!(env["REDIS_URL"].as_str().unwrap().starts_with("redis://"));
+    let vcap: Value = serde_json::from_str(env["VCAP_SERVICES"].as_str().unwrap()).unwrap();
+    for label in ["mysql", "postgresql", "redis", "filesystem"] {
+        assert!(
+            vcap[label].is_array(),
+            "VCAP_SERVICES keyed by type: {vcap}"
+        );
+    }
+    assert_eq!(
+        vcap["redis"][0]["name"], "svcfixture-redis",
+        "${{name}}-redis"
+    );
+    assert_eq!(vcap["mysql"][0]["credentials"]["uri"], mysql_url);
+    let stackato: Value = serde_json::from_str(env["STACKATO_SERVICES"].as_str().unwrap()).unwrap();
+    assert!(stackato["mydb"]["password"].is_string(), "{stackato}");
+    assert!(
+        !env.to_string()
+            .contains(&mc.home.path().to_string_lossy().to_string()),
+        "no host path leaks into the app's environment: {env}"
+    );
+
+    // Write and read each service through the app.
+    for (svc, value) in [("mysql", "m1"), ("postgresql", "p1"), ("redis", "r1")] {
+        let put = get_json(&mc, &format!("/put/{svc}/{value}"));
+        assert_eq!(put["ok"], true, "{svc}: {put}");
+        assert!(values(&mc, svc).contains(&value.to_string()), "{svc}");
+    }
+    // The filesystem is one for both instances: writes land on both (round robin).
+    let mut writers = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let put = get_json(&mc, &format!("/put/filesystem/f{i}"));
+        writers.insert(put["instance"].as_i64().unwrap());
+    }
+    assert_eq!(writers.len(), 2, "both instances wrote: {writers:?}");
+    for _ in 0..4 {
+        let seen = values(&mc, "filesystem");
+        assert_eq!(seen.len(), 6, "every instance sees every write: {seen:?}");
+    }
+
+    // A restart and a redeploy (changed bits, restaged) keep the data.
+    mc.strato_ok(here, &["restart", "svcfixture"]);
+    mc.wait_for(HOST, "/", "services", Duration::from_secs(60));
+    assert!(values(&mc, "postgresql").contains(&"p1".to_string()));
+    std::fs::write(app.path().join("VERSION"), "2\n").unwrap();
+    mc.strato_ok(app.path(), &["push", "-n"]);
+    mc.wait_for(HOST, "/", "services", Duration::from_secs(60));
+    assert_eq!(
+        values(&mc, "mysql"),
+        vec!["preloaded", "m1"],
+        "the hook does not preload twice"
+    );
+    assert!(values(&mc, "redis").contains(&"r1".to_string()));
+    assert_eq!(values(&mc, "filesystem").len(), 6);
+
+    // `strato services` lists them with the app bound.
+    let list = mc.strato_ok(here, &["services"]);
+    for name in ["mydb", "pgdb", "svcfixture-redis", "files"] {
+        assert!(list.contains(name), "{list}");
+    }
+    assert!(list.contains("svcfixture"), "{list}");
+
+    // A bound service is not deleted unless forced, and nothing is lost by the refusal.
+    let out = mc.strato(here, &["delete-service", "mydb", "-n"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("svcfixture"),
+        "the refusal names the bound app: {err}"
+    );
+    assert!(values(&mc, "mysql").contains(&"m1".to_string()));
+
+    // Unbinding PostgreSQL leaves one relational database: DATABASE_URL appears.
+    let out = mc.strato_ok(here, &["unbind-service", "pgdb", "svcfixture"]);
+    assert!(out.contains("Unbound"), "{out}");
+    mc.strato_ok(here, &["restart", "svcfixture"]);
+    mc.wait_for(HOST, "/", "services", Duration::from_secs(60));
+    let env = get_json(&mc, "/env");
+    assert_eq!(env["DATABASE_URL"].as_str(), Some(mysql_url));
+    assert!(env["POSTGRESQL_URL"].is_null());
+
+    // Bad input: unknown type, a name taken, a bad name.
+    let out = mc.strato(here, &["create-service", "mongodb", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mysql"));
+    let out = mc.strato(here, &["create-service", "redis", "mydb"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("taken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mc.strato(here, &["create-service", "redis", "bad name"]);
+    assert!(!out.status.success());
+
+    // A user-provided service binds like the rest.
+    mc.strato_ok(
+        here,
+        &[
+            "create-user-provided-service",
+            "extdb",
+            r#"{"uri":"postgres://u:p@db.example.com:5432/x"}"#,
+        ],
+    );
+    mc.strato_ok(here, &["bind-service", "extdb", "svcfixture"]);
+
+    // Deleting the app unbinds; then the services can go, with their data.
+    mc.strato_ok(here, &["delete", "svcfixture", "-n"]);
+    for name in ["mydb", "pgdb", "svcfixture-redis", "files", "extdb"] {
+        mc.strato_ok(here, &["delete-service", name, "-n"]);
+    }
+    let list = mc.strato_ok(here, &["services", "--json"]);
+    assert_eq!(list.trim(), "[]", "{list}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&mc.home.path().to_string_lossy().to_string()),
+        "the filesystem service is unmounted when deleted"
+    );
+}
