@@ -160,6 +160,40 @@ impl Api {
         }
     }
 
+    /// A WebSocket handshake request for `path` (`ws://` or `wss://` after the target's
+    /// scheme) carrying the bearer token. Make an ordinary API call first, so an expired
+    /// token has been refreshed.
+    pub fn websocket_request(
+        &self,
+        path: &str,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.url(path);
+        let ws_url = match url.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}"),
+            Some((_, rest)) => format!("ws://{rest}"),
+            None => url.clone(),
+        };
+        let token = self
+            .lock_tokens()
+            .access
+            .clone()
+            .ok_or_else(|| ClientError::NotLoggedIn(self.target.clone()))?;
+        let mut request =
+            ws_url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| ClientError::Transport {
+                    url: ws_url.clone(),
+                    detail: e.to_string(),
+                })?;
+        let value = format!("bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::NotLoggedIn(self.target.clone()))?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+        Ok(request)
+    }
+
     /// Sends a request built by `build` with the bearer token; on a 401 it refreshes the token
     /// once and sends it again. Any status comes back as a response.
     pub async fn send_raw(
@@ -179,6 +213,26 @@ impl Api {
         let token = self.refresh().await?;
         self.dispatch(build(&self.http).header(AUTHORIZATION, format!("bearer {token}")))
             .await
+    }
+
+    /// Sends a request once with the bearer token (for bodies that can be read only
+    /// once, such as a stream); a non-2xx status is an error.
+    pub async fn send_once(
+        &self,
+        build: impl FnOnce(&Client) -> RequestBuilder,
+    ) -> Result<Response, ClientError> {
+        let token = self
+            .lock_tokens()
+            .access
+            .clone()
+            .ok_or_else(|| ClientError::NotLoggedIn(self.target.clone()))?;
+        let response = self
+            .dispatch(build(&self.http).header(AUTHORIZATION, format!("bearer {token}")))
+            .await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::SessionExpired(self.target.clone()));
+        }
+        check(response).await
     }
 
     /// Sends a request without a token; any status comes back as a response.

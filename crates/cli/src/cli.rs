@@ -136,6 +136,26 @@ pub enum Command {
         service: String,
         app: Option<String>,
     },
+    /// Open a local port to a service (and start psql, mysql, mysqldump, pg_dump or redis-cli).
+    Tunnel {
+        service: String,
+        /// Local port (default: any free one).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Client to start against the tunnel: psql, pg_dump, mysql, mysqldump, redis-cli.
+        client: Option<String>,
+        /// Arguments for the client (after `--`).
+        #[arg(last = true)]
+        client_args: Vec<String>,
+    },
+    /// Write a consistent dump of a service to stdout (SQL, Redis RDB, or tar).
+    Dbexport { service: String },
+    /// Restore a dump from stdin into a service, or open its client on a terminal.
+    Dbshell {
+        /// [APP] [SERVICE]
+        #[arg(num_args = 0..=2)]
+        args: Vec<String>,
+    },
     /// Send a raw authenticated request to the API.
     Curl {
         /// GET, POST, PUT, DELETE, ...

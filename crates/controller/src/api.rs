@@ -66,6 +66,7 @@ pub fn router(c: Shared) -> Router {
         .route("/v2/resource_match", put(resource_match))
         .route("/v2/events", get(list_events))
         .merge(crate::services::routes())
+        .merge(crate::tunnel::routes())
         .fallback(not_found)
         .with_state(c)
 }

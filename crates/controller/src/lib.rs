@@ -14,6 +14,7 @@ pub mod logs;
 pub mod runner;
 pub mod services;
 pub mod staging;
+pub mod tunnel;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -299,13 +299,13 @@ async fn instance_row(c: &Shared, guid: &str) -> CfResult<ServiceInstance> {
 }
 
 /// The broker, service and plan behind a managed instance.
-struct Managed {
-    client: BrokerClient,
-    service: Service,
-    plan: ServicePlan,
+pub(crate) struct Managed {
+    pub(crate) client: BrokerClient,
+    pub(crate) service: Service,
+    pub(crate) plan: ServicePlan,
 }
 
-async fn managed(c: &Shared, plan_guid: &str) -> CfResult<Managed> {
+pub(crate) async fn managed(c: &Shared, plan_guid: &str) -> CfResult<Managed> {
     let plan = plan_row(c, plan_guid).await?;
     let service = service_row(c, &plan.service_guid).await?;
     let broker = c

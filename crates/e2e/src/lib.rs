@@ -169,6 +169,30 @@ impl MicroCloud {
             .expect("run strato")
     }
 
+    /// Runs `strato` with `input` on its stdin.
+    pub fn strato_input(&self, dir: &Path, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("strato"))
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", self.client_home.path())
+            .env_remove("STRATO_TARGET")
+            .env_remove("STACKATO_TARGET")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run strato");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("strato output");
+        let _ = writer.join();
+        out
+    }
+
     /// `strato` that must succeed; returns stdout.
     pub fn strato_ok(&self, dir: &Path, args: &[&str]) -> String {
         let out = self.strato(dir, args);

@@ -218,3 +218,112 @@ fn services_are_created_bound_used_and_survive_redeploy() {
         "the filesystem service is unmounted when deleted"
     );
 }
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tunnel_dbexport_and_dbshell_work_with_the_real_clients() {
+    let mc = MicroCloud::start_with_roles("micro").expect("micro cloud with services");
+    mc.login();
+    let here = mc.client_home.path();
+    wait_for_marketplace(&mc, here);
+    for (kind, name) in [
+        ("postgresql", "pg1"),
+        ("postgresql", "pg2"),
+        ("mysql", "my1"),
+        ("mysql", "my2"),
+        ("redis", "rd1"),
+    ] {
+        mc.strato_ok(here, &["create-service", kind, name]);
+    }
+
+    // No app exists: the tunnel reaches the services anyway, with the real clients.
+    let sql =
+        b"CREATE TABLE t (v text); INSERT INTO t VALUES ('through-the-tunnel'); SELECT v FROM t;\n";
+    let out = mc.strato_input(
+        here,
+        &["tunnel", "pg1", "psql", "--", "-q", "-v", "ON_ERROR_STOP=1"],
+        sql,
+    );
+    assert!(ok(&out, "tunnel psql").contains("through-the-tunnel"));
+    let sql =
+        b"CREATE TABLE t (v varchar(50)); INSERT INTO t VALUES ('my-tunnel'); SELECT v FROM t;\n";
+    let out = mc.strato_input(here, &["tunnel", "my1", "mysql"], sql);
+    assert!(ok(&out, "tunnel mysql").contains("my-tunnel"));
+    let out = mc.strato_input(
+        here,
+        &["tunnel", "rd1", "redis-cli"],
+        b"SET k redis-tunnel\nGET k\n",
+    );
+    assert!(ok(&out, "tunnel redis-cli").contains("redis-tunnel"));
+    let out = mc.strato_input(here, &["tunnel", "my1", "mysqldump"], b"");
+    assert!(
+        ok(&out, "tunnel mysqldump").contains("my-tunnel"),
+        "mysqldump through the tunnel"
+    );
+
+    // dbexport from one instance, dbshell into another: the data moves.
+    for (from, to, check_client, check_sql, needle) in [
+        (
+            "pg1",
+            "pg2",
+            "psql",
+            &b"SELECT v FROM t;\n"[..],
+            "through-the-tunnel",
+        ),
+        (
+            "my1",
+            "my2",
+            "mysql",
+            &b"SELECT v FROM t;\n"[..],
+            "my-tunnel",
+        ),
+    ] {
+        let dump = mc.strato(here, &["dbexport", from]);
+        let dump = ok(&dump, "dbexport");
+        assert!(dump.contains(needle), "the dump of {from} holds its data");
+        ok(
+            &mc.strato_input(here, &["dbshell", to], dump.as_bytes()),
+            "dbshell < dump",
+        );
+        let out = mc.strato_input(here, &["tunnel", to, check_client], check_sql);
+        assert!(
+            ok(&out, "read back").contains(needle),
+            "{to} has {from}'s data"
+        );
+    }
+
+    // Bad input: a tunnel to a filesystem service, an unknown client, an unknown service.
+    mc.strato_ok(here, &["create-service", "filesystem", "fs1"]);
+    let out = mc.strato(here, &["tunnel", "fs1", "-n"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no network address"));
+    let out = mc.strato(here, &["tunnel", "pg1", "mysql"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a client of the wrong type is a usage error"
+    );
+    let out = mc.strato(here, &["tunnel", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pg1"),
+        "lists the services"
+    );
+    // A dump into a database whose SQL fails changes nothing and says why.
+    let out = mc.strato_input(
+        here,
+        &["dbshell", "pg2"],
+        b"INSERT INTO missing VALUES (1);\n",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+}

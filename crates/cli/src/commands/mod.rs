@@ -9,6 +9,7 @@ mod push;
 mod routes;
 mod services;
 mod session;
+mod tunnel;
 
 use crate::api::Api;
 use crate::cf::{AppEntity, Resource};
@@ -201,6 +202,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::UnbindService { service, app } => {
             services::unbind_cmd(&ctx, &service, app.as_deref()).await
         }
+        Command::Tunnel {
+            service,
+            port,
+            client,
+            client_args,
+        } => tunnel::tunnel_cmd(&ctx, &service, port, client.as_deref(), &client_args).await,
+        Command::Dbexport { service } => tunnel::dbexport_cmd(&ctx, &service).await,
+        Command::Dbshell { args } => tunnel::dbshell_cmd(&ctx, &args).await,
         Command::Curl { method, path, body } => {
             curl::curl(&ctx, &method, &path, body.as_deref()).await
         }

@@ -59,7 +59,7 @@ pub struct InstanceEntity {
 
 impl InstanceEntity {
     /// `mysql`, or `user-provided`.
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         match &self.service_plan {
             Some(p) => p
                 .entity
@@ -89,7 +89,7 @@ async fn catalog(scope: &Scope) -> Result<Vec<Resource<ServiceEntity>>> {
 }
 
 /// The service instances of the current space, with plan, service and bindings.
-async fn space_instances(scope: &Scope) -> Result<Vec<Resource<InstanceEntity>>> {
+pub(super) async fn space_instances(scope: &Scope) -> Result<Vec<Resource<InstanceEntity>>> {
     let query = [("inline-relations-depth", "1".to_string())];
     Ok(scope
         .api
@@ -101,7 +101,10 @@ async fn space_instances(scope: &Scope) -> Result<Vec<Resource<InstanceEntity>>>
 }
 
 /// The instance called `name` in this space, or an error naming what exists.
-async fn require_instance(scope: &Scope, name: &str) -> Result<Resource<InstanceEntity>> {
+pub(super) async fn require_instance(
+    scope: &Scope,
+    name: &str,
+) -> Result<Resource<InstanceEntity>> {
     let all = space_instances(scope).await?;
     let names: Vec<String> = all.iter().map(|s| s.entity.name.clone()).collect();
     all.into_iter().find(|s| s.entity.name == name).ok_or_else(|| {
