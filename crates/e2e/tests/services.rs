@@ -327,3 +327,81 @@ fn tunnel_dbexport_and_dbshell_work_with_the_real_clients() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
 }
+
+/// Seed 001's `${name}-cache`: a filesystem service by that name is the staging cache, and
+/// it outlives the app, so a fresh push after `delete` downloads nothing it already has.
+#[test]
+fn a_name_cache_filesystem_keeps_the_staging_cache_across_delete() {
+    let roles = format!("{},filesystem", strato_e2e::APP_ROLES);
+    let mc = MicroCloud::start_with_roles(&roles).expect("micro cloud with filesystem");
+    mc.login();
+    let here = mc.client_home.path();
+    let app = tempfile::tempdir().unwrap();
+    for f in ["app.py", "requirements.txt"] {
+        std::fs::copy(fixture("python").join(f), app.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        app.path().join("stackato.yml"),
+        "name: cachedapp\nmem: 128M\nservices:\n  ${name}-cache: filesystem\n",
+    )
+    .unwrap();
+    wait_until_offered(&mc, here, "filesystem");
+
+    let started = Instant::now();
+    let first = mc.strato_ok(app.path(), &["push", "-n"]);
+    let first_time = started.elapsed();
+    mc.wait_for(
+        "cachedapp.localhost",
+        "/",
+        "hello from python",
+        Duration::from_secs(30),
+    );
+    assert!(
+        first.contains("Fetching dependencies into the staging cache"),
+        "the first staging fetches:\n{first}"
+    );
+
+    mc.strato_ok(here, &["delete", "cachedapp", "-n"]);
+    let list = mc.strato_ok(here, &["services"]);
+    assert!(
+        list.contains("cachedapp-cache"),
+        "the cache outlives the app: {list}"
+    );
+
+    let started = Instant::now();
+    let second = mc.strato_ok(app.path(), &["push", "-n"]);
+    let second_time = started.elapsed();
+    mc.wait_for(
+        "cachedapp.localhost",
+        "/",
+        "hello from python",
+        Duration::from_secs(30),
+    );
+    let downloads: Vec<&str> = second
+        .lines()
+        .filter(|l| l.contains("Downloading"))
+        .collect();
+    assert!(
+        downloads.is_empty(),
+        "the second staging downloads nothing it already has: {downloads:?}\n{second}"
+    );
+    assert!(second.contains("from the staging cache"), "{second}");
+    println!(
+        "MEASURED ${{name}}-cache: first push {:.2} s, push after delete {:.2} s (saved {:.2} s)",
+        first_time.as_secs_f64(),
+        second_time.as_secs_f64(),
+        first_time.as_secs_f64() - second_time.as_secs_f64()
+    );
+}
+
+fn wait_until_offered(mc: &MicroCloud, dir: &Path, label: &str) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        let out = mc.strato(dir, &["marketplace"]);
+        if String::from_utf8_lossy(&out.stdout).contains(label) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{label} was never offered\n{}", mc.log_tail());
+}
