@@ -19,16 +19,21 @@ ensure_packages() {
         export STRATO_APT_UPDATED=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts server packages it installs; Strato runs its own instances.
+    # Debian starts (and enables at boot) the server packages it installs; Strato runs
+    # its own instances of them, so the packaged ones are stopped and disabled.
     for svc in postgresql mariadb redis-server nats-server nginx; do
         if command -v service >/dev/null && [ -e "/etc/init.d/$svc" ]; then
             service "$svc" stop >/dev/null 2>&1 || true
+            if command -v systemctl >/dev/null; then
+                systemctl disable "$svc" >/dev/null 2>&1 || true
+            fi
         fi
     done
 }
 
 # Packages every Strato node needs at run time.
-RUNTIME_PACKAGES=(runc tini iproute2 nftables python3 python3-venv git zip ca-certificates curl)
+RUNTIME_PACKAGES=(runc tini iproute2 nftables python3 python3-venv git zip ca-certificates curl
+    postgresql mariadb-server redis-server e2fsprogs mount)
 
 # Node.js for the node buildpack, unless the host already has it.
 node_packages() {
