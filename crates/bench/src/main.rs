@@ -2,11 +2,13 @@
 //!
 //! They are a command, not timed tests: `strato-bench router` runs Strato's router and nginx
 //! in front of the same backend with the same worker count and prints the throughput ratio
-//! and p50/p99 latencies; `strato-bench container` times container starts with runc.
+//! and p50/p99 latencies; `strato-bench container` times container starts with runc;
+//! `strato-bench push` times pushes of the fixture apps and crash recovery.
 
 mod backend;
 mod container_bench;
 mod nginx;
+mod push_bench;
 mod router_bench;
 mod stats;
 mod strato;
@@ -36,6 +38,9 @@ enum Command {
     Router(router_bench::RouterOptions),
     /// Container start time with the runc driver (needs root).
     Container(container_bench::ContainerOptions),
+    /// Push of each fixture app to its first 200, re-push, and kill -9 to serving again
+    /// (a micro cloud from the binaries next to this one; needs root).
+    Push(push_bench::PushOptions),
 }
 
 /// Parses `10s`, `500ms`, `1m` or a plain number of seconds.
@@ -65,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Router(options) => router_bench::run(&options, cli.json),
         Command::Container(options) => container_bench::run(&options, cli.json),
+        Command::Push(options) => push_bench::run(&options, cli.json),
     }
 }
 

@@ -8,17 +8,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// Where the workspace's binaries are: `STRATO_TEST_BIN_DIR`, else next to the test binary.
+/// Where the workspace's binaries are: `STRATO_TEST_BIN_DIR`, else next to this binary.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("STRATO_TEST_BIN_DIR") {
         return PathBuf::from(d);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> -> target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("target dir")
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable dir");
+    // A binary such as strato-bench sits next to stratod; a test binary sits in
+    // target/debug/deps, one below it.
+    if dir.join("stratod").is_file() {
+        return dir.to_path_buf();
+    }
+    dir.parent().map(Path::to_path_buf).expect("target dir")
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -309,6 +311,30 @@ impl MicroCloud {
         }
     }
 
+    /// The host pid of the app's main process (the child of the container's init) in the
+    /// container whose process tree mentions `hint`.
+    pub fn app_pid(&self, hint: &str) -> Option<i32> {
+        let root = self.home.path().join("containers/runc");
+        for id in self.containers() {
+            let out = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["state", &id])
+                .output()
+                .ok()?;
+            let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let init = state["pid"].as_i64()? as i32;
+            let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+                .unwrap_or_default();
+            for c in children.split_whitespace() {
+                if tree_mentions(c, hint) {
+                    return c.parse().ok();
+                }
+            }
+        }
+        None
+    }
+
     fn force_cleanup(&self) {
         self.kill_strays();
         let root = self.home.path().join("containers/runc");
@@ -339,6 +365,16 @@ impl Drop for MicroCloud {
         self.stop();
         self.force_cleanup();
     }
+}
+
+fn tree_mentions(pid: &str, hint: &str) -> bool {
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.contains(hint) {
+        return true;
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children.split_whitespace().any(|c| tree_mentions(c, hint))
 }
 
 /// A plain HTTP/1.1 GET to 127.0.0.1:port with the given Host.

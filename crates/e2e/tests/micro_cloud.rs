@@ -162,40 +162,6 @@ fn push_static_procfile_python_and_delete() {
     assert!(!apps.contains("staticfixture"), "{apps}");
 }
 
-/// The host pid of the app's main process (the child of tini) in the container whose
-/// process tree mentions `hint`.
-fn app_pid(mc: &MicroCloud, hint: &str) -> Option<i32> {
-    let root = mc.home.path().join("containers/runc");
-    for id in mc.containers() {
-        let out = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["state", &id])
-            .output()
-            .ok()?;
-        let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let init = state["pid"].as_i64()? as i32;
-        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
-            .unwrap_or_default();
-        for c in children.split_whitespace() {
-            if tree_mentions(c, hint) {
-                return c.parse().ok();
-            }
-        }
-    }
-    None
-}
-
-fn tree_mentions(pid: &str, hint: &str) -> bool {
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if cmdline.contains(hint) {
-        return true;
-    }
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    children.split_whitespace().any(|c| tree_mentions(c, hint))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_websocket_crash_recovery_and_restart() {
     use futures::{SinkExt, StreamExt};
@@ -237,7 +203,7 @@ async fn node_websocket_crash_recovery_and_restart() {
     drop(ws);
 
     // Kill the app's process: the health manager gets it serving again.
-    let pid = app_pid(&mc, "server.js").expect("the node app's process");
+    let pid = mc.app_pid("server.js").expect("the node app's process");
     let killed = Instant::now();
     unsafe {
         libc::kill(pid, libc::SIGKILL);
