@@ -39,6 +39,7 @@ pub struct ControllerConfig {
     pub default_memory_mb: i64,
     pub default_disk_mb: i64,
     pub access_token_ttl: Duration,
+    pub runner: runner::RunnerTimings,
 }
 
 impl ControllerConfig {
@@ -53,6 +54,7 @@ impl ControllerConfig {
             default_memory_mb: 256,
             default_disk_mb: 2048,
             access_token_ttl: Duration::from_secs(3600),
+            runner: runner::RunnerTimings::default(),
         }
     }
 }
@@ -85,7 +87,7 @@ impl Controller {
         let blobs = strato_blobs::BlobStore::open(&cfg.blobs_dir)?;
         let auth = auth::Tokens::new(&cfg.token_secret, cfg.access_token_ttl);
         let logs = logs::LogStore::new(2000);
-        let runner = runner::Runner::new(bus.clone());
+        let runner = runner::Runner::new(bus.clone(), cfg.runner);
         let c = Arc::new(Controller {
             cfg,
             db,

@@ -18,11 +18,24 @@ use strato_db::{package_state, App};
 
 use crate::Shared;
 
-/// A DEA is forgotten when it has not advertised for this long.
-const DEA_EXPIRY: Duration = Duration::from_secs(10);
-/// A start sent for an index shields it from a second start for this long, unless the
-/// instance is known to have crashed.
-const START_SHIELD: Duration = Duration::from_secs(15);
+/// How long the runner trusts what it heard (config keys of `cloud_controller_ng`).
+#[derive(Clone, Copy, Debug)]
+pub struct RunnerTimings {
+    /// A DEA is forgotten when it has not advertised for this long (`dea_expiry`).
+    pub dea_expiry: Duration,
+    /// A start sent for an index shields it from a second start for this long, unless
+    /// the instance is known to have crashed (`start_shield`).
+    pub start_shield: Duration,
+}
+
+impl Default for RunnerTimings {
+    fn default() -> Self {
+        RunnerTimings {
+            dea_expiry: Duration::from_secs(10),
+            start_shield: Duration::from_secs(15),
+        }
+    }
+}
 
 /// (app, version, index) of a start sent to a DEA.
 type StartKey = (String, String, u32);
@@ -30,6 +43,7 @@ type StartKey = (String, String, u32);
 #[derive(Clone)]
 pub struct Runner {
     bus: SharedBus,
+    timings: RunnerTimings,
     deas: Arc<Mutex<HashMap<String, (DeaAdvertise, Instant)>>>,
     pending: Arc<Mutex<HashMap<StartKey, Instant>>>,
 }
@@ -62,9 +76,10 @@ pub fn place<'a>(
 }
 
 impl Runner {
-    pub fn new(bus: SharedBus) -> Self {
+    pub fn new(bus: SharedBus, timings: RunnerTimings) -> Self {
         Runner {
             bus,
+            timings,
             deas: Arc::default(),
             pending: Arc::default(),
         }
@@ -104,7 +119,8 @@ impl Runner {
     /// The DEA table with expired adverts dropped.
     fn fresh_deas(&self) -> std::sync::MutexGuard<'_, HashMap<String, (DeaAdvertise, Instant)>> {
         let mut map = self.deas.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (_, seen)| seen.elapsed() < DEA_EXPIRY);
+        let expiry = self.timings.dea_expiry;
+        map.retain(|_, (_, seen)| seen.elapsed() < expiry);
         map
     }
 
@@ -138,7 +154,8 @@ impl Runner {
             let key = (template.droplet.clone(), template.version.clone(), index);
             {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                pending.retain(|_, t| t.elapsed() < START_SHIELD);
+                let shield = self.timings.start_shield;
+                pending.retain(|_, t| t.elapsed() < shield);
                 if !force && pending.contains_key(&key) {
                     continue;
                 }

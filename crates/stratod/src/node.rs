@@ -164,6 +164,17 @@ fn first_roles() -> anyhow::Result<Vec<Role>> {
     Ok(roles)
 }
 
+/// A positive number of seconds; `Err(true)` when the value is there but unusable,
+/// `Err(false)` when there is none.
+fn seconds(value: Option<&serde_json::Value>) -> Result<Duration, bool> {
+    let v = value.ok_or(false)?;
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or(true)
+}
+
 /// The role whose task serves `role`: the logs role lives inside the controller for now,
 /// so its state is the controller's.
 pub fn hosting_role(role: Role) -> Role {
@@ -199,12 +210,18 @@ impl Node {
             Role::Router => Arc::new(move |cancel| {
                 let node = node.clone();
                 Box::pin(async move {
-                    let cfg = strato_router::RouterConfig {
+                    let mut cfg = strato_router::RouterConfig {
                         listen: SocketAddr::new(node.opts.http_addr, node.opts.http_port),
                         domain: node.opts.domain.clone(),
                         api_backend: Some(node.api_listener.local_addr()?),
                         ..Default::default()
                     };
+                    let c = Role::Router.component();
+                    cfg.route_ttl = node.config_secs(c, "route_ttl", cfg.route_ttl).await;
+                    cfg.drain = node.config_secs(c, "drain", cfg.drain).await;
+                    cfg.register_interval = node
+                        .config_secs(c, "register_interval", cfg.register_interval)
+                        .await;
                     let router = strato_router::Router::bind(cfg, node.bus.clone())
                         .await
                         .with_context(|| format!("the router cannot listen on port {}; set STRATO_HTTP_PORT to a free port", node.opts.http_port))?;
@@ -238,6 +255,20 @@ impl Node {
                         node.opts.app_port_base.saturating_add(999),
                     );
                     cfg.memory_mb = dea_memory_mb();
+                    let c = Role::Dea.component();
+                    cfg.advertise_interval = node
+                        .config_secs(c, "advertise_interval", cfg.advertise_interval)
+                        .await;
+                    cfg.heartbeat_interval = node
+                        .config_secs(c, "heartbeat_interval", cfg.heartbeat_interval)
+                        .await;
+                    cfg.register_interval = node
+                        .config_secs(c, "register_interval", cfg.register_interval)
+                        .await;
+                    cfg.stop_grace = node.config_secs(c, "stop_grace", cfg.stop_grace).await;
+                    cfg.crash_retention = node
+                        .config_secs(c, "crash_retention", cfg.crash_retention)
+                        .await;
                     cfg.extra_env = strato_stager::config::inherited_env(std::env::vars());
                     strato_dea::run(cfg, node.bus.clone(), node.driver.clone(), cancel).await
                 })
@@ -245,12 +276,19 @@ impl Node {
             Role::HealthManager => Arc::new(move |cancel| {
                 let node = node.clone();
                 Box::pin(async move {
-                    strato_health::run(
-                        strato_health::HealthConfig::default(),
-                        node.bus.clone(),
-                        cancel,
-                    )
-                    .await
+                    let mut cfg = strato_health::HealthConfig::default();
+                    let c = Role::HealthManager.component();
+                    cfg.interval = node.config_secs(c, "interval", cfg.interval).await;
+                    cfg.heartbeat_deadline = node
+                        .config_secs(c, "heartbeat_deadline", cfg.heartbeat_deadline)
+                        .await;
+                    cfg.backoff_max = node.config_secs(c, "backoff_max", cfg.backoff_max).await;
+                    cfg.immediate_restarts = node
+                        .config_u64(c, "immediate_restarts", cfg.immediate_restarts.into())
+                        .await
+                        .try_into()
+                        .unwrap_or(cfg.immediate_restarts);
+                    strato_health::run(cfg, node.bus.clone(), cancel).await
                 })
             }),
             Role::Postgresql | Role::Mysql | Role::Redis | Role::Filesystem => {
@@ -266,6 +304,27 @@ impl Node {
             _ => return None,
         };
         Some(f)
+    }
+
+    /// A duration in seconds (fractions allowed) from the config store, or `default`.
+    /// Timings are config keys (DESIGN "Decisions"); a role reads them when it starts, so
+    /// `kato restart ROLE` applies a change.
+    async fn config_secs(&self, component: &str, key: &str, default: Duration) -> Duration {
+        let value = self
+            .kv
+            .get(&format!("{component}/{key}"))
+            .await
+            .ok()
+            .flatten();
+        seconds(value.as_ref().map(|v| &v.value)).unwrap_or_else(|bad| {
+            if bad {
+                tracing::warn!(
+                    "{component}/{key} must be a positive number of seconds; using {}",
+                    default.as_secs_f64()
+                );
+            }
+            default
+        })
     }
 
     /// A number from the config store (`component/key`), or `default`.
@@ -327,6 +386,12 @@ impl Node {
             strato_controller::bootstrap::token_secret(&self.layout.token_secret_file())?,
         );
         cfg.max_upload_mb = self.opts.max_upload_mb;
+        let c = Role::Controller.component();
+        cfg.staging_timeout = self.config_secs(c, "staging_timeout", cfg.staging_timeout).await;
+        cfg.runner.dea_expiry = self.config_secs(c, "dea_expiry", cfg.runner.dea_expiry).await;
+        cfg.runner.start_shield = self
+            .config_secs(c, "start_shield", cfg.runner.start_shield)
+            .await;
         let c = strato_controller::Controller::start(
             cfg,
             self.db.clone(),
@@ -484,4 +549,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     node.db.close().await;
     tracing::info!("stratod stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timing_keys_are_positive_seconds() {
+        assert_eq!(seconds(Some(&json!(2.5))), Ok(Duration::from_millis(2500)));
+        assert_eq!(seconds(Some(&json!("3"))), Ok(Duration::from_secs(3)));
+        assert_eq!(seconds(None), Err(false), "absent: the default, quietly");
+        assert_eq!(seconds(Some(&json!(0))), Err(true));
+        assert_eq!(seconds(Some(&json!(-1))), Err(true));
+        assert_eq!(seconds(Some(&json!("soon"))), Err(true));
+    }
 }
