@@ -976,13 +976,8 @@ async fn update_app(
         }
     } else if a.state == "STARTED" {
         if a.version != before.version && before.state == "STARTED" {
-            c.runner
-                .stop(&StopRequest {
-                    droplet: a.guid.clone(),
-                    version: Some(before.version.clone()),
-                    ..Default::default()
-                })
-                .await?;
+            // New instances first; the old version stops once they run.
+            crate::runner::roll_over(&c, &a, &before.version).await?;
         }
         if a.instances < before.instances && a.version == before.version {
             let extra: Vec<u32> = (a.instances as u32..before.instances as u32).collect();

@@ -453,3 +453,60 @@ mod tests {
         }
     }
 }
+
+/// How often a rolling replacement checks on the new version.
+const ROLL_POLL: Duration = Duration::from_millis(250);
+
+/// Replaces the running instances of `old_version` by the app's current version without a
+/// gap: the new instances start first (a DEA routes an instance only after its health
+/// check), and the old version is stopped once as many new instances run as the app
+/// wants. If the new version never gets there within its start timeout, the old one keeps
+/// serving next to whatever did start, and the event says so; the health manager stops
+/// leftovers of an old version the same way once the new one runs.
+pub async fn roll_over(c: &Shared, app: &App, old_version: &str) -> Result<(), ApiError> {
+    start_all(c, app).await?;
+    let c = c.clone();
+    let app = app.clone();
+    let old_version = old_version.to_string();
+    let deadline = Instant::now()
+        + Duration::from_secs(app.health_check_timeout.unwrap_or(60).clamp(1, 180) as u64)
+        + Duration::from_secs(15);
+    tokio::spawn(async move {
+        let wanted = app.instances.max(0) as usize;
+        loop {
+            let running = c
+                .runner
+                .find(&app.guid, false)
+                .await
+                .iter()
+                .filter(|i| i.version == app.version && i.state == InstanceState::Running)
+                .count();
+            let current = c.db.app_by_guid(&app.guid).await.ok().flatten();
+            // A newer change (or a stop, or a delete) took over: it decides.
+            if current.is_none_or(|a| a.version != app.version || a.state != "STARTED") {
+                return;
+            }
+            if running >= wanted {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(app = %app.name, running, wanted, "the new version did not start in time; the previous one keeps serving");
+                if running == 0 {
+                    return;
+                }
+                break;
+            }
+            tokio::time::sleep(ROLL_POLL).await;
+        }
+        let stop = StopRequest {
+            droplet: app.guid.clone(),
+            version: Some(old_version),
+            indices: None,
+            instances: None,
+        };
+        if let Err(e) = c.runner.stop(&stop).await {
+            tracing::warn!(app = %app.name, error = %e.description, "could not stop the previous version");
+        }
+    });
+    Ok(())
+}

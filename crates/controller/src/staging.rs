@@ -217,16 +217,8 @@ async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, l
             };
             event(c, &app, "audit.app.staged").await;
             if app.state == "STARTED" {
-                let _ = c
-                    .runner
-                    .stop(&strato_core::messages::StopRequest {
-                        droplet: app.guid.clone(),
-                        version: Some(old_version),
-                        indices: None,
-                        instances: None,
-                    })
-                    .await;
-                if let Err(e) = crate::runner::start_all(c, &app).await {
+                // The previous droplet keeps serving until the new one runs.
+                if let Err(e) = crate::runner::roll_over(c, &app, &old_version).await {
                     log.push(format!(
                         "-----> could not start instances: {}",
                         e.description

@@ -386,3 +386,87 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         "the previous droplet keeps serving: {body}"
     );
 }
+
+/// A re-push with new bits, and an environment change, replace a running app without a
+/// failed request: the new instances start first and the old ones stop once they run.
+#[test]
+fn repush_and_env_change_swap_without_a_failed_request() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = tempfile::tempdir().unwrap();
+    write(
+        app.path(),
+        "stackato.yml",
+        "name: rolling\nmem: 64M\ninstances: 2\n",
+    );
+    write(app.path(), "index.html", "<p>version one</p>\n");
+    mc.strato_ok(app.path(), &["push", "-n"]);
+    mc.wait_for(
+        "rolling.localhost",
+        "/",
+        "version one",
+        Duration::from_secs(30),
+    );
+
+    // A client hammering the app the whole time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = mc.port;
+    let hammer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut requests = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = strato_e2e::http_get(port, "rolling.localhost", "/");
+                requests += 1;
+                if status != 200 {
+                    failures.push(format!(
+                        "{status} {}",
+                        body.chars().take(80).collect::<String>()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (requests, failures)
+        })
+    };
+
+    write(app.path(), "index.html", "<p>version two</p>\n");
+    mc.strato_ok(app.path(), &["push", "-n"]);
+    mc.wait_for(
+        "rolling.localhost",
+        "/",
+        "version two",
+        Duration::from_secs(30),
+    );
+    mc.strato_ok(
+        mc.client_home.path(),
+        &["env-add", "rolling", "COLOUR", "blue"],
+    );
+    // The old version is gone once the new one runs: only version two answers.
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut only_new = false;
+    while Instant::now() < until && !only_new {
+        only_new = (0..10).all(|_| mc.get("rolling.localhost", "/").1.contains("version two"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (requests, failures) = hammer.join().unwrap();
+    assert!(only_new, "the previous version was retired");
+    assert!(
+        requests > 50,
+        "the client kept asking ({requests} requests)"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed during the swaps: {failures:?}",
+        failures.len()
+    );
+    let instances = mc.strato_ok(mc.client_home.path(), &["instances", "rolling", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&instances).unwrap();
+    let count = list
+        .as_object()
+        .map(|o| o.len())
+        .or_else(|| list.as_array().map(|a| a.len()));
+    assert_eq!(count, Some(2), "two instances, not four: {instances}");
+}
