@@ -156,6 +156,14 @@ pub enum Command {
         #[arg(num_args = 0..=2)]
         args: Vec<String>,
     },
+    /// Run a command in an app instance; its output streams here and its exit code is ours.
+    Run(RunArgs),
+    /// An interactive shell (or CMD) in an app instance, on a terminal.
+    Ssh(SshArgs),
+    /// Copy a file between here and an app instance: `scp FILE APP:PATH`, `scp APP:PATH FILE`.
+    Scp(ScpArgs),
+    /// List a directory or show a file of an app instance (paths relative to the app dir).
+    Files(FilesArgs),
     /// Send a raw authenticated request to the API.
     Curl {
         /// GET, POST, PUT, DELETE, ...
@@ -258,6 +266,64 @@ pub struct LogsArgs {
     /// Only lines from this source (app, staging, ...).
     #[arg(long)]
     pub source: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub name: String,
+    /// Instance index.
+    #[arg(long, default_value_t = 0)]
+    pub instance: u32,
+    /// Run on every running instance, prefixing output lines with the index.
+    #[arg(long, conflicts_with = "instance")]
+    pub all: bool,
+    /// The command and its arguments (put `--` before a command with options of its own).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    pub name: String,
+    /// Instance index.
+    #[arg(long, default_value_t = 0)]
+    pub instance: u32,
+    /// Run CMD on every running instance (as `run --all`).
+    #[arg(long, conflicts_with = "instance")]
+    pub all: bool,
+    /// A command instead of a shell.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScpArgs {
+    /// A local file, or APP:PATH.
+    pub source: String,
+    /// A local file or directory, or APP:PATH (a directory there keeps the file's name).
+    pub destination: String,
+    /// Instance index.
+    #[arg(long, default_value_t = 0)]
+    pub instance: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    pub name: String,
+    /// A directory or file, relative to the app dir (default: the app dir).
+    pub path: Option<String>,
+    /// Instance index.
+    #[arg(long, default_value_t = 0)]
+    pub instance: u32,
 }
 
 #[cfg(test)]

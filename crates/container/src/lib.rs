@@ -21,12 +21,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+mod exec;
 mod output;
 mod process;
 mod runc;
 mod spec;
 mod stack;
 
+pub use exec::{ExecCommand, ExecProcess};
 pub use process::ProcessDriver;
 pub use runc::RuncDriver;
 pub use stack::Stack;
@@ -301,6 +303,19 @@ pub trait ContainerDriver: Send + Sync + 'static {
         env: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, ContainerError>;
+    /// Prepares `argv` to run inside a running container like [`exec`](Self::exec), but
+    /// with stdio the caller attaches (pipes or a pty) and no timeout: for streaming
+    /// sessions. With `tty`, stdin/stdout/stderr must be the slave side of a pseudo-terminal
+    /// the caller allocated; the command then gets a terminal of its own (runc: a pty inside
+    /// the container, relayed by `runc exec --tty`; process driver: that pty as its
+    /// controlling terminal).
+    fn exec_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        env: &[String],
+        tty: bool,
+    ) -> Result<ExecCommand, ContainerError>;
     /// Memory and CPU usage of a running container.
     async fn stats(&self, id: &str) -> Result<Stats, ContainerError>;
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the container's init, which forwards it to

@@ -20,7 +20,7 @@ use tokio::process::Command;
 use crate::output::spawn_readers;
 use crate::{
     exit_code, validate_id, ChildWaiter, ContainerDriver, ContainerError, ContainerSpec,
-    ExecOutput, RunningContainer, Stats,
+    ExecCommand, ExecOutput, RunningContainer, Stats,
 };
 
 struct Entry {
@@ -49,6 +49,16 @@ impl ProcessDriver {
     }
 
     fn command(spec: &ContainerSpec, argv: &[String], extra_env: &[String]) -> Command {
+        let mut cmd = Self::base_command(spec, argv, extra_env);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        cmd
+    }
+
+    /// The command with the container's environment, dir and user, without stdio.
+    fn base_command(spec: &ContainerSpec, argv: &[String], extra_env: &[String]) -> Command {
         let translate = |s: &str| translate_paths(spec, s);
         let mut cmd = Command::new(translate(&argv[0]));
         cmd.args(argv[1..].iter().map(|a| translate(a)));
@@ -63,10 +73,6 @@ impl ProcessDriver {
         if euid == 0 && spec.uid != 0 {
             cmd.uid(spec.uid).gid(spec.gid);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
         cmd
     }
 }
@@ -161,6 +167,37 @@ impl ContainerDriver for ProcessDriver {
                 timeout,
             }),
         }
+    }
+
+    fn exec_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        env: &[String],
+        tty: bool,
+    ) -> Result<ExecCommand, ContainerError> {
+        if argv.is_empty() {
+            return Err(ContainerError::InvalidSpec(
+                "exec needs a command".to_string(),
+            ));
+        }
+        let spec = self.entry(id, |e| e.spec.clone())?;
+        let mut cmd = Self::base_command(&spec, argv, env);
+        if tty {
+            // A new session whose controlling terminal is the pty slave on stdin.
+            // SAFETY: setsid and ioctl are async-signal-safe; nothing is allocated.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        } else {
+            cmd.process_group(0);
+        }
+        Ok(ExecCommand::with_group(cmd))
     }
 
     async fn stats(&self, id: &str) -> Result<Stats, ContainerError> {
@@ -290,5 +327,65 @@ mod tests {
         driver.signal("p2", libc::SIGTERM).await.unwrap();
         assert_eq!(running.wait().await.unwrap(), 128 + libc::SIGTERM);
         driver.delete("p2").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn streaming_exec_takes_stdin_and_can_get_a_terminal() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = ContainerSpec::new(
+            "p3",
+            vec!["sleep".into(), "30".into()],
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        spec.cwd = dir.path().to_string_lossy().into_owned();
+        let driver = ProcessDriver::new();
+        let _running = driver.run(spec).await.unwrap();
+
+        let argv = [
+            "sh".to_string(),
+            "-c".into(),
+            "read x; echo got $x; exit 5".into(),
+        ];
+        let mut cmd = driver.exec_command("p3", &argv, &[], false).unwrap();
+        cmd.command_mut()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut proc = cmd.spawn().unwrap();
+        let mut stdin = proc.child.stdin.take().unwrap();
+        stdin.write_all(b"hello\n").await.unwrap();
+        drop(stdin);
+        let mut out = String::new();
+        proc.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, "got hello\n");
+        assert_eq!(proc.wait().await.unwrap(), 5);
+
+        // Under a pty it is the command's controlling terminal.
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let argv = [
+            "sh".to_string(),
+            "-c".into(),
+            "tty; [ -t 0 ] && echo ctty-ok < /dev/tty".into(),
+        ];
+        let mut cmd = driver.exec_command("p3", &argv, &[], true).unwrap();
+        cmd.command_mut()
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave));
+        let mut proc = cmd.spawn().unwrap();
+        assert_eq!(proc.wait().await.unwrap(), 0);
+        let mut master = std::fs::File::from(pty.master);
+        let mut buf = [0u8; 1024];
+        let n = std::io::Read::read(&mut master, &mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.contains("/dev/pts/"), "{text}");
+        driver.delete("p3").await.unwrap();
     }
 }

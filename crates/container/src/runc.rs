@@ -19,7 +19,7 @@ use crate::spec::oci_config;
 use crate::stack::Stack;
 use crate::{
     exit_code, validate_id, ChildWaiter, ContainerDriver, ContainerError, ContainerSpec,
-    ExecOutput, RunningContainer, Stats,
+    ExecCommand, ExecOutput, RunningContainer, Stats,
 };
 
 /// How long `runc run` may take to get the container's init running.
@@ -326,6 +326,38 @@ impl ContainerDriver for RuncDriver {
             return Err(ContainerError::NotFound(id.to_string()));
         }
         self.exec_with_timeout(id, argv, env, timeout).await
+    }
+
+    fn exec_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        env: &[String],
+        tty: bool,
+    ) -> Result<ExecCommand, ContainerError> {
+        validate_id(id)?;
+        if argv.is_empty() {
+            return Err(ContainerError::InvalidSpec(
+                "exec needs a command".to_string(),
+            ));
+        }
+        if !self.runc_root.join(id).exists() {
+            return Err(ContainerError::NotFound(id.to_string()));
+        }
+        let pid_file = self.bundle(id).join(format!("exec-{}.pid", uuid_like()));
+        let mut cmd = self.command();
+        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
+        if tty {
+            // Foreground `runc exec --tty` makes a pty inside the container and relays it
+            // to its own stdio (which must be a terminal: the caller's pty slave); on
+            // SIGWINCH it copies its stdin's window size to the container's pty.
+            cmd.arg("--tty");
+        }
+        for kv in env {
+            cmd.arg("--env").arg(kv);
+        }
+        cmd.arg(id).args(argv);
+        Ok(ExecCommand::with_pid_file(cmd, pid_file))
     }
 
     async fn stats(&self, id: &str) -> Result<Stats, ContainerError> {

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use strato_blobs::BlobKind;
@@ -28,8 +28,6 @@ pub fn router(c: Shared) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/v2/info", get(info))
-        .route("/oauth/token", post(token))
-        .route("/userinfo", get(userinfo))
         .route("/v2/organizations", get(list_orgs))
         .route("/v2/organizations/{guid}", get(get_org))
         .route("/v2/organizations/{guid}/spaces", get(org_spaces))
@@ -65,8 +63,10 @@ pub fn router(c: Shared) -> Router {
         .route("/v2/apps/{guid}/stackato_logs", get(app_logs))
         .route("/v2/resource_match", put(resource_match))
         .route("/v2/events", get(list_events))
+        .merge(crate::uaa::routes())
         .merge(crate::services::routes())
         .merge(crate::tunnel::routes())
+        .merge(crate::exec::routes())
         .fallback(not_found)
         .with_state(c)
 }
@@ -136,125 +136,6 @@ async fn info(headers: HeaderMap, MaybeUser(user): MaybeUser) -> Json<Value> {
         v["admin"] = json!(u.admin);
     }
     Json(v)
-}
-
-#[derive(Deserialize)]
-struct TokenForm {
-    grant_type: String,
-    username: Option<String>,
-    password: Option<String>,
-    refresh_token: Option<String>,
-    client_id: Option<String>,
-}
-
-fn uaa_error(status: StatusCode, error: &str, desc: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "error_description": desc})),
-    )
-        .into_response()
-}
-
-async fn token(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<TokenForm>) -> Response {
-    // Client `cf` with an empty secret, by Basic auth or form field.
-    let client = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .and_then(|b| base64_decode(b.trim()))
-        .map(|s| s.split(':').next().unwrap_or("").to_string())
-        .or(f.client_id.clone())
-        .unwrap_or_else(|| "cf".into());
-    if client != "cf" {
-        return uaa_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "unknown client; use client 'cf' with an empty secret",
-        );
-    }
-    let user = match f.grant_type.as_str() {
-        "password" => {
-            let (Some(name), Some(pw)) = (f.username.as_deref(), f.password.as_deref()) else {
-                return uaa_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the password grant needs username and password",
-                );
-            };
-            match c.db.user_by_name(name).await {
-                Ok(Some(u)) if crate::auth::verify_password(pw, &u.password_hash) => u,
-                Ok(_) => {
-                    return uaa_error(StatusCode::UNAUTHORIZED, "unauthorized", "Bad credentials")
-                }
-                Err(e) => return db_err(e).into_response(),
-            }
-        }
-        "refresh_token" => {
-            let Some(rt) = f.refresh_token.as_deref() else {
-                return uaa_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the refresh_token grant needs refresh_token",
-                );
-            };
-            let Ok(claims) = c.auth.verify(rt, "refresh") else {
-                return uaa_error(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "the refresh token is invalid or expired; log in again",
-                );
-            };
-            match c.db.user_by_guid(&claims.user_id).await {
-                Ok(Some(u)) => u,
-                Ok(None) => {
-                    return uaa_error(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_token",
-                        "the user no longer exists",
-                    )
-                }
-                Err(e) => return db_err(e).into_response(),
-            }
-        }
-        other => {
-            return uaa_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                &format!("grant type '{other}' is not supported; use password or refresh_token"),
-            )
-        }
-    };
-    match c.auth.issue(&user.guid, &user.username, user.is_admin()) {
-        Ok(t) => Json(t).into_response(),
-        Err(e) => CfError(e).into_response(),
-    }
-}
-
-fn base64_decode(s: &str) -> Option<String> {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for ch in s.bytes().filter(|b| *b != b'=') {
-        let v = T.iter().position(|t| *t == ch)? as u32;
-        buf = (buf << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-            buf &= (1 << bits) - 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-async fn userinfo(user: CurrentUser) -> Json<Value> {
-    Json(
-        json!({"user_id": user.guid, "sub": user.guid, "user_name": user.username, "name": user.username, "admin": user.admin}),
-    )
 }
 
 // ---------------------------------------------------------------- orgs, spaces, domains
@@ -1473,13 +1354,3 @@ pub(crate) async fn audit(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_auth_decodes() {
-        assert_eq!(base64_decode("Y2Y6").as_deref(), Some("cf:"));
-        assert!(base64_decode("!!!").is_none());
-    }
-}

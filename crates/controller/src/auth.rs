@@ -47,6 +47,9 @@ pub struct Claims {
     pub exp: i64,
     /// `access` or `refresh`.
     pub typ: String,
+    /// The login session both tokens belong to; revoked sessions fail every check.
+    #[serde(default)]
+    pub sid: String,
 }
 
 /// Issues and checks tokens.
@@ -83,6 +86,7 @@ impl Tokens {
         admin: bool,
         typ: &str,
         ttl: Duration,
+        sid: &str,
     ) -> Result<(String, String), ApiError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut scope = vec![
@@ -104,26 +108,29 @@ impl Tokens {
             iat: now,
             exp: now + ttl.as_secs() as i64,
             typ: typ.to_string(),
+            sid: sid.to_string(),
         };
         let tok = jsonwebtoken::encode(&Header::default(), &claims, &self.enc)
             .map_err(|e| ApiError::server(format!("signing token: {e}")))?;
         Ok((tok, jti))
     }
 
-    /// A fresh access + refresh token pair.
+    /// A fresh access + refresh token pair for login session `sid`.
     pub fn issue(
         &self,
         user_guid: &str,
         username: &str,
         admin: bool,
+        sid: &str,
     ) -> Result<TokenResponse, ApiError> {
-        let (access, jti) = self.sign(user_guid, username, admin, "access", self.ttl)?;
+        let (access, jti) = self.sign(user_guid, username, admin, "access", self.ttl, sid)?;
         let (refresh, _) = self.sign(
             user_guid,
             username,
             admin,
             "refresh",
             Duration::from_secs(30 * 24 * 3600),
+            sid,
         )?;
         let mut scope = "cloud_controller.read cloud_controller.write openid".to_string();
         if admin {
@@ -158,6 +165,8 @@ pub struct CurrentUser {
     pub guid: String,
     pub username: String,
     pub admin: bool,
+    /// The login session of the request's token.
+    pub session: String,
 }
 
 impl CurrentUser {
@@ -198,6 +207,19 @@ impl FromRequestParts<Shared> for CurrentUser {
             .or_else(|| header.strip_prefix("Bearer "))
             .ok_or_else(|| CfError(ApiError::not_authenticated()))?;
         let claims = state.auth.verify(token.trim(), "access")?;
+        let live = state
+            .db
+            .session_is_live(&claims.sid, &claims.user_id)
+            .await
+            .map_err(crate::cf::db_err)?;
+        if !live {
+            return Err(CfError(ApiError::new(
+                401,
+                1000,
+                "CF-InvalidAuthToken",
+                "Invalid Auth Token: this login was ended (logout, password change or a new token-signing secret); log in again with `strato login`",
+            )));
+        }
         let user = state
             .db
             .user_by_guid(&claims.user_id)
@@ -208,6 +230,7 @@ impl FromRequestParts<Shared> for CurrentUser {
             guid: user.guid.clone(),
             username: user.username.clone(),
             admin: user.is_admin(),
+            session: claims.sid,
         })
     }
 }
@@ -243,9 +266,10 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_refuse_tampering() {
         let t = Tokens::new(b"k1", Duration::from_secs(60));
-        let r = t.issue("g", "admin", true).unwrap();
+        let r = t.issue("g", "admin", true, "s1").unwrap();
         let c = t.verify(&r.access_token, "access").unwrap();
         assert_eq!(c.user_name, "admin");
+        assert_eq!(c.sid, "s1", "both tokens name their session");
         assert!(
             t.verify(&r.refresh_token, "access").is_err(),
             "a refresh token is not an access token"

@@ -10,11 +10,14 @@ pub mod auth;
 pub mod bits;
 pub mod bootstrap;
 pub mod cf;
+pub mod exec;
 pub mod logs;
 pub mod runner;
 pub mod services;
 pub mod staging;
+pub mod throttle;
 pub mod tunnel;
+pub mod uaa;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,6 +73,7 @@ pub struct Controller {
     pub staging: staging::StagingLogs,
     pub runner: runner::Runner,
     pub brokers: services::Brokers,
+    pub throttle: throttle::LoginThrottle,
 }
 
 pub type Shared = Arc<Controller>;
@@ -98,6 +102,7 @@ impl Controller {
             staging: staging::StagingLogs::default(),
             runner,
             brokers: services::Brokers::default(),
+            throttle: throttle::LoginThrottle::default(),
         });
         c.logs.listen(c.bus.clone(), shutdown.clone()).await?;
         c.runner.listen(shutdown.clone()).await?;

@@ -405,55 +405,6 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn dea(id: &str, mem: i64, app_count: u32) -> DeaAdvertise {
-        let mut m = BTreeMap::new();
-        if app_count > 0 {
-            m.insert("app".to_string(), app_count);
-        }
-        DeaAdvertise {
-            id: id.into(),
-            stacks: vec!["default".into()],
-            available_memory: mem,
-            available_disk: 10_000,
-            app_id_to_count: m,
-            placement_properties: Default::default(),
-        }
-    }
-
-    #[test]
-    fn placement_needs_memory_and_prefers_fewest_instances() {
-        let deas = vec![dea("a", 100, 0), dea("b", 4000, 2), dea("c", 3000, 0)];
-        assert_eq!(
-            place(&deas, "app", 256, "default").unwrap().id,
-            "c",
-            "a lacks memory, b has more of the app"
-        );
-        assert!(place(&deas, "app", 5000, "default").is_none());
-        assert!(place(&deas, "app", 10, "other-stack").is_none());
-    }
-
-    #[test]
-    fn placement_spreads_1000_instances_evenly() {
-        let mut deas: Vec<DeaAdvertise> = (0..10)
-            .map(|i| dea(&format!("d{i}"), 1_000_000, 0))
-            .collect();
-        for _ in 0..1000 {
-            let id = place(&deas, "app", 64, "default").unwrap().id.clone();
-            let d = deas.iter_mut().find(|d| d.id == id).unwrap();
-            d.available_memory -= 64;
-            *d.app_id_to_count.entry("app".into()).or_default() += 1;
-        }
-        for d in &deas {
-            assert_eq!(d.app_id_to_count["app"], 100, "{}", d.id);
-        }
-    }
-}
-
 /// How often a rolling replacement checks on the new version.
 const ROLL_POLL: Duration = Duration::from_millis(250);
 
@@ -509,4 +460,53 @@ pub async fn roll_over(c: &Shared, app: &App, old_version: &str) -> Result<(), A
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn dea(id: &str, mem: i64, app_count: u32) -> DeaAdvertise {
+        let mut m = BTreeMap::new();
+        if app_count > 0 {
+            m.insert("app".to_string(), app_count);
+        }
+        DeaAdvertise {
+            id: id.into(),
+            stacks: vec!["default".into()],
+            available_memory: mem,
+            available_disk: 10_000,
+            app_id_to_count: m,
+            placement_properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn placement_needs_memory_and_prefers_fewest_instances() {
+        let deas = vec![dea("a", 100, 0), dea("b", 4000, 2), dea("c", 3000, 0)];
+        assert_eq!(
+            place(&deas, "app", 256, "default").unwrap().id,
+            "c",
+            "a lacks memory, b has more of the app"
+        );
+        assert!(place(&deas, "app", 5000, "default").is_none());
+        assert!(place(&deas, "app", 10, "other-stack").is_none());
+    }
+
+    #[test]
+    fn placement_spreads_1000_instances_evenly() {
+        let mut deas: Vec<DeaAdvertise> = (0..10)
+            .map(|i| dea(&format!("d{i}"), 1_000_000, 0))
+            .collect();
+        for _ in 0..1000 {
+            let id = place(&deas, "app", 64, "default").unwrap().id.clone();
+            let d = deas.iter_mut().find(|d| d.id == id).unwrap();
+            d.available_memory -= 64;
+            *d.app_id_to_count.entry("app".into()).or_default() += 1;
+        }
+        for d in &deas {
+            assert_eq!(d.app_id_to_count["app"], 100, "{}", d.id);
+        }
+    }
 }

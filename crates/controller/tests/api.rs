@@ -342,3 +342,113 @@ async fn bad_input_gets_cf_errors() {
         .unwrap();
     assert_eq!(a["entity"]["package_state"], "PENDING");
 }
+
+/// The `sid` claim of a JWT (its payload, base64url, read without verifying).
+fn session_of(jwt: &str) -> String {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&bytes).unwrap();
+    claims["sid"].as_str().unwrap().to_string()
+}
+
+async fn login(api: &Api) -> Value {
+    let (status, tok) = token(
+        &api.http,
+        &api.base,
+        &[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", "s3cret"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tok}");
+    tok
+}
+
+async fn status_with(api: &Api, access: &str, path: &str) -> u16 {
+    api.http
+        .get(format!("{}{path}", api.base))
+        .header("authorization", format!("bearer {access}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn logout_revokes_the_session_at_once_and_only_that_one() {
+    let api = Api::start(10).await;
+    let one = login(&api).await;
+    let two = login(&api).await;
+    let access = one["access_token"].as_str().unwrap();
+    assert_eq!(status_with(&api, access, "/v2/apps").await, 200);
+    let sid = session_of(access);
+    let r = api
+        .http
+        .delete(format!("{}/oauth/token/revoke/{sid}", api.base))
+        .header("authorization", format!("bearer {access}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The access token is refused now, not when it expires, and so is its refresh token.
+    assert_eq!(status_with(&api, access, "/v2/apps").await, 401);
+    let (status, body) = token(
+        &api.http,
+        &api.base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", one["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    // Another login of the same user is untouched.
+    let other = two["access_token"].as_str().unwrap();
+    assert_eq!(status_with(&api, other, "/v2/apps").await, 200);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_with_retry_after() {
+    let api = Api::start(10).await;
+    let wrong = [
+        ("grant_type", "password"),
+        ("username", "admin"),
+        ("password", "guess"),
+    ];
+    for _ in 0..5 {
+        let (status, _) = token(&api.http, &api.base, &wrong).await;
+        assert_eq!(status, 401);
+    }
+    // Even the right password waits now: guessing is slowed for this user.
+    let r = api
+        .http
+        .post(format!("{}/oauth/token", api.base))
+        .basic_auth("cf", Some(""))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", "s3cret"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("try again"),
+        "{body}"
+    );
+    // Once the wait is over, the right password works and clears the count.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    login(&api).await;
+}

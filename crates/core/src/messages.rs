@@ -291,6 +291,116 @@ pub struct ExecReply {
     pub stderr: String,
 }
 
+/// Controller → DEA (`dea.<id>.session`): open a one-time streaming exec session in an
+/// instance (`strato run`, `ssh`, `scp`), answered by [`SessionReply`]. The bytes never
+/// travel over the bus: the reply names a WebSocket endpoint on the DEA.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub instance: String,
+    /// The command; empty for an interactive login shell.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// Run under a pseudo-terminal of this size (`ssh` from a terminal).
+    #[serde(default)]
+    pub tty: Option<TerminalSize>,
+    /// `TERM` for a tty session (e.g. `xterm-256color`).
+    #[serde(default)]
+    pub term: Option<String>,
+}
+
+/// Rows and columns of a terminal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Where to connect for a session: a `ws://` URL on the DEA and a token valid once, for a
+/// few seconds, for this instance and command only (sent as `Authorization: Bearer`).
+/// `error` instead when the DEA refuses.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionReply {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The framing of exec session WebSockets, the same on the DEA's session endpoint and on
+/// the API's `GET /v2/apps/{guid}/instances/{index}/ssh` (the controller relays frames
+/// unchanged). Every binary frame starts with one channel byte; the rest is the payload:
+///
+/// | byte | direction | payload |
+/// | --- | --- | --- |
+/// | 0 `STDIN` | client → instance | bytes for the command's stdin (or its terminal) |
+/// | 1 `STDOUT` | instance → client | bytes of stdout (everything, under a tty) |
+/// | 2 `STDERR` | instance → client | bytes of stderr |
+/// | 3 `RESIZE` | client → instance | JSON [`TerminalSize`] |
+/// | 4 `EXIT` | instance → client | JSON [`SessionExit`]; the last frame, then close |
+/// | 5 `STDIN_EOF` | client → instance | none: closes the command's stdin |
+///
+/// A client that closes the WebSocket before `EXIT` kills the command.
+pub mod exec_frames {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    pub const RESIZE: u8 = 3;
+    pub const EXIT: u8 = 4;
+    pub const STDIN_EOF: u8 = 5;
+}
+
+/// The payload of an [`exec_frames::EXIT`] frame: the command's exit code (128 + signal
+/// when killed), or -1 with `error` when it could not run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionExit {
+    pub code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `dea.<id>.files` request: a path relative to the instance dir (which holds `app/`);
+/// empty or `/` lists the instance dir.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilesRequest {
+    pub instance: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+/// One directory entry of a [`FilesReply`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+}
+
+/// `dea.<id>.files` reply: `entries` for a directory, `content` for a file (lossy UTF-8,
+/// cut at the DEA's limit with `truncated` set), or `error`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilesReply {
+    #[serde(default)]
+    pub entries: Option<Vec<FileEntry>>,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl FilesReply {
+    pub fn error(message: impl Into<String>) -> Self {
+        FilesReply {
+            error: Some(message.into()),
+            ..FilesReply::default()
+        }
+    }
+}
+
 /// Health manager → controller: what it decided.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HmRequest {

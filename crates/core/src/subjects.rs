@@ -34,6 +34,10 @@ pub fn dea_exec(dea_id: &str) -> String {
 pub fn dea_files(dea_id: &str) -> String {
     format!("dea.{dea_id}.files")
 }
+/// Streaming exec sessions (`run`, `ssh`, `scp`) on one DEA: [`crate::messages::SessionRequest`].
+pub fn dea_session(dea_id: &str) -> String {
+    format!("dea.{dea_id}.session")
+}
 
 /// An app's output stream (logyard `apptail.<guid>`).
 pub fn apptail(app_guid: &str) -> String {

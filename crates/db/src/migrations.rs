@@ -155,6 +155,16 @@ CREATE INDEX service_bindings_app ON service_bindings (app_guid);
 CREATE INDEX service_bindings_instance ON service_bindings (service_instance_guid)
 "#;
 
+const SESSIONS: &str = r#"
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    user_guid TEXT NOT NULL REFERENCES users(guid) ON DELETE CASCADE,
+    client_address TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX sessions_user ON sessions (user_guid)
+"#;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -167,6 +177,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "services: brokers, services, plans, instances, bindings",
         sqlite: SERVICES,
         postgres: SERVICES,
+    },
+    Migration {
+        version: 3,
+        name: "sessions: revocable logins",
+        sqlite: SESSIONS,
+        postgres: SESSIONS,
     },
 ];
 

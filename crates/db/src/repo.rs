@@ -125,6 +125,50 @@ impl Db {
         self.by_guid("users", guid).await
     }
 
+    // ---- sessions (one per login; tokens name theirs, so deleting it revokes them) ----
+
+    pub async fn create_session(&self, id: &str, user_guid: &str, address: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, user_guid, client_address, created_at) VALUES ($1,$2,$3,$4)",
+        )
+        .bind(id)
+        .bind(user_guid)
+        .bind(address)
+        .bind(now_rfc3339())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// True when session `id` of `user_guid` has not been revoked.
+    pub async fn session_is_live(&self, id: &str, user_guid: &str) -> Result<bool> {
+        use sqlx::Row as _;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE id = $1 AND user_guid = $2")
+                .bind(id)
+                .bind(user_guid)
+                .fetch_one(self.pool())
+                .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    pub async fn delete_session(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Revokes every login of a user (password change, deletion); returns how many.
+    pub async fn delete_sessions_of(&self, user_guid: &str) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE user_guid = $1")
+            .bind(user_guid)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     pub async fn count_users(&self) -> Result<i64> {
         self.count("users", None).await
     }

@@ -4,7 +4,7 @@
 use strato_db::{package_state, App, Db, DbError, Filter};
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 2);
+    assert_eq!(db.schema_version().await.unwrap(), 3);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -131,6 +131,16 @@ async fn suite(db: &Db) {
         "audit.app.create"
     );
 
+    // sessions: live until deleted, one by one or all of a user's
+    db.create_session("s1", &u.guid, "10.0.0.9").await.unwrap();
+    db.create_session("s2", &u.guid, "10.0.0.9").await.unwrap();
+    assert!(db.session_is_live("s1", &u.guid).await.unwrap());
+    assert!(!db.session_is_live("s1", "someone-else").await.unwrap());
+    assert!(db.delete_session("s1").await.unwrap());
+    assert!(!db.session_is_live("s1", &u.guid).await.unwrap());
+    assert_eq!(db.delete_sessions_of(&u.guid).await.unwrap(), 1);
+    assert!(!db.session_is_live("s2", &u.guid).await.unwrap());
+
     // services: a broker's catalog, an instance, a binding
     let broker = db
         .upsert_broker("mysql", "http://10.0.0.5:1", "u", "p")
@@ -231,7 +241,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 2);
+    assert_eq!(db.schema_version().await.unwrap(), 3);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -242,7 +252,7 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 2);
+    assert_eq!(db.schema_version().await.unwrap(), 3);
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@ use strato_bus::{decode, publish_json, reply_json, Message, SharedBus};
 use strato_container::{ContainerDriver, ContainerSpec, Mount, APP_HOME};
 use strato_core::messages::{
     DeaAdvertise, DeaHeartbeat, ExecReply, ExecRequest, ExitReason, FindDroplet, InstanceInfo,
-    InstanceState, LogLine, PlacementProperties, StartRequest, StopRequest,
+    InstanceState, LogLine, PlacementProperties, SessionReply, SessionRequest, StartRequest,
+    StopRequest,
 };
 use strato_core::{subjects, timings};
 use tokio::sync::watch;
@@ -24,6 +25,7 @@ use crate::env::instance_env;
 use crate::files::{read_beneath, FilesReply, FilesRequest};
 use crate::instance::{now, Instance};
 use crate::ports::PortAllocator;
+use crate::session::Sessions;
 use crate::{DeaConfig, CONTAINER_PREFIX};
 
 /// How often a starting instance's health is probed.
@@ -42,6 +44,8 @@ pub struct Dea {
     ports: Mutex<PortAllocator>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The session endpoint, started with the first session.
+    sessions: tokio::sync::OnceCell<Arc<Sessions>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,6 +67,7 @@ impl Dea {
             instances: Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
+            sessions: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -75,6 +80,7 @@ impl Dea {
         let mut find = self.bus.subscribe(subjects::DEA_FIND_DROPLET).await?;
         let mut exec = self.bus.subscribe(&subjects::dea_exec(&id)).await?;
         let mut files = self.bus.subscribe(&subjects::dea_files(&id)).await?;
+        let mut session = self.bus.subscribe(&subjects::dea_session(&id)).await?;
         let mut router_start = self.bus.subscribe(subjects::ROUTER_START).await?;
         let mut update = self.bus.subscribe(subjects::DEA_UPDATE).await?;
         let mut advertise = tokio::time::interval(self.cfg.advertise_interval);
@@ -89,6 +95,7 @@ impl Dea {
                 Some(msg) = find.next() => self.spawn_handler(msg, Dea::handle_find),
                 Some(msg) = exec.next() => self.spawn_handler(msg, Dea::handle_exec),
                 Some(msg) = files.next() => self.spawn_handler(msg, Dea::handle_files),
+                Some(msg) = session.next() => self.spawn_handler(msg, Dea::handle_session),
                 Some(_) = router_start.next() => self.register_all().await,
                 Some(msg) = update.next() => self.spawn_handler(msg, Dea::handle_update),
                 _ = advertise.tick() => self.advertise().await,
@@ -640,6 +647,54 @@ impl Dea {
         let _ = reply_json(self.bus.as_ref(), &msg, &reply).await;
     }
 
+    /// `dea.<id>.session`: a one-time WebSocket session for a command in a running
+    /// instance (see [`crate::session`]).
+    async fn handle_session(self: Arc<Self>, msg: Message) {
+        let reply = match decode::<SessionRequest>(&msg) {
+            Ok(req) => self.open_session(&req).await,
+            Err(e) => session_error(format!("malformed session request: {e}")),
+        };
+        let _ = reply_json(self.bus.as_ref(), &msg, &reply).await;
+    }
+
+    async fn open_session(&self, req: &SessionRequest) -> SessionReply {
+        let container = lock(&self.instances)
+            .get(&req.instance)
+            .map(|i| (i.state, i.container_id.clone()));
+        let container = match container {
+            Some((InstanceState::Starting | InstanceState::Running, id)) => id,
+            Some((InstanceState::Crashed, _)) => {
+                return session_error(format!(
+                    "instance {} has crashed and its container is gone; its files stay readable with `strato files` for a while",
+                    req.instance
+                ))
+            }
+            _ => {
+                return session_error(format!(
+                    "instance {} is not running on DEA {}",
+                    req.instance, self.cfg.id
+                ))
+            }
+        };
+        let sessions = self
+            .sessions
+            .get_or_try_init(|| {
+                Sessions::start(
+                    &self.cfg.host_ip,
+                    self.driver.clone(),
+                    self.shutdown.clone(),
+                )
+            })
+            .await;
+        match sessions {
+            Ok(sessions) => sessions.offer(container, req),
+            Err(e) => session_error(format!(
+                "cannot open the DEA's session endpoint on {}: {e}",
+                self.cfg.host_ip
+            )),
+        }
+    }
+
     // ---- periodic messages ----------------------------------------------------------
 
     async fn heartbeat(&self) {
@@ -776,6 +831,13 @@ fn stop_matches(req: &StopRequest, inst: &Instance) -> bool {
             .instances
             .as_ref()
             .is_none_or(|ids| ids.contains(&inst.id))
+}
+
+fn session_error(message: String) -> SessionReply {
+    SessionReply {
+        error: Some(message),
+        ..SessionReply::default()
+    }
 }
 
 fn exec_error(message: String) -> ExecReply {

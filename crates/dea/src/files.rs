@@ -11,51 +11,10 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 /// Largest file content returned in one reply.
 pub const MAX_CONTENT: u64 = 1024 * 1024;
 
-/// `dea.<id>.files` request: a path relative to the instance dir (which holds `app/`);
-/// empty or `/` lists the instance dir.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct FilesRequest {
-    pub instance: String,
-    #[serde(default)]
-    pub path: String,
-}
-
-/// One directory entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FileEntry {
-    pub name: String,
-    /// `file`, `dir`, `symlink` or `other`.
-    pub kind: String,
-    pub size: u64,
-}
-
-/// `dea.<id>.files` reply: `entries` for a directory, `content` for a file (lossy UTF-8,
-/// at most [`MAX_CONTENT`] bytes, `truncated` when cut), or `error`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct FilesReply {
-    #[serde(default)]
-    pub entries: Option<Vec<FileEntry>>,
-    #[serde(default)]
-    pub content: Option<String>,
-    #[serde(default)]
-    pub truncated: bool,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-impl FilesReply {
-    pub fn error(message: impl Into<String>) -> Self {
-        FilesReply {
-            error: Some(message.into()),
-            ..FilesReply::default()
-        }
-    }
-}
+pub use strato_core::messages::{FileEntry, FilesReply, FilesRequest};
 
 /// Reads `rel` under `root`: a listing for a directory, the content for a file.
 pub fn read_beneath(root: &Path, rel: &str) -> FilesReply {

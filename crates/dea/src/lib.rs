@@ -1,7 +1,8 @@
 //! The DEA role: runs droplets as container instances on this node.
 //!
 //! [`run`] listens on the bus for `dea.<id>.start`, `dea.stop`, `dea.find.droplet`,
-//! `dea.<id>.exec`, `dea.<id>.files` and `router.start`; it publishes `dea.advertise`,
+//! `dea.<id>.exec`, `dea.<id>.files`, `dea.<id>.session` (streaming exec over the DEA's
+//! own WebSocket endpoint, [`session`]) and `router.start`; it publishes `dea.advertise`,
 //! `dea.heartbeat`, `router.register`/`unregister`, `droplet.exited` and every line of app
 //! output on `apptail.<app>`. Containers go through a [`ContainerDriver`] (runc in
 //! production), so the same code runs isolated or, where runc cannot run, unisolated.
@@ -23,6 +24,8 @@ pub mod env;
 pub mod files;
 mod instance;
 mod ports;
+mod pty;
+pub mod session;
 
 pub use files::{FileEntry, FilesReply, FilesRequest};
 

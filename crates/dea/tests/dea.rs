@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use strato_bus::{publish_json, request_json, Bus, InProcBus, SharedBus, Subscription};
 use strato_container::{ContainerDriver, ContainerSpec, RuncDriver, Stack};
 use strato_core::messages::{
-    DeaAdvertise, DeaHeartbeat, DropletExited, ExecReply, ExecRequest, ExitReason, FindDroplet,
-    HealthCheck, InstanceInfo, InstanceState, Limits, LogLine, RouteRegistration, StartRequest,
-    StopRequest,
+    exec_frames, DeaAdvertise, DeaHeartbeat, DropletExited, ExecReply, ExecRequest, ExitReason,
+    FindDroplet, HealthCheck, InstanceInfo, InstanceState, Limits, LogLine, RouteRegistration,
+    SessionExit, SessionReply, SessionRequest, StartRequest, StopRequest, TerminalSize,
 };
 use strato_core::subjects;
 use strato_dea::{DeaConfig, FilesReply, FilesRequest};
@@ -460,5 +460,231 @@ async fn failed_health_check_crashes_and_stale_containers_are_removed() {
     })
     .await;
     assert!(exited.exit_description.contains("sha256"), "{exited:?}");
+    fx.stop_dea().await;
+}
+
+// ---- streaming exec sessions (`dea.<id>.session` + the DEA's WebSocket endpoint) ----
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn offer_session(
+    bus: &dyn Bus,
+    dea: &str,
+    instance: &str,
+    argv: &[&str],
+    tty: Option<TerminalSize>,
+) -> SessionReply {
+    let req = SessionRequest {
+        instance: instance.to_string(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        tty,
+        term: Some("xterm".into()),
+    };
+    request_json(bus, &subjects::dea_session(dea), &req, WAIT)
+        .await
+        .expect("session reply")
+}
+
+async fn connect_session(
+    url: &str,
+    token: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+async fn send_frame(ws: &mut Ws, channel: u8, data: &[u8]) {
+    use futures::SinkExt;
+    let mut frame = vec![channel];
+    frame.extend_from_slice(data);
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(frame))
+        .await
+        .unwrap();
+}
+
+/// Output so far on (stdout, stderr), and the exit once it came.
+#[derive(Default)]
+struct SessionOutput {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit: Option<SessionExit>,
+}
+
+/// Reads frames until `done` holds for what arrived, or the session ends.
+async fn read_until(ws: &mut Ws, out: &mut SessionOutput, done: impl Fn(&SessionOutput) -> bool) {
+    use futures::StreamExt;
+    let deadline = Instant::now() + WAIT;
+    while !done(out) && out.exit.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, ws.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "session output did not arrive in time; so far: {:?}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            });
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(data))) = msg else {
+            break;
+        };
+        match data.split_first() {
+            Some((&exec_frames::STDOUT, rest)) => out.stdout.extend_from_slice(rest),
+            Some((&exec_frames::STDERR, rest)) => out.stderr.extend_from_slice(rest),
+            Some((&exec_frames::EXIT, rest)) => out.exit = serde_json::from_slice(rest).ok(),
+            _ => {}
+        }
+    }
+}
+
+async fn run_to_exit(ws: &mut Ws) -> SessionOutput {
+    let mut out = SessionOutput::default();
+    read_until(ws, &mut out, |_| false).await;
+    out
+}
+
+#[tokio::test]
+async fn sessions_stream_commands_stdin_and_a_pty() {
+    let mut fx = Fixture::new("session");
+    let bus = fx.bus.clone();
+    let app = format!("app-{}", uuid::Uuid::new_v4().simple());
+    let mut registers = bus.subscribe(subjects::ROUTER_REGISTER).await.unwrap();
+    fx.start().await;
+    let dea = fx.cfg.id.clone();
+    let req = fx.start_request(&app, 0, START_SH);
+    publish_json(bus.as_ref(), &subjects::dea_start(&dea), &req)
+        .await
+        .unwrap();
+    let route: RouteRegistration = next(&mut registers, |r: &RouteRegistration| r.app == app).await;
+    let instance = route.private_instance_id;
+
+    // Output on both streams, the exit code, the app dir and the app user.
+    let offer = offer_session(
+        bus.as_ref(),
+        &dea,
+        &instance,
+        &["sh", "-c", "echo out; pwd; id -u; echo err >&2; exit 3"],
+        None,
+    )
+    .await;
+    assert!(offer.error.is_none(), "{offer:?}");
+    assert_eq!(offer.token.len(), 32);
+    let mut ws = connect_session(&offer.url, &offer.token).await.unwrap();
+    let out = run_to_exit(&mut ws).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("out\n/home/stackato/app\n{UID}\n")
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(out.exit.unwrap().code, 3);
+
+    // The token was used: a second connection is refused, and so is a made-up token.
+    assert!(connect_session(&offer.url, &offer.token).await.is_err());
+    assert!(connect_session(&offer.url, &"0".repeat(32)).await.is_err());
+
+    // Stdin reaches the command, also more than a pipe buffer of it, until STDIN_EOF.
+    let offer = offer_session(
+        bus.as_ref(),
+        &dea,
+        &instance,
+        &["sh", "-c", "cat > in.txt; wc -c < in.txt; head -c 5 in.txt"],
+        None,
+    )
+    .await;
+    let mut ws = connect_session(&offer.url, &offer.token).await.unwrap();
+    let payload: Vec<u8> = b"hello"
+        .iter()
+        .copied()
+        .chain((0..300_000u32).map(|i| b'a' + (i % 26) as u8))
+        .collect();
+    for chunk in payload.chunks(64 * 1024) {
+        send_frame(&mut ws, exec_frames::STDIN, chunk).await;
+    }
+    send_frame(&mut ws, exec_frames::STDIN_EOF, b"").await;
+    let out = run_to_exit(&mut ws).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\nhello", payload.len())
+    );
+    assert_eq!(out.exit.unwrap().code, 0);
+
+    // A pty session: a terminal inside the container, its size, and a resize.
+    let offer = offer_session(
+        bus.as_ref(),
+        &dea,
+        &instance,
+        &[],
+        Some(TerminalSize { rows: 24, cols: 80 }),
+    )
+    .await;
+    let mut ws = connect_session(&offer.url, &offer.token).await.unwrap();
+    let mut out = SessionOutput::default();
+    send_frame(&mut ws, exec_frames::STDIN, b"tty; stty size\n").await;
+    read_until(&mut ws, &mut out, |o| {
+        let text = String::from_utf8_lossy(&o.stdout);
+        text.contains("/dev/pts/") && text.contains("24 80")
+    })
+    .await;
+    let resize = serde_json::to_vec(&TerminalSize {
+        rows: 40,
+        cols: 100,
+    })
+    .unwrap();
+    send_frame(&mut ws, exec_frames::RESIZE, &resize).await;
+    // runc applies the size on SIGWINCH, asynchronously: ask until it shows.
+    let deadline = Instant::now() + WAIT;
+    while !String::from_utf8_lossy(&out.stdout).contains("40 100") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = out.stdout.len();
+        send_frame(&mut ws, exec_frames::STDIN, b"stty size\n").await;
+        read_until(&mut ws, &mut out, |o| {
+            o.stdout.len() > before && o.stdout.ends_with(b"$ ")
+        })
+        .await;
+    }
+    send_frame(&mut ws, exec_frames::STDIN, b"exit 7\n").await;
+    read_until(&mut ws, &mut out, |_| false).await;
+    assert_eq!(
+        out.exit.as_ref().map(|e| e.code),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Closing the socket early kills the command.
+    let offer = offer_session(bus.as_ref(), &dea, &instance, &["sleep", "1000"], None).await;
+    let ws = connect_session(&offer.url, &offer.token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(ws);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ps = exec(
+            bus.as_ref(),
+            &dea,
+            &instance,
+            &["sh", "-c", "cat /proc/[0-9]*/comm"],
+        )
+        .await;
+        if !ps.stdout.lines().any(|l| l == "sleep") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sleep still runs: {ps:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // No session for an instance this DEA does not run.
+    let offer = offer_session(bus.as_ref(), &dea, "no-such-instance", &["true"], None).await;
+    assert!(offer.error.unwrap().contains("not running"));
     fx.stop_dea().await;
 }

@@ -387,8 +387,12 @@ impl Node {
         );
         cfg.max_upload_mb = self.opts.max_upload_mb;
         let c = Role::Controller.component();
-        cfg.staging_timeout = self.config_secs(c, "staging_timeout", cfg.staging_timeout).await;
-        cfg.runner.dea_expiry = self.config_secs(c, "dea_expiry", cfg.runner.dea_expiry).await;
+        cfg.staging_timeout = self
+            .config_secs(c, "staging_timeout", cfg.staging_timeout)
+            .await;
+        cfg.runner.dea_expiry = self
+            .config_secs(c, "dea_expiry", cfg.runner.dea_expiry)
+            .await;
         cfg.runner.start_shield = self
             .config_secs(c, "start_shield", cfg.runner.start_shield)
             .await;

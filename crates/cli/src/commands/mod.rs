@@ -3,6 +3,7 @@
 
 mod apps;
 mod curl;
+mod exec;
 mod lifecycle;
 mod logs;
 mod push;
@@ -141,7 +142,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Target { url } => session::target(&ctx, url).await,
         Command::Targets => session::targets(&ctx),
         Command::Login(args) => session::login(&ctx, args).await,
-        Command::Logout => session::logout(&ctx),
+        Command::Logout => session::logout(&ctx).await,
         Command::Info => session::info(&ctx).await,
         Command::Version => {
             println!("strato {}", strato_core::VERSION);
@@ -210,6 +211,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => tunnel::tunnel_cmd(&ctx, &service, port, client.as_deref(), &client_args).await,
         Command::Dbexport { service } => tunnel::dbexport_cmd(&ctx, &service).await,
         Command::Dbshell { args } => tunnel::dbshell_cmd(&ctx, &args).await,
+        Command::Run(args) => exec::run(&ctx, args).await,
+        Command::Ssh(args) => exec::ssh(&ctx, args).await,
+        Command::Scp(args) => exec::scp(&ctx, args).await,
+        Command::Files(args) => exec::files(&ctx, args).await,
         Command::Curl { method, path, body } => {
             curl::curl(&ctx, &method, &path, body.as_deref()).await
         }

@@ -264,8 +264,23 @@ async fn pick(
 }
 
 /// `strato logout`.
-pub fn logout(ctx: &Ctx) -> Result<()> {
+pub async fn logout(ctx: &Ctx) -> Result<()> {
     let target = ctx.target()?;
+    let session = ctx.saved_session(&target)?;
+    // End the session on the server too, so the tokens stop working everywhere at once
+    // (a copy of ~/.strato is no longer a way in). Best effort: the local tokens go anyway.
+    if let Some(sid) = session.access_token.as_deref().and_then(session_id) {
+        match Api::with_session(&target.url, &session, ctx.store.clone()) {
+            Ok(api) => {
+                if let Err(e) = api.delete(&format!("/oauth/token/revoke/{sid}")).await {
+                    if !matches!(e, crate::api::ClientError::SessionExpired(_)) {
+                        eprintln!("warning: could not end the session on {} ({e}); the tokens saved here are removed anyway", target.url);
+                    }
+                }
+            }
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
     ctx.store.update(|c| {
         if let Some(s) = c.targets.get_mut(&target.url) {
             s.access_token = None;
@@ -274,6 +289,20 @@ pub fn logout(ctx: &Ctx) -> Result<()> {
     })?;
     println!("Logged out of {}", target.url);
     Ok(())
+}
+
+/// The `sid` claim of a JWT (read, not verified: the server checks it).
+fn session_id(jwt: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims["sid"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// `strato info`.
