@@ -121,7 +121,18 @@ impl Dea {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("create the DEA dir {}", dir.display()))?;
         }
+        crate::tools::install(&self.tools_dir()).with_context(|| {
+            format!(
+                "install the instance tools in {}",
+                self.tools_dir().display()
+            )
+        })?;
         Ok(())
+    }
+
+    /// The host dir of the tools mounted into every instance (`dbexport`, `dbshell`).
+    fn tools_dir(&self) -> std::path::PathBuf {
+        self.cfg.containers_dir.with_file_name("tools")
     }
 
     /// Removes containers and instance dirs a previous run left behind.
@@ -307,6 +318,11 @@ impl Dea {
             source: dir.join("app"),
             destination: APP_HOME.to_string(),
             read_only: false,
+        });
+        spec.mounts.push(Mount {
+            source: self.tools_dir(),
+            destination: crate::tools::CONTAINER_DIR.to_string(),
+            read_only: true,
         });
         // Filesystem services: the controller names the paths; only absolute paths
         // without `..` are mounted.

@@ -12,7 +12,7 @@ use strato_core::messages::StartRequest;
 /// Where the instance's dir is mounted in the container, and the app inside it.
 pub const APP_ROOT: &str = "/home/stackato";
 pub const APP_HOME: &str = strato_container::APP_HOME;
-const BASE_PATH: &str = "/home/stackato/app/bin:/usr/local/bin:/usr/bin:/bin";
+const BASE_PATH: &str = "/home/stackato/app/bin:/usr/local/bin:/usr/bin:/bin:/home/stackato/bin";
 const PROTECTED: &[&str] = &[
     "PORT",
     "VCAP_APP_PORT",

@@ -26,6 +26,7 @@ mod instance;
 mod ports;
 mod pty;
 pub mod session;
+pub mod tools;
 
 pub use files::{FileEntry, FilesReply, FilesRequest};
 

@@ -127,6 +127,22 @@ fn services_are_created_bound_used_and_survive_redeploy() {
         assert_eq!(put["ok"], true, "{svc}: {put}");
         assert!(values(&mc, svc).contains(&value.to_string()), "{svc}");
     }
+    // Stackato's in-container tools: `strato run APP dbexport|dbshell SERVICE`.
+    let dump = mc.strato_ok(here, &["run", "svcfixture", "dbexport", "mydb"]);
+    assert!(
+        dump.contains("preloaded"),
+        "dbexport in the instance dumps MySQL:\n{dump}"
+    );
+    let out = mc.strato_input(
+        here,
+        &["run", "svcfixture", "dbshell", "pgdb"],
+        b"SELECT v FROM kv;\n",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("p1"),
+        "dbshell in the instance reads stdin: {out:?}"
+    );
+
     // The filesystem is one for both instances: writes land on both (round robin).
     let mut writers = std::collections::BTreeSet::new();
     for i in 0..6 {
