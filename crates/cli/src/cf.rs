@@ -117,6 +117,9 @@ pub struct Info {
     pub api_version: String,
     #[serde(default)]
     pub user: Option<Value>,
+    /// The largest app upload the target accepts (Strato).
+    #[serde(default)]
+    pub max_client_upload_mb: Option<u64>,
 }
 
 /// `POST /oauth/token`.

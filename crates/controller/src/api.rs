@@ -117,7 +117,11 @@ async fn root(headers: HeaderMap) -> Json<Value> {
     }))
 }
 
-async fn info(headers: HeaderMap, MaybeUser(user): MaybeUser) -> Json<Value> {
+async fn info(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+    MaybeUser(user): MaybeUser,
+) -> Json<Value> {
     let base = base_url(&headers);
     let mut v = json!({
         "name": "strato",
@@ -129,6 +133,7 @@ async fn info(headers: HeaderMap, MaybeUser(user): MaybeUser) -> Json<Value> {
         "token_endpoint": base,
         "api_version": "2.x",
         "strato_version": strato_core::VERSION,
+        "max_client_upload_mb": c.cfg.max_upload_mb,
     });
     if let Some(u) = user {
         v["user"] = json!(u.guid);

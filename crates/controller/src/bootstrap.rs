@@ -100,6 +100,14 @@ pub fn token_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(secret)
 }
 
+/// Replaces the token-signing secret with a new random one: every token signed with the
+/// old one stops working (`kato op regenerate token-signing-secret`). The controller must
+/// be restarted to sign with the new one.
+pub fn regenerate_token_secret(path: &Path) -> std::io::Result<()> {
+    let secret: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+    write_secret(path, &secret)
+}
+
 /// Writes a file only its owner can read, atomically.
 fn write_secret(path: &Path, secret: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {

@@ -470,3 +470,61 @@ fn repush_and_env_change_swap_without_a_failed_request() {
         .or_else(|| list.as_array().map(|a| a.len()));
     assert_eq!(count, Some(2), "two instances, not four: {instances}");
 }
+
+/// `kato op`: a smaller upload limit is refused with 413 naming it; a new token-signing
+/// secret logs everybody out at once.
+#[test]
+fn kato_op_limits_uploads_and_regenerates_the_token_secret() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let here = mc.client_home.path();
+    let out = mc.kato(&["op", "max_client_upload", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let shown = mc.kato(&["op", "max_client_upload"]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("1 MB"),
+        "{shown:?}"
+    );
+    // The controller restarted with the new limit; wait for the API to answer again.
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && !mc.strato(here, &["apps"]).status.success() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let app = tempfile::tempdir().unwrap();
+    write(app.path(), "stackato.yml", "name: toobig\nmem: 64M\n");
+    write(app.path(), "index.html", "<p>big</p>\n");
+    // Random bytes do not compress: the upload is over 1 MB.
+    let mut noise = vec![0u8; 3_000_000];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut noise)
+        .unwrap();
+    std::fs::write(app.path().join("noise.bin"), noise).unwrap();
+    let out = mc.strato(app.path(), &["push", "-n"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an upload over the limit fails: {out:?}"
+    );
+    assert!(err.contains("1 MB"), "the refusal names the limit: {err}");
+
+    let out = mc.kato(&["op", "regenerate", "token-signing-secret"]);
+    assert!(out.status.success(), "{out:?}");
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < until {
+        let out = mc.strato(here, &["apps"]);
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() && last.contains("strato login") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        last.contains("strato login"),
+        "old tokens are refused: {last}"
+    );
+    mc.login();
+    mc.strato_ok(here, &["apps"]);
+}

@@ -55,6 +55,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Operations: `regenerate token-signing-secret`, `max_client_upload [MB]`.
+    Op {
+        #[command(subcommand)]
+        cmd: OpCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OpCmd {
+    /// `token-signing-secret`: a new secret; every issued token stops working.
+    Regenerate { what: String },
+    /// Show or set the largest app upload the API accepts, in MB.
+    #[command(name = "max_client_upload", visible_alias = "max-client-upload")]
+    MaxClientUpload { mb: Option<u64> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +160,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown setup '{other}'; this version supports: micro (core, firstuser and load_balancer come with the cluster)"),
         },
         Cmd::Config { cmd } => config(&ctl, cmd, cli.json).await,
+        Cmd::Op { cmd } => op(&ctl, cmd).await,
+    }
+}
+
+async fn op(ctl: &Control, cmd: &OpCmd) -> anyhow::Result<()> {
+    match cmd {
+        OpCmd::Regenerate { what } if what == "token-signing-secret" => {
+            let r = ctl
+                .call("POST", "/op/regenerate-token-signing-secret", None)
+                .await?;
+            println!("new token-signing secret written; every user must log in again");
+            if r["restarted_controller"] != true {
+                println!("the controller does not run on this node: restart it where it runs (kato restart controller)");
+            }
+            Ok(())
+        }
+        OpCmd::Regenerate { what } => {
+            anyhow::bail!(
+                "cannot regenerate '{what}'; this version regenerates: token-signing-secret"
+            )
+        }
+        OpCmd::MaxClientUpload { mb: None } => {
+            let v = ctl
+                .call("GET", "/config/cloud_controller_ng/max_client_upload", None)
+                .await
+                .ok()
+                .map(|v| v["value"].clone())
+                .filter(|v| !v.is_null());
+            match v {
+                Some(v) => println!("max_client_upload: {v} MB"),
+                None => println!("max_client_upload: not set (stratod's default, STRATO_MAX_UPLOAD_MB or 1024 MB)"),
+            }
+            Ok(())
+        }
+        OpCmd::MaxClientUpload { mb: Some(mb) } => {
+            if *mb == 0 || *mb > 1024 * 1024 {
+                anyhow::bail!("max_client_upload is in MB, from 1 to 1048576");
+            }
+            ctl.call(
+                "PUT",
+                "/config/cloud_controller_ng/max_client_upload",
+                Some(&json!(mb)),
+            )
+            .await?;
+            ctl.call("POST", "/roles/controller/stop", None).await.ok();
+            ctl.call("POST", "/roles/controller/start", None).await?;
+            println!("max_client_upload set to {mb} MB; the controller was restarted");
+            Ok(())
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/roles/stop", post(roles_stop))
         .route("/setup/micro", post(setup_micro))
         .route(
+            "/op/regenerate-token-signing-secret",
+            post(regenerate_token_secret),
+        )
+        .route(
             "/config/{*path}",
             get(config_get).put(config_set).delete(config_del),
         )
@@ -149,6 +153,36 @@ async fn roles_stop(State(node): State<S>) -> Json<Value> {
     node.supervisor.stop_all(Duration::from_secs(30)).await;
     record(&node, "stop roles");
     Json(json!({"stopped": running.iter().map(|r| r.name()).collect::<Vec<_>>()}))
+}
+
+/// Restarts the controller role (if it runs here) so it reads its settings again.
+async fn restart_controller(node: &S) -> bool {
+    let role = Role::Controller;
+    if !node.supervisor.stop(role, Duration::from_secs(30)).await {
+        return false;
+    }
+    match node.factory(role) {
+        Some(f) => {
+            node.supervisor.start(role, f);
+            true
+        }
+        None => false,
+    }
+}
+
+async fn regenerate_token_secret(
+    State(node): State<S>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let path = node.layout.token_secret_file();
+    strato_controller::bootstrap::regenerate_token_secret(&path).map_err(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })?;
+    let restarted = restart_controller(&node).await;
+    record(&node, "op regenerate token-signing-secret");
+    Ok(Json(json!({"restarted_controller": restarted})))
 }
 
 async fn setup_micro(State(node): State<S>) -> Result<Json<Value>, (StatusCode, Json<Value>)> {

@@ -385,7 +385,13 @@ impl Node {
             &self.layout,
             strato_controller::bootstrap::token_secret(&self.layout.token_secret_file())?,
         );
-        cfg.max_upload_mb = self.opts.max_upload_mb;
+        cfg.max_upload_mb = self
+            .config_u64(
+                Role::Controller.component(),
+                "max_client_upload",
+                self.opts.max_upload_mb,
+            )
+            .await;
         let c = Role::Controller.component();
         cfg.staging_timeout = self
             .config_secs(c, "staging_timeout", cfg.staging_timeout)

@@ -309,6 +309,16 @@ async fn upload_bits(
         .await
         .context("zipping the app failed")??;
     let zip_len = std::fs::metadata(&zip_path)?.len();
+    // Say so before sending what the target would refuse (a refused upload otherwise
+    // surfaces as a broken connection halfway through).
+    if let Ok(Some(limit_mb)) = api.info().await.map(|i| i.max_client_upload_mb) {
+        if zip_len > limit_mb.saturating_mul(1024 * 1024) {
+            anyhow::bail!(
+                "the upload is {} zipped, over this target's limit of {limit_mb} MB; leave files out with `ignores:` in stackato.yml or .stratoignore, or ask an administrator (kato op max_client_upload)",
+                bytes(zip_len)
+            );
+        }
+    }
     println!(
         "Uploading {} files ({}; {} already on the server), {} zipped...",
         scan.files.len(),
