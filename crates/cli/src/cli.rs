@@ -164,6 +164,140 @@ pub enum Command {
     Scp(ScpArgs),
     /// List a directory or show a file of an app instance (paths relative to the app dir).
     Files(FilesArgs),
+    /// Create a user (administrators).
+    #[command(name = "add-user", visible_alias = "create-user")]
+    AddUser(AddUserArgs),
+    /// Register a new user (administrators; the same as add-user).
+    Register(AddUserArgs),
+    /// Delete a user; their logins end at once (asks first unless -n).
+    #[command(name = "delete-user")]
+    DeleteUser { name: String },
+    /// Change your password; your other logins end.
+    Passwd {
+        /// The current password (asked on a terminal).
+        #[arg(long)]
+        old: Option<String>,
+        /// The new password (asked on a terminal).
+        #[arg(long)]
+        new: Option<String>,
+    },
+    /// List the users (administrators).
+    Users,
+    /// Administrator rights: grant, revoke, list.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// List the organizations you can see.
+    Orgs,
+    /// Show an organization (default: the current one).
+    Org { name: Option<String> },
+    /// Create an organization.
+    #[command(name = "create-org")]
+    CreateOrg { name: String },
+    /// Delete an organization (asks first unless -n).
+    #[command(name = "delete-org")]
+    DeleteOrg {
+        name: String,
+        /// Also delete its spaces, apps, services and routes.
+        #[arg(long, short = 'r')]
+        recursive: bool,
+    },
+    /// Rename an organization.
+    #[command(name = "rename-org")]
+    RenameOrg { name: String, new_name: String },
+    /// Make an organization (and its first space) the current one.
+    #[command(name = "switch-org")]
+    SwitchOrg { name: String },
+    /// Add a user to an organization (as a member; with flags also in those roles).
+    #[command(name = "link-user-org")]
+    LinkUserOrg {
+        user: String,
+        org: Option<String>,
+        #[command(flatten)]
+        roles: OrgRoleFlags,
+    },
+    /// Remove a user from an organization (everything), or only from the roles named.
+    #[command(name = "unlink-user-org")]
+    UnlinkUserOrg {
+        user: String,
+        org: Option<String>,
+        #[command(flatten)]
+        roles: OrgRoleFlags,
+    },
+    /// List the members of an organization and their roles.
+    #[command(name = "org-users")]
+    OrgUsers { org: Option<String> },
+    /// List the spaces of an organization (default: the current one).
+    Spaces {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Show a space (default: the current one).
+    Space {
+        name: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Create a space.
+    #[command(name = "create-space")]
+    CreateSpace {
+        name: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Delete a space (asks first unless -n).
+    #[command(name = "delete-space")]
+    DeleteSpace {
+        name: String,
+        #[arg(long)]
+        org: Option<String>,
+        /// Also delete its apps, services and routes.
+        #[arg(long, short = 'r')]
+        recursive: bool,
+    },
+    /// Rename a space.
+    #[command(name = "rename-space")]
+    RenameSpace {
+        name: String,
+        new_name: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Make a space the current one.
+    #[command(name = "switch-space")]
+    SwitchSpace {
+        name: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Give a user roles in a space (developer unless --manager/--auditor).
+    #[command(name = "link-user-space")]
+    LinkUserSpace {
+        user: String,
+        space: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        roles: SpaceRoleFlags,
+    },
+    /// Take roles in a space from a user (developer unless --manager/--auditor).
+    #[command(name = "unlink-user-space")]
+    UnlinkUserSpace {
+        user: String,
+        space: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        roles: SpaceRoleFlags,
+    },
+    /// List the members of a space and their roles.
+    #[command(name = "space-users")]
+    SpaceUsers {
+        space: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+    },
     /// Send a raw authenticated request to the API.
     Curl {
         /// GET, POST, PUT, DELETE, ...
@@ -173,6 +307,52 @@ pub enum Command {
         /// JSON body
         body: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AddUserArgs {
+    pub name: String,
+    /// The password (asked twice on a terminal).
+    #[arg(long)]
+    pub password: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Make a user an administrator.
+    Grant { user: String },
+    /// Take administrator rights from a user.
+    Revoke { user: String },
+    /// List the administrators.
+    List,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct OrgRoleFlags {
+    /// Manager of the organization.
+    #[arg(long)]
+    pub manager: bool,
+    /// Auditor of the organization.
+    #[arg(long)]
+    pub auditor: bool,
+    /// Billing manager of the organization.
+    #[arg(long)]
+    pub billing: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct SpaceRoleFlags {
+    /// Manager of the space.
+    #[arg(long)]
+    pub manager: bool,
+    /// Auditor of the space.
+    #[arg(long)]
+    pub auditor: bool,
+    /// Developer of the space (the default).
+    #[arg(long)]
+    pub developer: bool,
 }
 
 #[derive(Debug, Args)]

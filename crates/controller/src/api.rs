@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::handler::Handler;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -17,58 +18,99 @@ use strato_core::messages::StopRequest;
 use strato_core::{names, ApiError};
 use strato_db::{package_state, App, Domain, Filter, Organization, Route, Space};
 
+use crate::access::{Access, Action, Scope};
 use crate::auth::{CurrentUser, MaybeUser};
 use crate::bits::WireResource;
 use crate::cf::{db_err, paginate, resource, CfError, CfResult, ListParams};
+use crate::tenancy::{org_json, space_json};
 use crate::Shared;
+
+/// One endpoint: method, path (axum syntax) and its handler.
+pub(crate) type Endpoint = (Method, &'static str, MethodRouter<Shared>);
+
+/// An [`Endpoint`] whose handler answers `method` only.
+pub(crate) fn ep<H, T>(method: Method, path: &'static str, handler: H) -> Endpoint
+where
+    H: Handler<T, Shared>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    (method, path, on(filter, handler))
+}
+
+/// Every endpoint of the API; `upload_limit` is the body limit of the bits upload.
+fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
+    let mut v = vec![
+        ep(Method::GET, "/", root),
+        ep(Method::GET, "/v2/info", info),
+        ep(Method::GET, "/v2/organizations", list_orgs),
+        ep(Method::GET, "/v2/organizations/{guid}", get_org),
+        ep(Method::GET, "/v2/organizations/{guid}/spaces", org_spaces),
+        ep(Method::GET, "/v2/spaces", list_spaces),
+        ep(Method::GET, "/v2/spaces/{guid}", get_space),
+        ep(Method::GET, "/v2/spaces/{guid}/summary", space_summary),
+        ep(Method::GET, "/v2/spaces/{guid}/apps", space_apps),
+        ep(Method::GET, "/v2/shared_domains", list_domains),
+        ep(Method::GET, "/v2/shared_domains/{guid}", get_domain),
+        ep(Method::GET, "/v2/domains", list_domains),
+        ep(Method::GET, "/v2/routes", list_routes),
+        ep(Method::POST, "/v2/routes", create_route),
+        ep(Method::GET, "/v2/routes/{guid}", get_route),
+        ep(Method::DELETE, "/v2/routes/{guid}", delete_route),
+        ep(Method::GET, "/v2/routes/{guid}/apps", route_apps),
+        ep(Method::GET, "/v2/apps", list_apps),
+        ep(Method::POST, "/v2/apps", create_app),
+        ep(Method::GET, "/v2/apps/{guid}", get_app),
+        ep(Method::PUT, "/v2/apps/{guid}", update_app),
+        ep(Method::DELETE, "/v2/apps/{guid}", delete_app),
+        ep(Method::GET, "/v2/apps/{guid}/summary", app_summary),
+        ep(Method::GET, "/v2/apps/{guid}/routes", app_routes),
+        ep(Method::PUT, "/v2/apps/{guid}/routes/{route}", map_route),
+        ep(
+            Method::DELETE,
+            "/v2/apps/{guid}/routes/{route}",
+            unmap_route,
+        ),
+        (
+            Method::PUT,
+            "/v2/apps/{guid}/bits",
+            on(MethodFilter::PUT, upload_bits).layer(DefaultBodyLimit::max(upload_limit)),
+        ),
+        ep(Method::POST, "/v2/apps/{guid}/restage", restage),
+        ep(Method::GET, "/v2/apps/{guid}/instances", instances),
+        ep(Method::GET, "/v2/apps/{guid}/stats", stats),
+        ep(
+            Method::GET,
+            "/v2/apps/{guid}/staging_log/{task}",
+            staging_log,
+        ),
+        ep(Method::GET, "/v2/apps/{guid}/stackato_logs", app_logs),
+        ep(Method::PUT, "/v2/resource_match", resource_match),
+        ep(Method::GET, "/v2/events", list_events),
+    ];
+    v.extend(crate::tenancy::endpoints());
+    v.extend(crate::uaa::endpoints());
+    v.extend(crate::services::endpoints());
+    v.extend(crate::tunnel::endpoints());
+    v.extend(crate::exec::endpoints());
+    v
+}
+
+/// The (method, path) of every endpoint, as the router serves them: the role matrix test
+/// checks it has a row for each.
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    endpoints(0).into_iter().map(|(m, p, _)| (m, p)).collect()
+}
 
 /// All routes of the API.
 pub fn router(c: Shared) -> Router {
     let upload_limit = (c.cfg.max_upload_mb as usize).saturating_mul(1024 * 1024) + 64 * 1024;
-    Router::new()
-        .route("/", get(root))
-        .route("/v2/info", get(info))
-        .route("/v2/organizations", get(list_orgs))
-        .route("/v2/organizations/{guid}", get(get_org))
-        .route("/v2/organizations/{guid}/spaces", get(org_spaces))
-        .route("/v2/spaces", get(list_spaces))
-        .route("/v2/spaces/{guid}", get(get_space))
-        .route("/v2/spaces/{guid}/summary", get(space_summary))
-        .route("/v2/spaces/{guid}/apps", get(space_apps))
-        .route("/v2/shared_domains", get(list_domains))
-        .route("/v2/shared_domains/{guid}", get(get_domain))
-        .route("/v2/domains", get(list_domains))
-        .route("/v2/routes", get(list_routes).post(create_route))
-        .route("/v2/routes/{guid}", get(get_route).delete(delete_route))
-        .route("/v2/routes/{guid}/apps", get(route_apps))
-        .route("/v2/apps", get(list_apps).post(create_app))
-        .route(
-            "/v2/apps/{guid}",
-            get(get_app).put(update_app).delete(delete_app),
-        )
-        .route("/v2/apps/{guid}/summary", get(app_summary))
-        .route("/v2/apps/{guid}/routes", get(app_routes))
-        .route(
-            "/v2/apps/{guid}/routes/{route}",
-            put(map_route).delete(unmap_route),
-        )
-        .route(
-            "/v2/apps/{guid}/bits",
-            put(upload_bits).layer(DefaultBodyLimit::max(upload_limit)),
-        )
-        .route("/v2/apps/{guid}/restage", post(restage))
-        .route("/v2/apps/{guid}/instances", get(instances))
-        .route("/v2/apps/{guid}/stats", get(stats))
-        .route("/v2/apps/{guid}/staging_log/{task}", get(staging_log))
-        .route("/v2/apps/{guid}/stackato_logs", get(app_logs))
-        .route("/v2/resource_match", put(resource_match))
-        .route("/v2/events", get(list_events))
-        .merge(crate::uaa::routes())
-        .merge(crate::services::routes())
-        .merge(crate::tunnel::routes())
-        .merge(crate::exec::routes())
-        .fallback(not_found)
-        .with_state(c)
+    let mut r = Router::new();
+    for (_, path, handler) in endpoints(upload_limit) {
+        // Routes on the same path merge (one method each).
+        r = r.route(path, handler);
+    }
+    r.fallback(not_found).with_state(c)
 }
 
 async fn not_found() -> CfError {
@@ -145,33 +187,6 @@ async fn info(
 
 // ---------------------------------------------------------------- orgs, spaces, domains
 
-fn org_json(o: &Organization) -> Value {
-    resource(
-        "organizations",
-        &o.guid,
-        &o.created_at,
-        &o.updated_at,
-        json!({
-            "name": o.name, "billing_enabled": false, "status": "active",
-            "spaces_url": format!("/v2/organizations/{}/spaces", o.guid),
-        }),
-    )
-}
-
-fn space_json(s: &Space) -> Value {
-    resource(
-        "spaces",
-        &s.guid,
-        &s.created_at,
-        &s.updated_at,
-        json!({
-            "name": s.name, "organization_guid": s.organization_guid,
-            "organization_url": format!("/v2/organizations/{}", s.organization_guid),
-            "apps_url": format!("/v2/spaces/{}/apps", s.guid),
-        }),
-    )
-}
-
 fn domain_json(d: &Domain) -> Value {
     resource(
         "shared_domains",
@@ -184,10 +199,9 @@ fn domain_json(d: &Domain) -> Value {
 
 async fn list_orgs(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let orgs =
         c.db.list_orgs(&p.db_filter(&["name"])?)
@@ -196,59 +210,70 @@ async fn list_orgs(
     Ok(Json(paginate(
         "/v2/organizations",
         &p,
-        orgs.iter().map(org_json).collect(),
+        orgs.iter()
+            .filter(|o| access.can(Action::Read, Scope::Org(&o.guid)))
+            .map(org_json)
+            .collect(),
     )))
+}
+
+pub(crate) async fn org(c: &Shared, guid: &str) -> CfResult<Organization> {
+    Ok(c.db
+        .org_by_guid(guid)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("organization", guid))?)
 }
 
 async fn get_org(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    let o =
-        c.db.org_by_guid(&guid)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| ApiError::not_found("organization", &guid))?;
+    let o = org(&c, &guid).await?;
+    access.require(Action::Read, Scope::Org(&o.guid))?;
     Ok(Json(org_json(&o)))
 }
 
 async fn org_spaces(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let mut filter = p.db_filter(&["name"])?;
     filter.organization_guid = Some(guid.clone());
-    c.db.org_by_guid(&guid)
-        .await
-        .map_err(db_err)?
-        .ok_or_else(|| ApiError::not_found("organization", &guid))?;
+    org(&c, &guid).await?;
+    access.require(Action::Read, Scope::Org(&guid))?;
     let spaces = c.db.list_spaces(&filter).await.map_err(db_err)?;
     Ok(Json(paginate(
         &format!("/v2/organizations/{guid}/spaces"),
         &p,
-        spaces.iter().map(space_json).collect(),
+        spaces
+            .iter()
+            .filter(|s| access.can(Action::Read, Scope::Space(s)))
+            .map(space_json)
+            .collect(),
     )))
 }
 
 async fn list_spaces(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let filter = p.db_filter(&["name", "organization_guid"])?;
     let spaces = c.db.list_spaces(&filter).await.map_err(db_err)?;
     Ok(Json(paginate(
         "/v2/spaces",
         &p,
-        spaces.iter().map(space_json).collect(),
+        spaces
+            .iter()
+            .filter(|s| access.can(Action::Read, Scope::Space(s)))
+            .map(space_json)
+            .collect(),
     )))
 }
 
@@ -262,39 +287,38 @@ pub(crate) async fn space(c: &Shared, guid: &str) -> CfResult<Space> {
 
 async fn get_space(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    Ok(Json(space_json(&space(&c, &guid).await?)))
+    Ok(Json(space_json(
+        &access.space(&c, Action::Read, &guid).await?,
+    )))
 }
 
 async fn space_apps(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let mut filter = p.db_filter(&["name"])?;
     filter.space_guid = Some(guid.clone());
-    space(&c, &guid).await?;
+    access.space(&c, Action::Read, &guid).await?;
     let apps = c.db.list_apps(&filter).await.map_err(db_err)?;
     Ok(Json(paginate(
         &format!("/v2/spaces/{guid}/apps"),
         &p,
-        apps.iter().map(app_json).collect(),
+        apps.iter().map(|a| app_json_for(&access, a)).collect(),
     )))
 }
 
 async fn space_summary(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    let s = space(&c, &guid).await?;
+    let s = access.space(&c, Action::Read, &guid).await?;
     let apps =
         c.db.list_apps(&Filter {
             space_guid: Some(guid.clone()),
@@ -303,7 +327,10 @@ async fn space_summary(
         .await
         .map_err(db_err)?;
     // Each summary asks the DEAs and may wait for their answers: ask for all apps at once.
-    let out = futures::future::try_join_all(apps.iter().map(|a| summary_of(&c, a))).await?;
+    let mut out = futures::future::try_join_all(apps.iter().map(|a| summary_of(&c, a))).await?;
+    for v in &mut out {
+        access.redact(v, &guid);
+    }
     let services = crate::services::space_services_summary(&c, &guid).await?;
     Ok(Json(
         json!({"guid": s.guid, "name": s.name, "apps": out, "services": services}),
@@ -363,15 +390,18 @@ fn route_json(r: &Route, domain: Option<&Domain>) -> Value {
 
 async fn list_routes(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let filter = p.db_filter(&["host", "domain_guid", "space_guid"])?;
     let rs = c.db.list_routes(&filter).await.map_err(db_err)?;
+    let visible = access.visible_spaces(&c).await?;
     let mut out = Vec::new();
-    for r in &rs {
+    for r in rs
+        .iter()
+        .filter(|r| visible.as_ref().is_none_or(|v| v.contains(&r.space_guid)))
+    {
         let d = if p.depth > 0 {
             c.db.domain_by_guid(&r.domain_guid).await.map_err(db_err)?
         } else {
@@ -391,11 +421,12 @@ struct NewRoute {
 
 async fn create_route(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
+    let user = access.user.clone();
     let r: NewRoute = parse_json(&body)?;
+    access.space(&c, Action::Develop, &r.space_guid).await?;
     let host = r.host.to_ascii_lowercase();
     names::check_host(&host).map_err(ApiError::route_invalid)?;
     let d =
@@ -431,32 +462,33 @@ async fn create_route(
     Ok((StatusCode::CREATED, Json(route_json(&route, Some(&d)))))
 }
 
+pub(crate) async fn route(c: &Shared, guid: &str) -> CfResult<Route> {
+    Ok(c.db
+        .route_by_guid(guid)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("route", guid))?)
+}
+
 async fn get_route(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    let r =
-        c.db.route_by_guid(&guid)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| ApiError::not_found("route", &guid))?;
+    let r = route(&c, &guid).await?;
+    access.space(&c, Action::Read, &r.space_guid).await?;
     let d = c.db.domain_by_guid(&r.domain_guid).await.map_err(db_err)?;
     Ok(Json(route_json(&r, d.as_ref())))
 }
 
 async fn delete_route(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<StatusCode> {
-    user.require_admin()?;
-    let r =
-        c.db.route_by_guid(&guid)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| ApiError::not_found("route", &guid))?;
+    let user = access.user.clone();
+    let r = route(&c, &guid).await?;
+    access.space(&c, Action::Develop, &r.space_guid).await?;
     let apps = c.db.apps_of_route(&guid).await.map_err(db_err)?;
     c.db.delete_route(&guid).await.map_err(db_err)?;
     for a in apps {
@@ -477,17 +509,18 @@ async fn delete_route(
 
 async fn route_apps(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
+    let r = route(&c, &guid).await?;
+    access.space(&c, Action::Read, &r.space_guid).await?;
     let apps = c.db.apps_of_route(&guid).await.map_err(db_err)?;
     Ok(Json(paginate(
         &format!("/v2/routes/{guid}/apps"),
         &p,
-        apps.iter().map(app_json).collect(),
+        apps.iter().map(|a| app_json_for(&access, a)).collect(),
     )))
 }
 
@@ -551,6 +584,13 @@ fn app_json(a: &App) -> Value {
     )
 }
 
+/// An app's JSON with its environment hidden from non-developers.
+pub(crate) fn app_json_for(access: &Access, a: &App) -> Value {
+    let mut v = app_json(a);
+    access.redact(&mut v, &a.space_guid);
+    v
+}
+
 async fn summary_of(c: &Shared, a: &App) -> CfResult<Value> {
     let uris = app_uris(c, &a.guid).await?;
     let running = if a.state == "STARTED" {
@@ -582,17 +622,20 @@ pub(crate) async fn app(c: &Shared, guid: &str) -> CfResult<App> {
 
 async fn list_apps(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let filter = p.db_filter(&["name", "space_guid"])?;
     let apps = c.db.list_apps(&filter).await.map_err(db_err)?;
+    let visible = access.visible_spaces(&c).await?;
     Ok(Json(paginate(
         "/v2/apps",
         &p,
-        apps.iter().map(app_json).collect(),
+        apps.iter()
+            .filter(|a| visible.as_ref().is_none_or(|v| v.contains(&a.space_guid)))
+            .map(|a| app_json_for(&access, a))
+            .collect(),
     )))
 }
 
@@ -683,10 +726,10 @@ fn validate(f: &AppFields) -> CfResult<()> {
 
 async fn create_app(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     body: axum::body::Bytes,
 ) -> CfResult<Response> {
-    user.require_admin()?;
+    let user = access.user.clone();
     let f: AppFields = parse_json(&body)?;
     validate(&f)?;
     let name = f
@@ -697,7 +740,7 @@ async fn create_app(
         .space_guid
         .clone()
         .ok_or_else(|| ApiError::app_invalid("space_guid is required"))?;
-    space(&c, &space_guid).await?;
+    access.space(&c, Action::Develop, &space_guid).await?;
     let now = strato_core::now_rfc3339();
     let a = App {
         guid: strato_core::new_guid(),
@@ -746,36 +789,52 @@ async fn create_app(
     Ok((StatusCode::CREATED, Json(app_json(&a))).into_response())
 }
 
+/// The app by guid (404 when there is none) once `action` on its space is allowed.
+pub(crate) async fn app_for(
+    c: &Shared,
+    access: &Access,
+    action: Action,
+    guid: &str,
+) -> CfResult<App> {
+    let a = app(c, guid).await?;
+    access.space(c, action, &a.space_guid).await?;
+    Ok(a)
+}
+
 async fn get_app(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    Ok(Json(app_json(&app(&c, &guid).await?)))
+    let a = app_for(&c, &access, Action::Read, &guid).await?;
+    Ok(Json(app_json_for(&access, &a)))
 }
 
 async fn app_summary(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    let a = app(&c, &guid).await?;
-    Ok(Json(summary_of(&c, &a).await?))
+    let a = app_for(&c, &access, Action::Read, &guid).await?;
+    let mut v = summary_of(&c, &a).await?;
+    access.redact(&mut v, &a.space_guid);
+    Ok(Json(v))
 }
 
 async fn update_app(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     headers: HeaderMap,
     Path(guid): Path<String>,
     body: axum::body::Bytes,
 ) -> CfResult<Response> {
-    user.require_admin()?;
+    let user = access.user.clone();
+    let before = app_for(&c, &access, Action::Develop, &guid).await?;
     let f: AppFields = parse_json(&body)?;
     validate(&f)?;
-    let before = app(&c, &guid).await?;
+    if let Some(to) = f.space_guid.as_deref().filter(|s| *s != before.space_guid) {
+        access.space(&c, Action::Develop, to).await?;
+    }
     let mut a = before.clone();
     if let Some(n) = &f.name {
         a.name = n.clone();
@@ -883,23 +942,35 @@ async fn update_app(
 
 async fn delete_app(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<StatusCode> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    let a = app(&c, &guid).await?;
+    let a = app_for(&c, &access, Action::Develop, &guid).await?;
+    remove_app(&c, &access.user, &a, p.get("recursive") == Some("true")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops an app, unbinds its services, deletes it (and with `recursive` its routes no
+/// other app uses) and releases its blobs.
+pub(crate) async fn remove_app(
+    c: &Shared,
+    user: &CurrentUser,
+    a: &App,
+    recursive: bool,
+) -> CfResult<()> {
+    let guid = a.guid.clone();
     c.runner
         .stop(&StopRequest {
             droplet: a.guid.clone(),
             ..Default::default()
         })
         .await?;
-    crate::services::unbind_app(&c, &guid).await?;
+    crate::services::unbind_app(c, &guid).await?;
     let routes = c.db.routes_of_app(&guid).await.map_err(db_err)?;
     c.db.delete_app(&guid).await.map_err(db_err)?;
-    if p.get("recursive") == Some("true") {
+    if recursive {
         for r in routes {
             if c.db
                 .apps_of_route(&r.guid)
@@ -912,15 +983,15 @@ async fn delete_app(
         }
     }
     if let Some(d) = &a.droplet_hash {
-        release_blob(&c, BlobKind::Droplet, d).await;
+        release_blob(c, BlobKind::Droplet, d).await;
     }
     if let Some(p) = &a.package_hash {
-        release_blob(&c, BlobKind::Package, p).await;
+        release_blob(c, BlobKind::Package, p).await;
     }
     c.logs.forget(&guid);
     audit(
-        &c,
-        &user,
+        c,
+        user,
         "audit.app.delete-request",
         &a.guid,
         "app",
@@ -928,7 +999,7 @@ async fn delete_app(
         Some(&a.space_guid),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Removes a droplet or package blob once no app refers to it.
@@ -946,13 +1017,12 @@ pub async fn release_blob(c: &Shared, kind: BlobKind, sha: &str) {
 
 async fn app_routes(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    app(&c, &guid).await?;
+    app_for(&c, &access, Action::Read, &guid).await?;
     let rs = c.db.routes_of_app(&guid).await.map_err(db_err)?;
     let mut out = Vec::new();
     for r in &rs {
@@ -964,11 +1034,10 @@ async fn app_routes(
 
 async fn map_route(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path((guid, route)): Path<(String, String)>,
 ) -> CfResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
-    let a = app(&c, &guid).await?;
+    let a = app_for(&c, &access, Action::Develop, &guid).await?;
     let r =
         c.db.route_by_guid(&route)
             .await
@@ -986,11 +1055,10 @@ async fn map_route(
 
 async fn unmap_route(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path((guid, route)): Path<(String, String)>,
 ) -> CfResult<StatusCode> {
-    user.require_admin()?;
-    let a = app(&c, &guid).await?;
+    let a = app_for(&c, &access, Action::Develop, &guid).await?;
     c.db.unmap_route(&guid, &route).await.map_err(db_err)?;
     refresh_routes(&c, &a).await;
     Ok(StatusCode::NO_CONTENT)
@@ -998,12 +1066,12 @@ async fn unmap_route(
 
 // ---------------------------------------------------------------- bits and staging
 
+/// Any signed-in user may ask which files the cache already has (as in CF).
 async fn resource_match(
     State(c): State<Shared>,
-    user: CurrentUser,
+    _user: CurrentUser,
     body: axum::body::Bytes,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let wanted: Vec<WireResource> = parse_json(&body)?;
     let dir = c.cfg.resources_dir.clone();
     let matched = tokio::task::spawn_blocking(move || crate::bits::resource_match(&dir, &wanted))
@@ -1014,12 +1082,13 @@ async fn resource_match(
 
 async fn upload_bits(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     headers: HeaderMap,
     Path(guid): Path<String>,
     mut mp: Multipart,
 ) -> CfResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
+    let user = access.user.clone();
+    app_for(&c, &access, Action::Develop, &guid).await?;
     let limit = c.cfg.max_upload_mb * 1024 * 1024;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -1118,12 +1187,11 @@ async fn upload_bits(
 
 async fn restage(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     headers: HeaderMap,
     Path(guid): Path<String>,
 ) -> CfResult<Response> {
-    user.require_admin()?;
-    let a = app(&c, &guid).await?;
+    let a = app_for(&c, &access, Action::Develop, &guid).await?;
     let task = crate::staging::begin(&c, &a.guid).await?;
     let url = format!(
         "{}/v2/apps/{}/staging_log/{}",
@@ -1141,11 +1209,10 @@ async fn restage(
 
 async fn staging_log(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path((guid, task)): Path<(String, String)>,
 ) -> CfResult<Response> {
-    user.require_admin()?;
-    app(&c, &guid).await?;
+    app_for(&c, &access, Action::Read, &guid).await?;
     let log = c.staging.get(&task).ok_or_else(|| {
         ApiError::new(404, 10000, "CF-NotFound", format!("no staging task {task}"))
     })?;
@@ -1181,11 +1248,10 @@ fn check_staged(a: &App) -> CfResult<()> {
 
 async fn instances(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    let a = app(&c, &guid).await?;
+    let a = app_for(&c, &access, Action::Read, &guid).await?;
     check_staged(&a)?;
     if a.state == "STOPPED" {
         return Err(ApiError::instances_error(format!(
@@ -1219,11 +1285,10 @@ async fn instances(
 
 async fn stats(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    let a = app(&c, &guid).await?;
+    let a = app_for(&c, &access, Action::Read, &guid).await?;
     check_staged(&a)?;
     if a.state == "STOPPED" {
         return Err(ApiError::instances_error(format!(
@@ -1250,13 +1315,12 @@ async fn stats(
 
 async fn app_logs(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Response> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    app(&c, &guid).await?;
+    app_for(&c, &access, Action::Read, &guid).await?;
     let num: usize = match p.get("num") {
         Some(n) => n
             .parse()
@@ -1308,20 +1372,26 @@ async fn app_logs(
         .map_err(|e| ApiError::server(e.to_string()))?)
 }
 
+/// Events: administrators see all; others those of the spaces they see.
 async fn list_events(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     p.check_known(&["actee"])?;
     let evs =
         c.db.events_for(p.filter("actee").as_deref())
             .await
             .map_err(db_err)?;
+    let visible = access.visible_spaces(&c).await?;
     let items = evs
         .iter()
+        .filter(|e| match (&visible, &e.space_guid) {
+            (None, _) => true,
+            (Some(v), Some(s)) => v.contains(s),
+            (Some(_), None) => false,
+        })
         .map(|e| {
             resource("events", &e.guid, &e.timestamp, &e.timestamp, json!({
                 "type": e.kind, "actor": e.actor, "actor_name": e.actor_name, "actee": e.actee,
@@ -1358,4 +1428,3 @@ pub(crate) async fn audit(
         tracing::warn!(error = %e, "could not record event {kind}");
     }
 }
-

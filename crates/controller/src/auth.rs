@@ -169,20 +169,6 @@ pub struct CurrentUser {
     pub session: String,
 }
 
-impl CurrentUser {
-    /// Strato's micro cloud knows only admins so far; everyone else is refused until
-    /// org and space roles arrive.
-    pub fn require_admin(&self) -> Result<(), CfError> {
-        if self.admin {
-            Ok(())
-        } else {
-            let mut e = ApiError::not_authorized();
-            e.description.push_str(": only administrators can use the API until org and space roles arrive; ask an administrator");
-            Err(e.into())
-        }
-    }
-}
-
 impl FromRequestParts<Shared> for CurrentUser {
     type Rejection = CfError;
 

@@ -19,9 +19,9 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use futures::{SinkExt, StreamExt};
 use strato_core::messages::{
     FilesReply, FilesRequest, InstanceInfo, InstanceState, SessionReply, SessionRequest,
@@ -30,7 +30,8 @@ use strato_core::messages::{
 use strato_core::{subjects, ApiError};
 use tokio_tungstenite::tungstenite;
 
-use crate::auth::CurrentUser;
+use crate::access::{Access, Action};
+use crate::api::{ep, Endpoint};
 use crate::cf::{parse_query, CfResult};
 use crate::Shared;
 
@@ -40,14 +41,20 @@ const DEA_TIMEOUT: Duration = Duration::from_secs(10);
 type DeaSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/v2/apps/{guid}/instances/{index}/ssh", get(ssh))
-        .route("/v2/apps/{guid}/instances/{index}/files", get(files_root))
-        .route(
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        ep(Method::GET, "/v2/apps/{guid}/instances/{index}/ssh", ssh),
+        ep(
+            Method::GET,
+            "/v2/apps/{guid}/instances/{index}/files",
+            files_root,
+        ),
+        ep(
+            Method::GET,
             "/v2/apps/{guid}/instances/{index}/files/{*path}",
-            get(files),
-        )
+            files,
+        ),
+    ]
 }
 
 /// The session the client asks for, from the query string.
@@ -77,12 +84,12 @@ fn session_request(query: Option<&str>) -> CfResult<SessionRequest> {
 
 async fn ssh(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path((guid, index)): Path<(String, u32)>,
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> CfResult<Response> {
-    user.require_admin()?;
+    crate::api::app_for(&c, &access, Action::Develop, &guid).await?;
     let mut req = session_request(query.as_deref())?;
     let (name, inst) = instance(&c, &guid, index, false).await?;
     req.instance = inst.instance.clone();
@@ -98,7 +105,7 @@ async fn ssh(
         return Err(ApiError::instances_error(error).into());
     }
     let dea = connect_dea(&reply).await?;
-    tracing::info!(user = %user.username, app = %name, index, argv = ?req.argv, tty = req.tty.is_some(), "exec session");
+    tracing::info!(user = %access.user.username, app = %name, index, argv = ?req.argv, tty = req.tty.is_some(), "exec session");
     Ok(ws.on_upgrade(move |socket| relay(socket, dea)))
 }
 
@@ -164,7 +171,7 @@ async fn relay(client: WebSocket, dea: DeaSocket) {
 
 async fn files_root(
     state: State<Shared>,
-    user: CurrentUser,
+    user: Access,
     Path((guid, index)): Path<(String, u32)>,
     query: RawQuery,
 ) -> CfResult<Response> {
@@ -173,7 +180,7 @@ async fn files_root(
 
 async fn files(
     state: State<Shared>,
-    user: CurrentUser,
+    user: Access,
     Path((guid, index, path)): Path<(String, u32, String)>,
     query: RawQuery,
 ) -> CfResult<Response> {
@@ -182,13 +189,13 @@ async fn files(
 
 async fn serve_files(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     guid: String,
     index: u32,
     path: String,
     RawQuery(query): RawQuery,
 ) -> CfResult<Response> {
-    user.require_admin()?;
+    crate::api::app_for(&c, &access, Action::Develop, &guid).await?;
     let rel = app_relative(&path)?;
     let (_, inst) = instance(&c, &guid, index, true).await?;
     let req = FilesRequest {

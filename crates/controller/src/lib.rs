@@ -5,6 +5,7 @@
 //! (placement in [`runner`]), and the health manager's decisions come back over the bus too.
 //! The HTTP surface lives in [`api`]; everything it needs hangs off one [`Controller`].
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod bits;
@@ -15,6 +16,7 @@ pub mod logs;
 pub mod runner;
 pub mod services;
 pub mod staging;
+pub mod tenancy;
 pub mod throttle;
 pub mod tunnel;
 pub mod uaa;

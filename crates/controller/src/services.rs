@@ -12,10 +12,10 @@ use std::sync::Mutex;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -24,7 +24,8 @@ use strato_core::{subjects, ApiError};
 use strato_db::{CatalogEntry, Filter, Service, ServiceBinding, ServiceInstance, ServicePlan};
 use strato_services::osb::{BindRequest, BrokerClient, BrokerError, ProvisionRequest};
 
-use crate::api::{app, audit, parse_json, space};
+use crate::access::{Access, Action};
+use crate::api::{app_for, audit, ep, parse_json, Endpoint};
 use crate::auth::CurrentUser;
 use crate::cf::{db_err, paginate, resource, CfError, CfResult, ListParams};
 use crate::Shared;
@@ -126,53 +127,86 @@ async fn register(c: &Shared, a: BrokerAnnounce) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The service routes.
-pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/v2/services", get(list_services))
-        .route("/v2/services/{guid}", get(get_service))
-        .route("/v2/services/{guid}/service_plans", get(service_plans_of))
-        .route("/v2/service_plans", get(list_plans))
-        .route("/v2/service_plans/{guid}", get(get_plan))
-        .route(
-            "/v2/service_instances",
-            get(list_instances).post(create_instance),
-        )
-        .route(
+/// The service endpoints.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        ep(Method::GET, "/v2/services", list_services),
+        ep(Method::GET, "/v2/services/{guid}", get_service),
+        ep(
+            Method::GET,
+            "/v2/services/{guid}/service_plans",
+            service_plans_of,
+        ),
+        ep(Method::GET, "/v2/service_plans", list_plans),
+        ep(Method::GET, "/v2/service_plans/{guid}", get_plan),
+        ep(Method::GET, "/v2/service_instances", list_instances),
+        ep(Method::POST, "/v2/service_instances", create_instance),
+        ep(Method::GET, "/v2/service_instances/{guid}", get_instance),
+        ep(Method::PUT, "/v2/service_instances/{guid}", rename_instance),
+        ep(
+            Method::DELETE,
             "/v2/service_instances/{guid}",
-            get(get_instance)
-                .put(rename_instance)
-                .delete(delete_instance),
-        )
-        .route(
+            delete_instance,
+        ),
+        ep(
+            Method::GET,
             "/v2/service_instances/{guid}/service_bindings",
-            get(bindings_of_instance),
-        )
-        .route("/v2/service_instances/{guid}/export", get(export_instance))
-        .route("/v2/service_instances/{guid}/import", put(import_instance))
-        .route(
+            bindings_of_instance,
+        ),
+        ep(
+            Method::GET,
+            "/v2/service_instances/{guid}/export",
+            export_instance,
+        ),
+        ep(
+            Method::PUT,
+            "/v2/service_instances/{guid}/import",
+            import_instance,
+        ),
+        ep(
+            Method::GET,
             "/v2/user_provided_service_instances",
-            get(list_user_provided).post(create_user_provided),
-        )
-        .route(
+            list_user_provided,
+        ),
+        ep(
+            Method::POST,
+            "/v2/user_provided_service_instances",
+            create_user_provided,
+        ),
+        ep(
+            Method::GET,
             "/v2/user_provided_service_instances/{guid}",
-            get(get_instance)
-                .put(update_user_provided)
-                .delete(delete_instance),
-        )
-        .route(
-            "/v2/service_bindings",
-            get(list_bindings).post(create_binding),
-        )
-        .route(
+            get_instance,
+        ),
+        ep(
+            Method::PUT,
+            "/v2/user_provided_service_instances/{guid}",
+            update_user_provided,
+        ),
+        ep(
+            Method::DELETE,
+            "/v2/user_provided_service_instances/{guid}",
+            delete_instance,
+        ),
+        ep(Method::GET, "/v2/service_bindings", list_bindings),
+        ep(Method::POST, "/v2/service_bindings", create_binding),
+        ep(Method::GET, "/v2/service_bindings/{guid}", get_binding),
+        ep(
+            Method::DELETE,
             "/v2/service_bindings/{guid}",
-            get(get_binding).delete(delete_binding),
-        )
-        .route("/v2/apps/{guid}/service_bindings", get(bindings_of_app))
-        .route(
+            delete_binding,
+        ),
+        ep(
+            Method::GET,
+            "/v2/apps/{guid}/service_bindings",
+            bindings_of_app,
+        ),
+        ep(
+            Method::GET,
             "/v2/spaces/{guid}/service_instances",
-            get(instances_of_space),
-        )
+            instances_of_space,
+        ),
+    ]
 }
 
 fn broker_err(e: BrokerError) -> CfError {
@@ -325,10 +359,9 @@ pub(crate) async fn managed(c: &Shared, plan_guid: &str) -> CfResult<Managed> {
 
 async fn list_services(
     State(c): State<Shared>,
-    user: CurrentUser,
+    _user: CurrentUser,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let f = p.db_filter(&["label"])?;
     let items = c.db.list_services(&f).await.map_err(db_err)?;
@@ -355,20 +388,18 @@ async fn plans_of(c: &Shared, service_guid: &str) -> CfResult<Vec<ServicePlan>> 
 
 async fn get_service(
     State(c): State<Shared>,
-    user: CurrentUser,
+    _user: CurrentUser,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     Ok(Json(service_json(&service_row(&c, &guid).await?)))
 }
 
 async fn service_plans_of(
     State(c): State<Shared>,
-    user: CurrentUser,
+    _user: CurrentUser,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     service_row(&c, &guid).await?;
     let out = plans_of(&c, &guid).await?.iter().map(plan_json).collect();
@@ -381,10 +412,9 @@ async fn service_plans_of(
 
 async fn list_plans(
     State(c): State<Shared>,
-    user: CurrentUser,
+    _user: CurrentUser,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let f = p.db_filter(&["service_guid", "name"])?;
     let out =
@@ -399,10 +429,9 @@ async fn list_plans(
 
 async fn get_plan(
     State(c): State<Shared>,
-    user: CurrentUser,
+    _user: CurrentUser,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     Ok(Json(plan_json(&plan_row(&c, &guid).await?)))
 }
 
@@ -428,25 +457,23 @@ fn check_instance_name(name: &str) -> CfResult<()> {
 
 async fn list_instances(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let f = p.db_filter(&["name", "space_guid"])?;
-    let out = instances_json(&c, &p, &f, None).await?;
+    let out = instances_json(&c, &access, &p, &f, None).await?;
     Ok(Json(paginate("/v2/service_instances", &p, out)))
 }
 
 async fn list_user_provided(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let f = p.db_filter(&["name", "space_guid"])?;
-    let out = instances_json(&c, &p, &f, Some(true)).await?;
+    let out = instances_json(&c, &access, &p, &f, Some(true)).await?;
     Ok(Json(paginate(
         "/v2/user_provided_service_instances",
         &p,
@@ -456,16 +483,15 @@ async fn list_user_provided(
 
 async fn instances_of_space(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    space(&c, &guid).await?;
+    access.space(&c, Action::Read, &guid).await?;
     let p = ListParams::parse(q.as_deref())?;
     let mut f = p.db_filter(&["name"])?;
     f.space_guid = Some(guid.clone());
-    let out = instances_json(&c, &p, &f, None).await?;
+    let out = instances_json(&c, &access, &p, &f, None).await?;
     Ok(Json(paginate(
         &format!("/v2/spaces/{guid}/service_instances"),
         &p,
@@ -475,18 +501,21 @@ async fn instances_of_space(
 
 /// Instances as JSON; with depth ≥ 1 each carries its plan (and the plan its service)
 /// and its bindings, which is what `strato services` shows.
+/// Only the instances of spaces the user sees; credentials only for developers.
 async fn instances_json(
     c: &Shared,
+    access: &Access,
     p: &ListParams,
     f: &Filter,
     user_provided: Option<bool>,
 ) -> CfResult<Vec<Value>> {
     let items = c.db.list_service_instances(f).await.map_err(db_err)?;
+    let visible = access.visible_spaces(c).await?;
     let mut out = Vec::new();
-    for si in items
-        .iter()
-        .filter(|si| user_provided.is_none_or(|u| si.is_user_provided() == u))
-    {
+    for si in items.iter().filter(|si| {
+        user_provided.is_none_or(|u| si.is_user_provided() == u)
+            && visible.as_ref().is_none_or(|v| v.contains(&si.space_guid))
+    }) {
         let mut v = instance_json(si);
         if p.depth > 0 {
             if let Some(plan_guid) = &si.service_plan_guid {
@@ -504,28 +533,53 @@ async fn instances_json(
                 .map_err(db_err)?;
             v["entity"]["service_bindings"] =
                 json!(bindings.iter().map(binding_json).collect::<Vec<_>>());
+            if !access.sees_secrets(&si.space_guid) {
+                for b in v["entity"]["service_bindings"]
+                    .as_array_mut()
+                    .into_iter()
+                    .flatten()
+                {
+                    access.redact(b, &si.space_guid);
+                }
+            }
         }
+        access.redact(&mut v, &si.space_guid);
         out.push(v);
     }
     Ok(out)
 }
 
+/// The instance by guid once `action` on its space is allowed.
+async fn instance_for(
+    c: &Shared,
+    access: &Access,
+    action: Action,
+    guid: &str,
+) -> CfResult<ServiceInstance> {
+    let si = instance_row(c, guid).await?;
+    access.space(c, action, &si.space_guid).await?;
+    Ok(si)
+}
+
 async fn get_instance(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    let si = instance_row(&c, &guid).await?;
+    let si = instance_for(&c, &access, Action::Read, &guid).await?;
     let f = Filter {
         space_guid: Some(si.space_guid.clone()),
         name: Some(si.name.clone()),
         ..Default::default()
     };
-    let mut out = instances_json(&c, &p, &f, None).await?;
-    Ok(Json(out.pop().unwrap_or_else(|| instance_json(&si))))
+    let mut out = instances_json(&c, &access, &p, &f, None).await?;
+    Ok(Json(out.pop().unwrap_or_else(|| {
+        let mut v = instance_json(&si);
+        access.redact(&mut v, &si.space_guid);
+        v
+    })))
 }
 
 #[derive(Deserialize)]
@@ -537,13 +591,13 @@ struct NewInstance {
 
 async fn create_instance(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
+    let user = access.user.clone();
     let req: NewInstance = parse_json(&body)?;
+    let s = access.space(&c, Action::Develop, &req.space_guid).await?;
     check_instance_name(&req.name)?;
-    let s = space(&c, &req.space_guid).await?;
     let m = managed(&c, &req.service_plan_guid).await?;
     if m.plan.active == 0 || m.service.active == 0 {
         return Err(ApiError::service_instance_invalid(format!(
@@ -594,7 +648,7 @@ struct InstanceUpdate {
 
 async fn rename_instance(
     State(c): State<Shared>,
-    user: CurrentUser,
+    user: Access,
     Path(guid): Path<String>,
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
@@ -603,7 +657,7 @@ async fn rename_instance(
 
 async fn update_user_provided(
     State(c): State<Shared>,
-    user: CurrentUser,
+    user: Access,
     Path(guid): Path<String>,
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
@@ -612,14 +666,14 @@ async fn update_user_provided(
 
 async fn update_instance(
     c: Shared,
-    user: CurrentUser,
+    access: Access,
     guid: String,
     body: axum::body::Bytes,
     user_provided: bool,
 ) -> CfResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
+    let user = access.user.clone();
+    let mut si = instance_for(&c, &access, Action::Develop, &guid).await?;
     let req: InstanceUpdate = parse_json(&body)?;
-    let mut si = instance_row(&c, &guid).await?;
     if let Some(name) = req.name {
         check_instance_name(&name)?;
         si.name = name;
@@ -669,13 +723,13 @@ struct NewUserProvided {
 
 async fn create_user_provided(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
+    let user = access.user.clone();
     let req: NewUserProvided = parse_json(&body)?;
+    let s = access.space(&c, Action::Develop, &req.space_guid).await?;
     check_instance_name(&req.name)?;
-    let s = space(&c, &req.space_guid).await?;
     let mut si = strato_db::Db::new_service_instance(
         &req.name,
         &s.guid,
@@ -705,13 +759,24 @@ async fn create_user_provided(
 
 async fn delete_instance(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<StatusCode> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
-    let si = instance_row(&c, &guid).await?;
+    let si = instance_for(&c, &access, Action::Develop, &guid).await?;
+    remove_instance(&c, &access.user, &si, p.get("recursive") == Some("true")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Unbinds (with `recursive`; else refuses while bound), deprovisions and forgets an
+/// instance.
+pub(crate) async fn remove_instance(
+    c: &Shared,
+    user: &CurrentUser,
+    si: &ServiceInstance,
+    recursive: bool,
+) -> CfResult<()> {
     let bindings =
         c.db.list_service_bindings(&Filter {
             service_instance_guid: Some(si.guid.clone()),
@@ -719,7 +784,7 @@ async fn delete_instance(
         })
         .await
         .map_err(db_err)?;
-    if !bindings.is_empty() && p.get("recursive") != Some("true") {
+    if !bindings.is_empty() && !recursive {
         let mut apps = Vec::new();
         for b in &bindings {
             if let Ok(Some(a)) = c.db.app_by_guid(&b.app_guid).await {
@@ -734,10 +799,10 @@ async fn delete_instance(
         .into());
     }
     for b in &bindings {
-        unbind(&c, &si, b).await?;
+        unbind(c, si, b).await?;
     }
     if let Some(plan_guid) = &si.service_plan_guid {
-        let m = managed(&c, plan_guid).await?;
+        let m = managed(c, plan_guid).await?;
         m.client
             .deprovision(&si.guid, &m.service.unique_id, &m.plan.unique_id)
             .await
@@ -747,8 +812,8 @@ async fn delete_instance(
         .await
         .map_err(db_err)?;
     audit(
-        &c,
-        &user,
+        c,
+        user,
         "audit.service_instance.delete",
         &si.guid,
         "service_instance",
@@ -756,18 +821,17 @@ async fn delete_instance(
         Some(&si.space_guid),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Streams a consistent dump of a managed instance (Strato extension: the basis of
 /// `strato dbexport` and `kato data export`).
 async fn export_instance(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Response> {
-    user.require_admin()?;
-    let si = instance_row(&c, &guid).await?;
+    let si = instance_for(&c, &access, Action::Develop, &guid).await?;
     let plan_guid = si.service_plan_guid.clone().ok_or_else(|| {
         ApiError::invalid_request("a user-provided service is not run by Strato and has no dump")
     })?;
@@ -786,12 +850,12 @@ async fn export_instance(
 /// Restores a dump into a managed instance.
 async fn import_instance(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     body: Body,
 ) -> CfResult<StatusCode> {
-    user.require_admin()?;
-    let si = instance_row(&c, &guid).await?;
+    let user = access.user.clone();
+    let si = instance_for(&c, &access, Action::Develop, &guid).await?;
     let plan_guid = si.service_plan_guid.clone().ok_or_else(|| {
         ApiError::invalid_request(
             "a user-provided service is not run by Strato; import into it directly",
@@ -820,43 +884,68 @@ async fn import_instance(
 
 // ---------------------------------------------------------------- bindings
 
+/// A binding's JSON for this user (credentials only for developers of its space), or
+/// `None` when its app's space is not visible.
+async fn binding_for(
+    c: &Shared,
+    access: &Access,
+    visible: &Option<std::collections::HashSet<String>>,
+    b: &ServiceBinding,
+) -> CfResult<Option<Value>> {
+    let Some(a) = c.db.app_by_guid(&b.app_guid).await.map_err(db_err)? else {
+        return Ok(None);
+    };
+    if visible.as_ref().is_some_and(|v| !v.contains(&a.space_guid)) {
+        return Ok(None);
+    }
+    let mut v = binding_json(b);
+    access.redact(&mut v, &a.space_guid);
+    Ok(Some(v))
+}
+
+async fn bindings_json(
+    c: &Shared,
+    access: &Access,
+    bindings: &[ServiceBinding],
+) -> CfResult<Vec<Value>> {
+    let visible = access.visible_spaces(c).await?;
+    let mut out = Vec::new();
+    for b in bindings {
+        if let Some(v) = binding_for(c, access, &visible, b).await? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
 async fn list_bindings(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
     let p = ListParams::parse(q.as_deref())?;
     let f = p.db_filter(&["app_guid", "service_instance_guid"])?;
-    let out =
-        c.db.list_service_bindings(&f)
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(binding_json)
-            .collect();
+    let all = c.db.list_service_bindings(&f).await.map_err(db_err)?;
+    let out = bindings_json(&c, &access, &all).await?;
     Ok(Json(paginate("/v2/service_bindings", &p, out)))
 }
 
 async fn bindings_of_app(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    app(&c, &guid).await?;
+    app_for(&c, &access, Action::Read, &guid).await?;
     let p = ListParams::parse(q.as_deref())?;
-    let out =
+    let all =
         c.db.list_service_bindings(&Filter {
             app_guid: Some(guid.clone()),
             ..Default::default()
         })
         .await
-        .map_err(db_err)?
-        .iter()
-        .map(binding_json)
-        .collect();
+        .map_err(db_err)?;
+    let out = bindings_json(&c, &access, &all).await?;
     Ok(Json(paginate(
         &format!("/v2/apps/{guid}/service_bindings"),
         &p,
@@ -866,23 +955,20 @@ async fn bindings_of_app(
 
 async fn bindings_of_instance(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    instance_row(&c, &guid).await?;
+    instance_for(&c, &access, Action::Read, &guid).await?;
     let p = ListParams::parse(q.as_deref())?;
-    let out =
+    let all =
         c.db.list_service_bindings(&Filter {
             service_instance_guid: Some(guid.clone()),
             ..Default::default()
         })
         .await
-        .map_err(db_err)?
-        .iter()
-        .map(binding_json)
-        .collect();
+        .map_err(db_err)?;
+    let out = bindings_json(&c, &access, &all).await?;
     Ok(Json(paginate(
         &format!("/v2/service_instances/{guid}/service_bindings"),
         &p,
@@ -890,18 +976,23 @@ async fn bindings_of_instance(
     )))
 }
 
+async fn binding_row(c: &Shared, guid: &str) -> CfResult<ServiceBinding> {
+    c.db.service_binding_by_guid(guid)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("service binding", guid).into())
+}
+
 async fn get_binding(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<Json<Value>> {
-    user.require_admin()?;
-    let b =
-        c.db.service_binding_by_guid(&guid)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| ApiError::not_found("service binding", &guid))?;
-    Ok(Json(binding_json(&b)))
+    let b = binding_row(&c, &guid).await?;
+    let a = app_for(&c, &access, Action::Read, &b.app_guid).await?;
+    let mut v = binding_json(&b);
+    access.redact(&mut v, &a.space_guid);
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -912,13 +1003,13 @@ struct NewBinding {
 
 async fn create_binding(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
+    let user = access.user.clone();
     let req: NewBinding = parse_json(&body)?;
-    let a = app(&c, &req.app_guid).await?;
-    let si = instance_row(&c, &req.service_instance_guid).await?;
+    let a = app_for(&c, &access, Action::Develop, &req.app_guid).await?;
+    let si = instance_for(&c, &access, Action::Develop, &req.service_instance_guid).await?;
     if a.space_guid != si.space_guid {
         return Err(CfError(ApiError::new(
             400,
@@ -1003,15 +1094,12 @@ async fn create_binding(
 
 async fn delete_binding(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
 ) -> CfResult<StatusCode> {
-    user.require_admin()?;
-    let b =
-        c.db.service_binding_by_guid(&guid)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| ApiError::not_found("service binding", &guid))?;
+    let user = access.user.clone();
+    let b = binding_row(&c, &guid).await?;
+    app_for(&c, &access, Action::Develop, &b.app_guid).await?;
     let si = instance_row(&c, &b.service_instance_guid).await?;
     unbind(&c, &si, &b).await?;
     audit(

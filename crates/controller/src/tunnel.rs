@@ -13,23 +13,27 @@
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use strato_core::ApiError;
 use strato_services::osb::BindRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::auth::CurrentUser;
+use crate::access::{Access, Action};
+use crate::api::ep;
 use crate::cf::{db_err, CfResult};
 use crate::Shared;
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub fn routes() -> Router<Shared> {
-    Router::new().route("/v2/service_instances/{guid}/tunnel", get(tunnel))
+pub(crate) fn endpoints() -> Vec<crate::api::Endpoint> {
+    vec![ep(
+        Method::GET,
+        "/v2/service_instances/{guid}/tunnel",
+        tunnel,
+    )]
 }
 
 /// Where a tunnel to this instance goes, and what the user is shown.
@@ -43,11 +47,14 @@ struct Endpoint {
 
 async fn tunnel(
     State(c): State<Shared>,
-    user: CurrentUser,
+    access: Access,
     Path(guid): Path<String>,
     ws: WebSocketUpgrade,
 ) -> CfResult<Response> {
-    user.require_admin()?;
+    let user = &access.user;
+    if let Some(si) = c.db.service_instance_by_guid(&guid).await.map_err(db_err)? {
+        access.space(&c, Action::Develop, &si.space_guid).await?;
+    }
     // Resolve before upgrading, so a bad request gets a proper HTTP error.
     let endpoint = endpoint(&c, &guid).await?;
     tracing::info!(user = %user.username, service = %endpoint.name, "tunnel opened");

@@ -10,23 +10,25 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
+use axum::http::Method;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use strato_core::ApiError;
 
+use crate::api::{ep, Endpoint};
 use crate::auth::CurrentUser;
 use crate::cf::{db_err, CfError, CfResult};
 use crate::Shared;
 
-pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/oauth/token", post(token))
-        .route("/oauth/token/revoke/{session}", delete(revoke))
-        .route("/userinfo", get(userinfo))
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        ep(Method::POST, "/oauth/token", token),
+        ep(Method::DELETE, "/oauth/token/revoke/{session}", revoke),
+        ep(Method::GET, "/userinfo", userinfo),
+    ]
 }
 
 /// The address a request came from: the peer, or — when the peer is the local router —

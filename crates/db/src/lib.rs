@@ -9,6 +9,7 @@ mod migrations;
 mod models;
 mod repo;
 mod services;
+mod tenancy;
 
 pub use models::*;
 pub use repo::Filter;

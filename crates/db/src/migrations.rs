@@ -165,6 +165,31 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_user ON sessions (user_guid)
 "#;
 
+const TENANCY: &str = r#"
+CREATE TABLE organization_roles (
+    organization_guid TEXT NOT NULL REFERENCES organizations(guid) ON DELETE CASCADE,
+    user_guid TEXT NOT NULL REFERENCES users(guid) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (organization_guid, user_guid, role)
+);
+CREATE INDEX organization_roles_user ON organization_roles (user_guid);
+CREATE TABLE space_roles (
+    space_guid TEXT NOT NULL REFERENCES spaces(guid) ON DELETE CASCADE,
+    user_guid TEXT NOT NULL REFERENCES users(guid) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (space_guid, user_guid, role)
+);
+CREATE INDEX space_roles_user ON space_roles (user_guid);
+CREATE TABLE feature_flags (
+    name TEXT PRIMARY KEY,
+    enabled BIGINT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+INSERT INTO feature_flags (name, enabled, updated_at) VALUES ('user_org_creation', 0, '')
+"#;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -183,6 +208,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "sessions: revocable logins",
         sqlite: SESSIONS,
         postgres: SESSIONS,
+    },
+    Migration {
+        version: 4,
+        name: "tenancy: organization and space roles, feature flags",
+        sqlite: TENANCY,
+        postgres: TENANCY,
     },
 ];
 

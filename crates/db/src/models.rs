@@ -242,3 +242,71 @@ impl std::fmt::Debug for ServiceBinding {
             .finish_non_exhaustive()
     }
 }
+
+/// A user's role in an organization; the names are the CF v2 URL segments
+/// (`/v2/organizations/{guid}/managers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OrgRole {
+    /// A member ("org user"): sees the org.
+    User,
+    Manager,
+    BillingManager,
+    Auditor,
+}
+
+impl OrgRole {
+    pub const ALL: [OrgRole; 4] = [
+        OrgRole::User,
+        OrgRole::Manager,
+        OrgRole::BillingManager,
+        OrgRole::Auditor,
+    ];
+
+    /// The URL segment and the value stored: `users`, `managers`, `billing_managers`, `auditors`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgRole::User => "users",
+            OrgRole::Manager => "managers",
+            OrgRole::BillingManager => "billing_managers",
+            OrgRole::Auditor => "auditors",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrgRole> {
+        OrgRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A user's role in a space; the names are the CF v2 URL segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SpaceRole {
+    Developer,
+    Manager,
+    Auditor,
+}
+
+impl SpaceRole {
+    pub const ALL: [SpaceRole; 3] = [SpaceRole::Developer, SpaceRole::Manager, SpaceRole::Auditor];
+
+    /// `developers`, `managers`, `auditors`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpaceRole::Developer => "developers",
+            SpaceRole::Manager => "managers",
+            SpaceRole::Auditor => "auditors",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SpaceRole> {
+        SpaceRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Every role a user holds, as loaded for one authorisation decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Memberships {
+    /// (organization guid, role)
+    pub orgs: Vec<(String, OrgRole)>,
+    /// (space guid, its organization guid, role)
+    pub spaces: Vec<(String, String, SpaceRole)>,
+}

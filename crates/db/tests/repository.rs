@@ -1,10 +1,10 @@
 //! The repository suite, run against both real backends: SQLite in a temp file and a
 //! PostgreSQL cluster started from the Debian binaries.
 
-use strato_db::{package_state, App, Db, DbError, Filter};
+use strato_db::{package_state, App, Db, DbError, Filter, OrgRole, SpaceRole};
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 3);
+    assert_eq!(db.schema_version().await.unwrap(), 4);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -224,6 +224,91 @@ async fn suite(db: &Db) {
     assert!(db.delete_service_binding(&b.guid).await.unwrap());
     assert!(db.delete_service_instance(&si.guid).await.unwrap());
 
+    // tenancy: roles, memberships, renames, feature flags, user deletion
+    let bob = db.create_user("bob", "hash", false).await.unwrap();
+    db.add_org_role(&org.guid, &bob.guid, OrgRole::User)
+        .await
+        .unwrap();
+    db.add_org_role(&org.guid, &bob.guid, OrgRole::User)
+        .await
+        .unwrap();
+    db.add_org_role(&org.guid, &bob.guid, OrgRole::Auditor)
+        .await
+        .unwrap();
+    db.add_space_role(&space.guid, &bob.guid, SpaceRole::Developer)
+        .await
+        .unwrap();
+    let m = db.memberships(&bob.guid).await.unwrap();
+    assert_eq!(m.orgs.len(), 2, "granting twice keeps one row: {m:?}");
+    assert_eq!(
+        m.spaces,
+        vec![(space.guid.clone(), org.guid.clone(), SpaceRole::Developer)]
+    );
+    assert_eq!(
+        db.org_members(&org.guid, OrgRole::User).await.unwrap()[0].username,
+        "bob"
+    );
+    assert!(db
+        .space_members(&space.guid, SpaceRole::Manager)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(db
+        .remove_org_role(&org.guid, &bob.guid, OrgRole::Auditor)
+        .await
+        .unwrap());
+    assert!(!db
+        .remove_org_role(&org.guid, &bob.guid, OrgRole::Auditor)
+        .await
+        .unwrap());
+    assert!(
+        !db.feature_flag("user_org_creation").await.unwrap(),
+        "off by default"
+    );
+    db.set_feature_flag("user_org_creation", true)
+        .await
+        .unwrap();
+    assert!(db.feature_flag("user_org_creation").await.unwrap());
+    assert!(!db.feature_flag("no_such_flag").await.unwrap());
+    let other = db.create_org("other").await.unwrap();
+    assert!(matches!(
+        db.rename_org(&other.guid, "default").await,
+        Err(DbError::Conflict { .. })
+    ));
+    assert_eq!(
+        db.rename_org(&other.guid, "renamed")
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "renamed"
+    );
+    let s2 = db.create_space(&other.guid, "s2").await.unwrap();
+    assert_eq!(
+        db.rename_space(&s2.guid, "s3").await.unwrap().unwrap().name,
+        "s3"
+    );
+    db.add_space_role(&s2.guid, &bob.guid, SpaceRole::Auditor)
+        .await
+        .unwrap();
+    assert!(db.delete_space(&s2.guid).await.unwrap());
+    assert!(db.delete_org(&other.guid).await.unwrap());
+    db.set_password_hash(&bob.guid, "new").await.unwrap();
+    assert!(db.set_admin(&bob.guid, true).await.unwrap());
+    assert!(db
+        .user_by_guid(&bob.guid)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_admin());
+    db.create_session("sa", &bob.guid, "x").await.unwrap();
+    db.create_session("sb", &bob.guid, "x").await.unwrap();
+    assert_eq!(db.delete_other_sessions(&bob.guid, "sb").await.unwrap(), 1);
+    assert!(db.session_is_live("sb", &bob.guid).await.unwrap());
+    assert!(db.delete_user(&bob.guid).await.unwrap());
+    assert!(!db.session_is_live("sb", &bob.guid).await.unwrap());
+    assert_eq!(db.list_users().await.unwrap().len(), 1);
+
     // delete cascades the mapping, not the route
     assert!(db.delete_app(&app.guid).await.unwrap());
     assert!(db.app_by_guid(&app.guid).await.unwrap().is_none());
@@ -241,7 +326,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 3);
+    assert_eq!(db.schema_version().await.unwrap(), 4);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -252,7 +337,7 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 3);
+    assert_eq!(db.schema_version().await.unwrap(), 4);
 }
 
 #[tokio::test]

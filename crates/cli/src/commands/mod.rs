@@ -10,11 +10,12 @@ mod push;
 mod routes;
 mod services;
 mod session;
+mod tenancy;
 mod tunnel;
 
 use crate::api::Api;
 use crate::cf::{AppEntity, Resource};
-use crate::cli::{Cli, Command};
+use crate::cli::{AdminAction, Cli, Command};
 use crate::config::{resolve_target, Config, ConfigFile, ResolvedTarget, Session};
 use crate::output::Output;
 use anyhow::{anyhow, Result};
@@ -215,6 +216,71 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Ssh(args) => exec::ssh(&ctx, args).await,
         Command::Scp(args) => exec::scp(&ctx, args).await,
         Command::Files(args) => exec::files(&ctx, args).await,
+        Command::AddUser(a) | Command::Register(a) => {
+            tenancy::add_user(&ctx, &a.name, a.password, a.email).await
+        }
+        Command::DeleteUser { name } => tenancy::delete_user(&ctx, &name).await,
+        Command::Passwd { old, new } => tenancy::passwd(&ctx, old, new).await,
+        Command::Users => tenancy::users(&ctx).await,
+        Command::Admin { action } => match action {
+            AdminAction::Grant { user } => tenancy::admin_set(&ctx, &user, true).await,
+            AdminAction::Revoke { user } => tenancy::admin_set(&ctx, &user, false).await,
+            AdminAction::List => tenancy::admin_list(&ctx).await,
+        },
+        Command::Orgs => tenancy::orgs(&ctx).await,
+        Command::Org { name } => tenancy::org_show(&ctx, name.as_deref()).await,
+        Command::CreateOrg { name } => tenancy::create_org(&ctx, &name).await,
+        Command::DeleteOrg { name, recursive } => tenancy::delete_org(&ctx, &name, recursive).await,
+        Command::RenameOrg { name, new_name } => tenancy::rename_org(&ctx, &name, &new_name).await,
+        Command::SwitchOrg { name } => tenancy::switch_org(&ctx, &name).await,
+        Command::LinkUserOrg { user, org, roles } => {
+            tenancy::link_user_org(&ctx, &user, org.as_deref(), &roles, true).await
+        }
+        Command::UnlinkUserOrg { user, org, roles } => {
+            tenancy::link_user_org(&ctx, &user, org.as_deref(), &roles, false).await
+        }
+        Command::OrgUsers { org } => tenancy::org_users(&ctx, org.as_deref()).await,
+        Command::Spaces { org } => tenancy::spaces(&ctx, org.as_deref()).await,
+        Command::Space { name, org } => {
+            tenancy::space_show(&ctx, name.as_deref(), org.as_deref()).await
+        }
+        Command::CreateSpace { name, org } => {
+            tenancy::create_space(&ctx, &name, org.as_deref()).await
+        }
+        Command::DeleteSpace {
+            name,
+            org,
+            recursive,
+        } => tenancy::delete_space(&ctx, &name, org.as_deref(), recursive).await,
+        Command::RenameSpace {
+            name,
+            new_name,
+            org,
+        } => tenancy::rename_space(&ctx, &name, &new_name, org.as_deref()).await,
+        Command::SwitchSpace { name, org } => {
+            tenancy::switch_space(&ctx, &name, org.as_deref()).await
+        }
+        Command::LinkUserSpace {
+            user,
+            space,
+            org,
+            roles,
+        } => {
+            tenancy::link_user_space(&ctx, &user, space.as_deref(), org.as_deref(), &roles, true)
+                .await
+        }
+        Command::UnlinkUserSpace {
+            user,
+            space,
+            org,
+            roles,
+        } => {
+            tenancy::link_user_space(&ctx, &user, space.as_deref(), org.as_deref(), &roles, false)
+                .await
+        }
+        Command::SpaceUsers { space, org } => {
+            tenancy::space_users(&ctx, space.as_deref(), org.as_deref()).await
+        }
         Command::Curl { method, path, body } => {
             curl::curl(&ctx, &method, &path, body.as_deref()).await
         }

@@ -193,13 +193,11 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<()> {
     };
     let api = Api::anonymous(&target.url)?;
     let tokens = api.password_grant(&user, &password).await?;
-    let org = pick(
-        &api,
-        "/v2/organizations",
-        args.organization.or_else(|| env_pair("ORG")),
-        "organization",
-    )
-    .await?;
+    let wanted_org = args.organization.or_else(|| env_pair("ORG"));
+    let org = match wanted_org.filter(|o| !o.is_empty()) {
+        Some(o) => pick(&api, "/v2/organizations", Some(o), "organization").await?,
+        None => first_org_with_a_space(&api).await?,
+    };
     let space = match &org {
         Some(o) => {
             pick(
@@ -236,6 +234,24 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<()> {
         _ => eprintln!("warning: you belong to no organization; ask an admin to add you to one"),
     }
     Ok(())
+}
+
+/// The user's first organization that has a space they can use (what a non-admin
+/// belongs to decides where they land), else their first organization.
+async fn first_org_with_a_space(api: &Api) -> Result<Option<Resource<Named>>> {
+    let orgs = api.list::<Named>("/v2/organizations", &[]).await?;
+    for org in &orgs {
+        let spaces = api
+            .list::<Named>(
+                &format!("/v2/organizations/{}/spaces", org.metadata.guid),
+                &[],
+            )
+            .await?;
+        if !spaces.is_empty() {
+            return Ok(Some(org.clone()));
+        }
+    }
+    Ok(orgs.into_iter().next())
 }
 
 /// The resource named `wanted`, else the first one; `None` when the list is empty.

@@ -1,0 +1,182 @@
+//! Multi-tenancy as users meet it: an administrator sets up an org, a space and a
+//! developer; the developer logs in, lands in that space, pushes and reaches an app, cannot
+//! see or touch the administrator's app elsewhere, and `strato passwd` ends their other
+//! login.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use strato_e2e::{bin, fixture, MicroCloud};
+
+/// `strato ARGS` in `dir` with HOME `home` (each user has their own `~/.strato`).
+fn strato_as(home: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("strato"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env_remove("STRATO_TARGET")
+        .env_remove("STACKATO_TARGET")
+        .env_remove("STRATO_ORG")
+        .env_remove("STRATO_SPACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run strato")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(mc: &MicroCloud, home: &Path, dir: &Path, args: &[&str]) -> String {
+    let out = strato_as(home, dir, args);
+    assert!(
+        out.status.success(),
+        "strato {args:?}: {}\nstratod log:\n{}",
+        text(&out),
+        mc.log_tail()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_developer_works_in_their_space_only() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let admin = mc.client_home.path();
+    // The administrator's app lives in the default org.
+    ok(
+        &mc,
+        admin,
+        admin,
+        &[
+            "push",
+            "adminapp",
+            "-n",
+            "--no-start",
+            "--path",
+            fixture("static").to_str().unwrap(),
+        ],
+    );
+    ok(
+        &mc,
+        admin,
+        admin,
+        &["add-user", "bob", "--password", "bobpw1"],
+    );
+    ok(&mc, admin, admin, &["create-org", "acme"]);
+    ok(&mc, admin, admin, &["create-space", "dev", "--org", "acme"]);
+    ok(
+        &mc,
+        admin,
+        admin,
+        &["link-user-space", "bob", "dev", "--org", "acme"],
+    );
+    let users = ok(
+        &mc,
+        admin,
+        admin,
+        &["space-users", "dev", "--org", "acme", "--json"],
+    );
+    assert!(
+        users.contains("bob") && users.contains("developer"),
+        "{users}"
+    );
+    let listed = ok(&mc, admin, admin, &["users", "--json"]);
+    assert!(listed.contains("\"bob\""), "{listed}");
+
+    // Bob logs in (two logins, two homes) and lands in acme/dev.
+    let bob = tempfile::tempdir().unwrap();
+    let bob2 = tempfile::tempdir().unwrap();
+    for home in [bob.path(), bob2.path()] {
+        ok(&mc, home, home, &["target", &mc.url()]);
+        let out = ok(&mc, home, home, &["login", "bob", "--password", "bobpw1"]);
+        assert!(
+            out.contains("acme") && out.contains("dev"),
+            "bob lands in his space:\n{out}"
+        );
+    }
+    let orgs = ok(&mc, bob.path(), bob.path(), &["orgs", "--json"]);
+    assert!(
+        orgs.contains("acme") && !orgs.contains("default"),
+        "bob sees only his org: {orgs}"
+    );
+
+    // Bob pushes and reaches his app.
+    ok(&mc, bob.path(), &fixture("static"), &["push", "-n"]);
+    mc.wait_for(
+        "staticfixture.localhost",
+        "/",
+        "hello from static",
+        Duration::from_secs(60),
+    );
+
+    // The administrator's app is invisible to bob and out of his reach.
+    let apps = ok(&mc, bob.path(), bob.path(), &["apps"]);
+    assert!(
+        apps.contains("staticfixture") && !apps.contains("adminapp"),
+        "{apps}"
+    );
+    let out = strato_as(bob.path(), bob.path(), &["delete", "adminapp", "-n"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no app named"),
+        "{}",
+        text(&out)
+    );
+    let found = ok(
+        &mc,
+        admin,
+        admin,
+        &["curl", "GET", "/v2/apps?q=name:adminapp"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&found).unwrap();
+    let guid = v["resources"][0]["metadata"]["guid"].as_str().unwrap();
+    let out = strato_as(
+        bob.path(),
+        bob.path(),
+        &["curl", "DELETE", &format!("/v2/apps/{guid}")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CF-NotAuthorized"),
+        "{}",
+        text(&out)
+    );
+    let apps = ok(&mc, admin, admin, &["apps"]);
+    assert!(
+        apps.contains("adminapp"),
+        "the admin's app is still there: {apps}"
+    );
+
+    // Bob is not an administrator.
+    let out = strato_as(bob.path(), bob.path(), &["users"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // A password change ends bob's other login at once.
+    ok(
+        &mc,
+        bob.path(),
+        bob.path(),
+        &["passwd", "--old", "bobpw1", "--new", "bobpw2"],
+    );
+    ok(&mc, bob.path(), bob.path(), &["apps"]);
+    let out = strato_as(bob2.path(), bob2.path(), &["apps"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("login"),
+        "{}",
+        text(&out)
+    );
+    ok(
+        &mc,
+        bob2.path(),
+        bob2.path(),
+        &["login", "bob", "--password", "bobpw2"],
+    );
+}
