@@ -37,8 +37,9 @@
 //!   (e.g. deleting a document removes each of its leaves); a backend may give them one
 //!   revision (redb) or consecutive ones, but revisions never decrease along a stream.
 //!
-//! Backends: [`RedbStore`] (a local redb file, the micro cloud). A NATS JetStream backend for
-//! clusters reuses the [`conformance`] suite (cargo feature `conformance`).
+//! Backends: [`RedbStore`] (a local redb file, the micro cloud) and `JetStreamStore` (a NATS
+//! JetStream key-value bucket shared by a cluster; cargo feature `jetstream`, on by default).
+//! Both pass the [`conformance`] suite (cargo feature `conformance`).
 
 use std::fmt;
 use std::pin::Pin;
@@ -51,9 +52,13 @@ use serde_json::Value;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod document;
+#[cfg(feature = "jetstream")]
+mod jetstream;
 pub mod path;
 mod redb_store;
 
+#[cfg(feature = "jetstream")]
+pub use jetstream::{JetStreamOptions, JetStreamStore};
 pub use redb_store::{RedbOptions, RedbStore};
 
 /// A value with the revision of the write that last changed it.
