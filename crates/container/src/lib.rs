@@ -21,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+pub mod disk;
 mod exec;
 mod output;
 mod process;

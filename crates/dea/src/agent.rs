@@ -150,7 +150,12 @@ impl Dea {
         }
         if let Ok(entries) = std::fs::read_dir(&self.cfg.containers_dir) {
             for entry in entries.flatten() {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let path = entry.path();
+                if path.is_dir() {
+                    remove_instance_dir(&path);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
     }
@@ -268,6 +273,14 @@ impl Dea {
         )
         .await?;
         let dir = self.cfg.containers_dir.join(id);
+        if self.cfg.disk_quota && req.limits.disk > 0 {
+            // The instance dir is a filesystem of the app's disk quota (droplet included).
+            let (image, mount, mb) = (dir.with_extension("disk"), dir.clone(), req.limits.disk);
+            tokio::task::spawn_blocking(move || {
+                strato_container::disk::DiskQuota::create(&image, &mount, mb)
+            })
+            .await??;
+        }
         let (uid, gid) = (self.cfg.uid, self.cfg.gid);
         let unpack_dir = dir.clone();
         let info =
@@ -453,7 +466,7 @@ impl Dea {
             }
         };
         if let Some(inst) = removed {
-            let _ = std::fs::remove_dir_all(&inst.dir);
+            remove_instance_dir(&inst.dir);
         }
     }
 
@@ -522,7 +535,7 @@ impl Dea {
         let removed = lock(&self.instances).remove(id);
         if let Some(inst) = removed {
             lock(&self.ports).release(inst.port);
-            let _ = std::fs::remove_dir_all(&inst.dir);
+            remove_instance_dir(&inst.dir);
             self.publish(
                 subjects::DROPLET_EXITED,
                 &inst.exited(reason, status, description),
@@ -541,7 +554,7 @@ impl Dea {
         let leftovers: Vec<Instance> = lock(&self.instances).drain().map(|(_, i)| i).collect();
         for inst in leftovers {
             let _ = self.driver.delete(&inst.container_id).await;
-            let _ = std::fs::remove_dir_all(&inst.dir);
+            remove_instance_dir(&inst.dir);
         }
         self.publish(
             subjects::DEA_SHUTDOWN,
@@ -969,6 +982,19 @@ fn disk_usage(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Removes an instance's dir: unmounts its disk quota (if it has one) and deletes the
+/// image, or just deletes the dir.
+fn remove_instance_dir(dir: &std::path::Path) {
+    let quota = strato_container::disk::DiskQuota {
+        image: dir.with_extension("disk"),
+        mount_point: dir.to_path_buf(),
+    };
+    if let Err(e) = quota.release() {
+        warn!(dir = %dir.display(), "cannot release the instance's disk quota: {e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A volume the DEA is willing to mount: absolute paths on both sides, no `..`.

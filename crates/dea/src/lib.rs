@@ -64,6 +64,9 @@ pub struct DeaConfig {
     pub gid: u32,
     /// `KEY=VALUE` pairs every app gets (host CA and proxy settings).
     pub extra_env: Vec<String>,
+    /// Give each instance dir a filesystem of the app's disk quota (loop-mounted image;
+    /// needs root). Default: when running as root.
+    pub disk_quota: bool,
 }
 
 impl DeaConfig {
@@ -92,6 +95,7 @@ impl DeaConfig {
             uid: 1000,
             gid: 1000,
             extra_env: Vec::new(),
+            disk_quota: strato_core::home::is_root(),
         }
     }
 }

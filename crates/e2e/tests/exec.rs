@@ -4,35 +4,12 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strato_e2e::{bin, fixture, MicroCloud};
 
 const APP: &str = "staticfixture";
-
-/// `strato ARGS` with `input` on stdin.
-fn strato_with_stdin(mc: &MicroCloud, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(bin("strato"))
-        .args(args)
-        .current_dir(mc.client_home.path())
-        .env("HOME", mc.client_home.path())
-        .env_remove("STRATO_TARGET")
-        .env_remove("STACKATO_TARGET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run strato");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait for strato");
-    writer.join().unwrap();
-    out
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -73,8 +50,8 @@ fn run_files_scp_and_ssh() {
     assert!(out.lines().any(|l| l == "index.html"), "{out}");
 
     // Stdin passes through when it is not a terminal.
-    let out = strato_with_stdin(
-        &mc,
+    let out = mc.strato_input(
+        mc.client_home.path(),
         &["run", APP, "sh", "-c", "cat > piped.txt; cat piped.txt"],
         b"piped line\n",
     );
@@ -209,5 +186,74 @@ fn ssh_under_a_pty(mc: &MicroCloud) {
             .local_flags
             .contains(LocalFlags::ECHO | LocalFlags::ICANON),
         "the terminal is back in cooked mode"
+    );
+}
+
+/// The app's disk quota is enforced by the kernel: the instance dir is a filesystem of the
+/// app's `disk:` size, so writing past it fails with ENOSPC inside the container.
+#[test]
+fn the_disk_quota_is_enforced_inside_the_instance() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("stackato.yml"),
+        "name: quotaapp\nmem: 64M\ndisk: 32M\n",
+    )
+    .unwrap();
+    std::fs::write(app.path().join("index.html"), "<p>quota</p>\n").unwrap();
+    mc.strato_ok(app.path(), &["push", "-n"]);
+    mc.wait_for("quotaapp.localhost", "/", "quota", Duration::from_secs(30));
+    let out = mc.strato(
+        mc.client_home.path(),
+        &[
+            "run",
+            "quotaapp",
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=big bs=1M count=64",
+        ],
+    );
+    assert!(!out.status.success(), "64 MB do not fit in 32 MB: {out:?}");
+    assert!(
+        text(&out.stderr).contains("No space left"),
+        "the kernel says why: {}",
+        text(&out.stderr)
+    );
+    let out = mc.strato(
+        mc.client_home.path(),
+        &[
+            "run",
+            "quotaapp",
+            "--",
+            "sh",
+            "-c",
+            "rm -f big; dd if=/dev/zero of=ok bs=1M count=8 && echo wrote",
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("wrote"),
+        "room within the quota: {out:?}"
+    );
+    mc.strato_ok(mc.client_home.path(), &["delete", "quotaapp", "-n"]);
+    // The instance stops (SIGTERM, then the container is removed) after delete returns.
+    let home = mc.home.path().to_string_lossy().to_string();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&home))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until && !mounted().is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        mounted().is_empty(),
+        "the quota is unmounted with the instance: {:?}",
+        mounted()
     );
 }
