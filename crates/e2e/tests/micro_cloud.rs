@@ -528,3 +528,96 @@ fn kato_op_limits_uploads_and_regenerates_the_token_secret() {
     mc.login();
     mc.strato_ok(here, &["apps"]);
 }
+
+/// Seed 001's blue-green deployment, command for command, under a client polling the
+/// main URL the whole time: zero failed requests (the router's drain period on unmap is
+/// what makes the seed's unmap-before-map order safe).
+#[test]
+fn blue_green_as_seed_001_shows_it_drops_no_request() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let here = mc.client_home.path();
+    let blue = tempfile::tempdir().unwrap();
+    write(blue.path(), "index.html", "<p>blue</p>\n");
+    write(
+        blue.path(),
+        "stackato.yml",
+        "name: customertracker\nmem: 64M\n",
+    );
+    mc.strato_ok(blue.path(), &["push", "-n"]);
+    mc.wait_for(
+        "customertracker.localhost",
+        "/",
+        "blue",
+        Duration::from_secs(30),
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = mc.port;
+    let poller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut requests, mut failures, mut seen_green) = (0u32, Vec::new(), false);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = strato_e2e::http_get(port, "customertracker.localhost", "/");
+                requests += 1;
+                if status != 200 {
+                    failures.push(format!("{status}"));
+                }
+                seen_green |= body.contains("green");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (requests, failures, seen_green)
+        })
+    };
+
+    mc.strato_ok(
+        here,
+        &["map", "customertracker", "customertracker1.localhost"],
+    );
+    let green = tempfile::tempdir().unwrap();
+    write(green.path(), "index.html", "<p>green</p>\n");
+    write(
+        green.path(),
+        "stackato.yml",
+        "name: customertracker2\nmem: 64M\n",
+    );
+    mc.strato_ok(green.path(), &["push", "-n"]);
+    mc.wait_for(
+        "customertracker2.localhost",
+        "/",
+        "green",
+        Duration::from_secs(30),
+    );
+    mc.strato_ok(
+        here,
+        &["unmap", "customertracker", "customertracker.localhost"],
+    );
+    mc.strato_ok(
+        here,
+        &["map", "customertracker2", "customertracker.localhost"],
+    );
+    mc.wait_for(
+        "customertracker.localhost",
+        "/",
+        "green",
+        Duration::from_secs(30),
+    );
+    mc.strato_ok(here, &["delete", "customertracker", "-n"]);
+    // Keep polling a little after the delete.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (requests, failures, seen_green) = poller.join().unwrap();
+    assert!(seen_green, "the main URL ends on the new app");
+    assert!(requests > 50, "the client kept polling ({requests})");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {failures:?}",
+        failures.len()
+    );
+    let apps = mc.strato_ok(here, &["apps"]);
+    assert!(
+        apps.contains("customertracker2") && !apps.contains("customertracker1"),
+        "{apps}"
+    );
+}
