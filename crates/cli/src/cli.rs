@@ -298,6 +298,16 @@ pub enum Command {
         #[arg(long)]
         org: Option<String>,
     },
+    /// List the quota definitions (memory, instances, services, routes).
+    Quotas,
+    /// Create, change or delete a quota definition (administrators).
+    Quota {
+        #[command(subcommand)]
+        action: QuotaAction,
+    },
+    /// Give an organization a quota (administrators).
+    #[command(name = "quota-org")]
+    QuotaOrg { org: String, quota: String },
     /// Send a raw authenticated request to the API.
     Curl {
         /// GET, POST, PUT, DELETE, ...
@@ -327,6 +337,47 @@ pub enum AdminAction {
     Revoke { user: String },
     /// List the administrators.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaAction {
+    /// Create a quota (unset limits take the `default` quota's: 10G, 100 services,
+    /// 1000 routes, no per-instance or instance-count limit; paid plans off).
+    Create(QuotaArgs),
+    /// Change the limits given.
+    Update(QuotaArgs),
+    /// Delete a quota no organization has (asks first unless -n).
+    Delete { name: String },
+}
+
+/// A quota's limits; `-1` (or `unlimited`) means no limit.
+#[derive(Debug, Args, Default)]
+pub struct QuotaArgs {
+    pub name: String,
+    /// Memory of all started instances together, e.g. 2048, 2G, unlimited.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub mem: Option<String>,
+    /// Memory of one instance, e.g. 512M, unlimited.
+    #[arg(long = "instance-mem", value_name = "SIZE", allow_hyphen_values = true)]
+    pub instance_mem: Option<String>,
+    /// Managed service instances.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub services: Option<i64>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub routes: Option<i64>,
+    /// Instances of all started apps together.
+    #[arg(
+        long = "app-instances",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub app_instances: Option<i64>,
+    /// Allow paid service plans.
+    #[arg(long = "allow-paid-services", conflicts_with = "no_paid_services")]
+    pub allow_paid_services: bool,
+    /// Allow free service plans only.
+    #[arg(long = "no-paid-services")]
+    pub no_paid_services: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -538,6 +589,49 @@ mod tests {
         };
         assert_eq!(p.urls, vec!["a.b", "c.d"]);
         assert!(p.no_start);
+    }
+
+    #[test]
+    fn quota_limits_take_unlimited_and_negative_numbers() {
+        let cli = Cli::try_parse_from([
+            "strato",
+            "quota",
+            "create",
+            "small",
+            "--mem",
+            "256",
+            "--instance-mem",
+            "-1",
+            "--app-instances",
+            "-1",
+            "--routes",
+            "10",
+            "--allow-paid-services",
+        ])
+        .unwrap();
+        let Command::Quota {
+            action: QuotaAction::Create(q),
+        } = cli.command
+        else {
+            panic!("not quota create")
+        };
+        assert_eq!(q.name, "small");
+        assert_eq!(q.mem.as_deref(), Some("256"));
+        assert_eq!(q.instance_mem.as_deref(), Some("-1"));
+        assert_eq!(
+            (q.app_instances, q.routes, q.services),
+            (Some(-1), Some(10), None)
+        );
+        assert!(q.allow_paid_services);
+        assert!(Cli::try_parse_from([
+            "strato",
+            "quota",
+            "update",
+            "x",
+            "--allow-paid-services",
+            "--no-paid-services"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -40,15 +40,21 @@ fn run(program: &str, args: &[&std::ffi::OsStr], what: &str) -> Result<(), Conta
 impl DiskQuota {
     /// Makes `mount_point` a filesystem of `size_mb` MB backed by `image`. On failure
     /// nothing is left behind.
-    pub fn create(image: &Path, mount_point: &Path, size_mb: u64) -> Result<DiskQuota, ContainerError> {
+    pub fn create(
+        image: &Path,
+        mount_point: &Path,
+        size_mb: u64,
+    ) -> Result<DiskQuota, ContainerError> {
         let size_mb = size_mb.max(MIN_QUOTA_MB);
         let quota = DiskQuota {
             image: image.to_path_buf(),
             mount_point: mount_point.to_path_buf(),
         };
         let result = (|| {
-            std::fs::create_dir_all(mount_point)
-                .map_err(ContainerError::io(format!("create {}", mount_point.display())))?;
+            std::fs::create_dir_all(mount_point).map_err(ContainerError::io(format!(
+                "create {}",
+                mount_point.display()
+            )))?;
             let file = std::fs::File::create(image)
                 .map_err(ContainerError::io(format!("create {}", image.display())))?;
             file.set_len(size_mb * 1024 * 1024)
@@ -106,7 +112,10 @@ impl DiskQuota {
         match std::fs::remove_file(&self.image) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ContainerError::io(format!("remove {}", self.image.display()))(e)),
+            Err(e) => Err(ContainerError::io(format!(
+                "remove {}",
+                self.image.display()
+            ))(e)),
         }
     }
 }

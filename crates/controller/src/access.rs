@@ -258,6 +258,7 @@ mod tests {
             guid: guid.into(),
             name: guid.into(),
             organization_guid: org.into(),
+            space_quota_definition_guid: None,
             created_at: String::new(),
             updated_at: String::new(),
         }

@@ -89,6 +89,7 @@ fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
         ep(Method::GET, "/v2/events", list_events),
     ];
     v.extend(crate::tenancy::endpoints());
+    v.extend(crate::quotas::endpoints());
     v.extend(crate::uaa::endpoints());
     v.extend(crate::services::endpoints());
     v.extend(crate::tunnel::endpoints());
@@ -434,7 +435,6 @@ async fn create_route(
             .await
             .map_err(db_err)?
             .ok_or_else(|| ApiError::not_found("domain", &r.domain_guid))?;
-    space(&c, &r.space_guid).await?;
     if host == "api" {
         return Err(ApiError::route_host_taken(&format!(
             "{host}.{} (reserved for the API)",
@@ -442,6 +442,7 @@ async fn create_route(
         ))
         .into());
     }
+    crate::quotas::check_new_route(&c, &r.space_guid).await?;
     let route = match c.db.create_route(&host, &d.guid, &r.space_guid).await {
         Ok(r) => r,
         Err(strato_db::DbError::Conflict { .. }) => {
@@ -769,6 +770,7 @@ async fn create_app(
         created_at: now.clone(),
         updated_at: now,
     };
+    crate::quotas::check_app(&c, &a.space_guid, None, None, demand(&a)).await?;
     match c.db.insert_app(&a).await {
         Ok(()) => {}
         Err(strato_db::DbError::Conflict { .. }) => {
@@ -787,6 +789,15 @@ async fn create_app(
     )
     .await;
     Ok((StatusCode::CREATED, Json(app_json(&a))).into_response())
+}
+
+/// What an app asks of its quotas.
+fn demand(a: &App) -> crate::quota::AppDemand {
+    crate::quota::AppDemand {
+        memory_mb: a.memory,
+        instances: a.instances,
+        started: a.state == "STARTED",
+    }
 }
 
 /// The app by guid (404 when there is none) once `action` on its space is allowed.
@@ -870,6 +881,9 @@ async fn update_app(
         )
         .into());
     }
+    let moved = a.space_guid != before.space_guid;
+    let was = (!moved).then(|| demand(&before));
+    crate::quotas::check_app(&c, &a.space_guid, Some(&a.guid), was, demand(&a)).await?;
     let needs_staging = starting
         && (a.package_state == package_state::PENDING
             || a.droplet_hash.is_none()

@@ -1,4 +1,5 @@
-//! First start: the admin user, a default organization and space, and the shared domain.
+//! First start: the admin user, the `default` quota, a default organization and space, and
+//! the shared domain.
 //!
 //! The admin's password is `STRATO_ADMIN_PASSWORD` when set, otherwise generated; either
 //! way it is written once, mode 0600, to the admin password file so `scripts/up` can show
@@ -50,6 +51,16 @@ pub async fn ensure(
         out.created_admin = true;
         if generated {
             out.generated_password = Some(password);
+        }
+    }
+    // The migration made `default`; an administrator may have deleted it since.
+    if db.quota_by_name("default").await?.is_none() {
+        match db
+            .create_quota("default", &strato_db::QuotaLimits::cf_default())
+            .await
+        {
+            Ok(_) | Err(DbError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     let org = match db
@@ -171,6 +182,24 @@ mod tests {
             .unwrap();
         assert!(!again.created_admin, "an existing admin is left alone");
         assert_eq!(db.list_orgs(&Default::default()).await.unwrap().len(), 1);
+        let default = db.quota_by_name("default").await.unwrap().unwrap();
+        assert_eq!(
+            db.list_orgs(&Default::default()).await.unwrap()[0].quota_definition_guid,
+            Some(default.guid.clone()),
+            "the default org has the default quota"
+        );
+        let org = db.list_orgs(&Default::default()).await.unwrap()[0]
+            .guid
+            .clone();
+        let spare = db.create_quota("spare", &default.limits).await.unwrap();
+        db.set_org_quota(&org, &spare.guid).await.unwrap();
+        assert!(db.delete_quota(&default.guid).await.unwrap());
+        ensure(&db, "localhost", &pw, None).await.unwrap();
+        assert_eq!(
+            db.quota_by_name("default").await.unwrap().unwrap().limits,
+            strato_db::QuotaLimits::cf_default(),
+            "a deleted default quota is made again"
+        );
         assert_eq!(
             db.list_domains(&Default::default()).await.unwrap()[0].name,
             "localhost"

@@ -13,6 +13,8 @@ pub mod bootstrap;
 pub mod cf;
 pub mod exec;
 pub mod logs;
+pub mod quota;
+pub mod quotas;
 pub mod runner;
 pub mod services;
 pub mod staging;

@@ -606,6 +606,7 @@ async fn create_instance(
         ))
         .into());
     }
+    crate::quotas::check_new_service(&c, &s.guid, m.plan.free == 0).await?;
     // Claim the name first (a taken name fails here, before the broker does any work);
     // if the broker then fails, the claim is dropped again.
     let si = strato_db::Db::new_service_instance(&req.name, &s.guid, Some(&m.plan.guid), "{}");

@@ -11,6 +11,8 @@
 //!   users — by `{"username"}`;
 //! - `/v2/spaces` create, rename, delete and members (`developers`, `managers`,
 //!   `auditors`), who must belong to the space's organization first;
+//! - `PUT /v2/organizations/{guid}` with `quota_definition_guid` (administrators) gives the
+//!   org a quota ([`crate::quotas`]);
 //! - `/v2/config/feature_flags` (`user_org_creation`: may non-administrators create orgs).
 //!
 //! Who may do what is [`crate::access`]'s business.
@@ -172,6 +174,10 @@ pub(crate) fn org_json(o: &Organization) -> Value {
         &o.updated_at,
         json!({
             "name": o.name, "billing_enabled": false, "status": "active",
+            "quota_definition_guid": o.quota_definition_guid,
+            "quota_definition_url": o.quota_definition_guid.as_ref().map(|q| format!("/v2/quota_definitions/{q}")),
+            "space_quota_definitions_url": format!("/v2/organizations/{}/space_quota_definitions", o.guid),
+            "memory_usage_url": format!("/v2/organizations/{}/memory_usage", o.guid),
             "spaces_url": format!("/v2/organizations/{}/spaces", o.guid),
             "users_url": format!("/v2/organizations/{}/users", o.guid),
             "managers_url": format!("/v2/organizations/{}/managers", o.guid),
@@ -189,6 +195,7 @@ pub(crate) fn space_json(s: &Space) -> Value {
         &s.updated_at,
         json!({
             "name": s.name, "organization_guid": s.organization_guid,
+            "space_quota_definition_guid": s.space_quota_definition_guid,
             "organization_url": format!("/v2/organizations/{}", s.organization_guid),
             "apps_url": format!("/v2/spaces/{}/apps", s.guid),
             "developers_url": format!("/v2/spaces/{}/developers", s.guid),
@@ -522,6 +529,14 @@ struct NameOnly {
     name: String,
 }
 
+/// `PUT /v2/organizations/{guid}`: a new name (org managers) and/or a quota
+/// (administrators).
+#[derive(Deserialize)]
+struct OrgUpdate {
+    name: Option<String>,
+    quota_definition_guid: Option<String>,
+}
+
 async fn create_org(
     State(c): State<Shared>,
     access: Access,
@@ -581,12 +596,18 @@ async fn update_org(
 ) -> CfResult<(StatusCode, Json<Value>)> {
     let o = org(&c, &guid).await?;
     access.require(Action::Update, Scope::Org(&o.guid))?;
-    let req: NameOnly = parse_json(&body)?;
-    check_name("organization", &req.name)?;
-    let o = match c.db.rename_org(&o.guid, &req.name).await {
+    let req: OrgUpdate = parse_json(&body)?;
+    if let Some(quota) = &req.quota_definition_guid {
+        crate::quotas::assign_org_quota(&c, &access, &o, quota).await?;
+    }
+    let Some(name) = req.name else {
+        return Ok((StatusCode::CREATED, Json(org_json(&org(&c, &guid).await?))));
+    };
+    check_name("organization", &name)?;
+    let o = match c.db.rename_org(&o.guid, &name).await {
         Ok(Some(o)) => o,
         Ok(None) => return Err(ApiError::not_found("organization", &guid).into()),
-        Err(DbError::Conflict { .. }) => return Err(name_taken("Organization", 30002, &req.name)),
+        Err(DbError::Conflict { .. }) => return Err(name_taken("Organization", 30002, &name)),
         Err(e) => return Err(db_err(e)),
     };
     audit(

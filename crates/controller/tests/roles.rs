@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use strato_controller::{api, auth, bootstrap, Controller, ControllerConfig, Shared};
-use strato_db::{package_state, App, CatalogEntry, Db, OrgRole, SpaceRole};
+use strato_db::{package_state, App, CatalogEntry, Db, OrgRole, QuotaLimits, SpaceRole};
 
 /// (method, path as in the route table, own statuses, other-org statuses)
 const MATRIX: &[(&str, &str, &str, &str)] = &[
@@ -696,6 +696,86 @@ const MATRIX: &[(&str, &str, &str, &str)] = &[
         "204 403 403 403 403 204 403 403",
         "204 403 403 403 403 403 403 403",
     ),
+    // ---- quotas: org quotas are read by all and changed by administrators; space quotas
+    // belong to an org and are managed by its managers
+    (
+        "GET",
+        "/v2/quota_definitions",
+        "200 200 200 200 200 200 200 200",
+        "200 200 200 200 200 200 200 200",
+    ),
+    (
+        "POST",
+        "/v2/quota_definitions",
+        "201 403 403 403 403 403 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "GET",
+        "/v2/quota_definitions/{guid}",
+        "200 200 200 200 200 200 200 200",
+        "200 200 200 200 200 200 200 200",
+    ),
+    (
+        "PUT",
+        "/v2/quota_definitions/{guid}",
+        "201 403 403 403 403 403 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "DELETE",
+        "/v2/quota_definitions/{guid}",
+        "204 403 403 403 403 403 403 403",
+        "204 403 403 403 403 403 403 403",
+    ),
+    (
+        "GET",
+        "/v2/organizations/{guid}/memory_usage",
+        "200 200 200 200 200 200 200 403",
+        "200 403 403 403 403 403 403 403",
+    ),
+    (
+        "GET",
+        "/v2/space_quota_definitions",
+        "200 200 200 200 200 200 200 200",
+        "200 200 200 200 200 200 200 200",
+    ),
+    (
+        "POST",
+        "/v2/space_quota_definitions",
+        "201 201 403 403 403 403 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "GET",
+        "/v2/space_quota_definitions/{guid}",
+        "200 200 200 200 200 200 200 403",
+        "200 403 403 403 403 403 403 403",
+    ),
+    (
+        "PUT",
+        "/v2/space_quota_definitions/{guid}",
+        "201 201 403 403 403 403 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "DELETE",
+        "/v2/space_quota_definitions/{guid}",
+        "204 204 403 403 403 403 403 403",
+        "204 403 403 403 403 403 403 403",
+    ),
+    (
+        "PUT",
+        "/v2/space_quota_definitions/{guid}/spaces/{space_guid}",
+        "201 201 403 403 403 403 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "DELETE",
+        "/v2/space_quota_definitions/{guid}/spaces/{space_guid}",
+        "204 204 403 403 403 403 403 403",
+        "204 403 403 403 403 403 403 403",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -755,6 +835,10 @@ struct World {
     user: String,
     username: String,
     session: String,
+    /// An org quota no org uses.
+    quota: String,
+    /// A space quota of `org`.
+    space_quota: String,
 }
 
 struct Fixture {
@@ -932,6 +1016,15 @@ impl Fixture {
             .unwrap();
         let session = strato_core::new_guid();
         db.create_session(&session, &user.guid, "").await.unwrap();
+        let limits = QuotaLimits::cf_default();
+        let quota = db
+            .create_quota(&self.unique("quota"), &limits)
+            .await
+            .unwrap();
+        let space_quota = db
+            .create_space_quota(&org.guid, &self.unique("sq"), &limits)
+            .await
+            .unwrap();
         World {
             org: org.guid,
             space: space.guid,
@@ -943,6 +1036,8 @@ impl Fixture {
             user: user.guid,
             username,
             session,
+            quota: quota.guid,
+            space_quota: space_quota.guid,
         }
     }
 
@@ -972,12 +1067,17 @@ impl Fixture {
             &self.service
         } else if template.starts_with("/v2/service_plans/") {
             &self.plan
+        } else if template.starts_with("/v2/quota_definitions/") {
+            &w.quota
+        } else if template.starts_with("/v2/space_quota_definitions/") {
+            &w.space_quota
         } else {
             "user_org_creation"
         };
         let mut p = template
             .replace("{guid}", first)
             .replace("{user_guid}", &w.user)
+            .replace("{space_guid}", &w.space)
             .replace("{route}", &w.route)
             .replace("{task}", "no-such-task")
             .replace("{index}", "0")
@@ -1021,6 +1121,12 @@ impl Fixture {
             }
             ("POST", "/v2/spaces") => json!({"name": name, "organization_guid": w.org}),
             ("PUT", "/v2/config/feature_flags/{guid}") => json!({"enabled": false}),
+            ("POST", "/v2/quota_definitions") => json!({"name": name, "memory_limit": 1024}),
+            ("PUT", "/v2/quota_definitions/{guid}") => json!({"memory_limit": 2048}),
+            ("POST", "/v2/space_quota_definitions") => {
+                json!({"name": name, "organization_guid": w.org, "memory_limit": 512})
+            }
+            ("PUT", "/v2/space_quota_definitions/{guid}") => json!({"memory_limit": 256}),
             ("PUT", t) if t.ends_with("s") && !t.ends_with("}") => json!({"username": w.username}),
             _ => return None,
         })

@@ -7,6 +7,7 @@
 
 mod migrations;
 mod models;
+mod quotas;
 mod repo;
 mod services;
 mod tenancy;

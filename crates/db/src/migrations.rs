@@ -190,6 +190,42 @@ CREATE TABLE feature_flags (
 INSERT INTO feature_flags (name, enabled, updated_at) VALUES ('user_org_creation', 0, '')
 "#;
 
+/// Quota definitions (org-wide, CF's defaults for `default`), space quotas owned by an
+/// org, and which quota each org and space has. Existing orgs get `default`.
+const QUOTAS: &str = r#"
+CREATE TABLE quota_definitions (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    non_basic_services_allowed BIGINT NOT NULL,
+    total_services BIGINT NOT NULL,
+    total_routes BIGINT NOT NULL,
+    memory_limit BIGINT NOT NULL,
+    instance_memory_limit BIGINT NOT NULL,
+    app_instance_limit BIGINT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+INSERT INTO quota_definitions (guid, name, non_basic_services_allowed, total_services, total_routes, memory_limit, instance_memory_limit, app_instance_limit, created_at, updated_at)
+    VALUES ('5d1e2c1a-0000-4000-8000-000000000001', 'default', 1, 100, 1000, 10240, -1, -1, '', '');
+ALTER TABLE organizations ADD COLUMN quota_definition_guid TEXT REFERENCES quota_definitions(guid);
+UPDATE organizations SET quota_definition_guid = '5d1e2c1a-0000-4000-8000-000000000001';
+CREATE TABLE space_quota_definitions (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    organization_guid TEXT NOT NULL REFERENCES organizations(guid) ON DELETE CASCADE,
+    non_basic_services_allowed BIGINT NOT NULL,
+    total_services BIGINT NOT NULL,
+    total_routes BIGINT NOT NULL,
+    memory_limit BIGINT NOT NULL,
+    instance_memory_limit BIGINT NOT NULL,
+    app_instance_limit BIGINT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (organization_guid, name)
+);
+ALTER TABLE spaces ADD COLUMN space_quota_definition_guid TEXT REFERENCES space_quota_definitions(guid) ON DELETE SET NULL
+"#;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -214,6 +250,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenancy: organization and space roles, feature flags",
         sqlite: TENANCY,
         postgres: TENANCY,
+    },
+    Migration {
+        version: 5,
+        name: "quotas: quota definitions, space quotas, org and space assignments",
+        sqlite: QUOTAS,
+        postgres: QUOTAS,
     },
 ];
 

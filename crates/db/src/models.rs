@@ -22,6 +22,8 @@ impl User {
 pub struct Organization {
     pub guid: String,
     pub name: String,
+    /// The org's quota (`None`: no limits).
+    pub quota_definition_guid: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -31,6 +33,8 @@ pub struct Space {
     pub guid: String,
     pub name: String,
     pub organization_guid: String,
+    /// The space's own quota, within the org's (`None`: only the org's applies).
+    pub space_quota_definition_guid: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -309,4 +313,76 @@ pub struct Memberships {
     pub orgs: Vec<(String, OrgRole)>,
     /// (space guid, its organization guid, role)
     pub spaces: Vec<(String, String, SpaceRole)>,
+}
+
+/// A limit of `-1` means unlimited, as in Cloud Foundry.
+pub const UNLIMITED: i64 = -1;
+
+/// The limits a quota sets; the same fields for org quotas and space quotas. Memory is in
+/// MB; every number may be [`UNLIMITED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct QuotaLimits {
+    /// May paid (non-free) service plans be used.
+    pub non_basic_services_allowed: i64,
+    /// Managed service instances.
+    pub total_services: i64,
+    pub total_routes: i64,
+    /// Memory of all started instances together.
+    pub memory_limit: i64,
+    /// Memory of one instance.
+    pub instance_memory_limit: i64,
+    /// Instances of all started apps together.
+    pub app_instance_limit: i64,
+}
+
+impl QuotaLimits {
+    /// Cloud Foundry's `default` quota: 10 GB, 100 services, 1000 routes, paid plans allowed,
+    /// no per-instance or instance-count limit.
+    pub fn cf_default() -> QuotaLimits {
+        QuotaLimits {
+            non_basic_services_allowed: 1,
+            total_services: 100,
+            total_routes: 1000,
+            memory_limit: 10240,
+            instance_memory_limit: UNLIMITED,
+            app_instance_limit: UNLIMITED,
+        }
+    }
+}
+
+/// An org quota (`/v2/quota_definitions`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct QuotaDefinition {
+    pub guid: String,
+    pub name: String,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub limits: QuotaLimits,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A space quota (`/v2/space_quota_definitions`), owned by an org.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct SpaceQuotaDefinition {
+    pub guid: String,
+    pub name: String,
+    pub organization_guid: String,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub limits: QuotaLimits,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What an org or a space uses of its quota. Memory and instances count started apps only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsage {
+    /// MB: memory × instances of every started app.
+    pub memory_mb: i64,
+    /// Instances of every started app.
+    pub app_instances: i64,
+    /// Managed service instances (user-provided ones are free, as in CF).
+    pub services: i64,
+    pub routes: i64,
 }

@@ -175,19 +175,23 @@ impl Db {
 
     // ---- organizations and spaces ----
 
+    /// Creates an org with the `default` quota (none when there is no `default`).
     pub async fn create_org(&self, name: &str) -> Result<Organization> {
         let now = now_rfc3339();
+        let quota = self.quota_by_name("default").await?.map(|q| q.guid);
         let o = Organization {
             guid: new_guid(),
             name: name.to_string(),
+            quota_definition_guid: quota,
             created_at: now.clone(),
             updated_at: now,
         };
         sqlx::query(
-            "INSERT INTO organizations (guid, name, created_at, updated_at) VALUES ($1,$2,$3,$4)",
+            "INSERT INTO organizations (guid, name, quota_definition_guid, created_at, updated_at) VALUES ($1,$2,$3,$4,$5)",
         )
         .bind(&o.guid)
         .bind(&o.name)
+        .bind(&o.quota_definition_guid)
         .bind(&o.created_at)
         .bind(&o.updated_at)
         .execute(self.pool())
@@ -211,6 +215,7 @@ impl Db {
             guid: new_guid(),
             name: name.to_string(),
             organization_guid: org_guid.to_string(),
+            space_quota_definition_guid: None,
             created_at: now.clone(),
             updated_at: now,
         };

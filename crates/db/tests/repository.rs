@@ -1,10 +1,10 @@
 //! The repository suite, run against both real backends: SQLite in a temp file and a
 //! PostgreSQL cluster started from the Debian binaries.
 
-use strato_db::{package_state, App, Db, DbError, Filter, OrgRole, SpaceRole};
+use strato_db::{package_state, App, Db, DbError, Filter, OrgRole, QuotaLimits, SpaceRole};
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 4);
+    assert_eq!(db.schema_version().await.unwrap(), 5);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -309,6 +309,8 @@ async fn suite(db: &Db) {
     assert!(!db.session_is_live("sb", &bob.guid).await.unwrap());
     assert_eq!(db.list_users().await.unwrap().len(), 1);
 
+    quotas(db, &org.guid, &space.guid, &app).await;
+
     // delete cascades the mapping, not the route
     assert!(db.delete_app(&app.guid).await.unwrap());
     assert!(db.app_by_guid(&app.guid).await.unwrap().is_none());
@@ -326,7 +328,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 4);
+    assert_eq!(db.schema_version().await.unwrap(), 5);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -337,11 +339,86 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 4);
+    assert_eq!(db.schema_version().await.unwrap(), 5);
 }
 
 #[tokio::test]
 async fn bad_url_is_explained() {
     let err = Db::connect("mysql://x").await.unwrap_err().to_string();
     assert!(err.contains("sqlite://PATH"), "{err}");
+}
+
+/// Quotas: the migration's `default` (CF's limits) on every org, CRUD, space quotas, usage.
+async fn quotas(db: &Db, org: &str, space: &str, app: &App) {
+    let default = db.quota_by_name("default").await.unwrap().unwrap();
+    assert_eq!(default.limits, QuotaLimits::cf_default());
+    let o = db.org_by_guid(org).await.unwrap().unwrap();
+    assert_eq!(
+        o.quota_definition_guid.as_deref(),
+        Some(default.guid.as_str())
+    );
+    let small = QuotaLimits {
+        memory_limit: 256,
+        ..QuotaLimits::cf_default()
+    };
+    let q = db.create_quota("small", &small).await.unwrap();
+    assert!(matches!(
+        db.create_quota("small", &small).await,
+        Err(DbError::Conflict { .. })
+    ));
+    assert!(db.set_org_quota(org, &q.guid).await.unwrap());
+    assert_eq!(db.orgs_using_quota(&q.guid).await.unwrap(), vec!["default"]);
+    let mut bigger = q.clone();
+    bigger.limits.memory_limit = 512;
+    let got = db.update_quota(&bigger).await.unwrap().unwrap();
+    assert_eq!(got.limits.memory_limit, 512);
+    assert_eq!(db.list_quotas().await.unwrap().len(), 2);
+
+    // The app (2 × 128 MB) counts once started; the route and the managed instance count.
+    let usage = db.org_usage(org, None).await.unwrap();
+    assert_eq!(
+        (usage.memory_mb, usage.app_instances),
+        (256, 2),
+        "{usage:?}"
+    );
+    assert_eq!(usage.routes, 1);
+    assert_eq!(
+        db.org_usage(org, Some(&app.guid)).await.unwrap().memory_mb,
+        0,
+        "the app being changed is left out"
+    );
+    assert_eq!(db.space_usage(space, None).await.unwrap().memory_mb, 256);
+
+    let sq = db.create_space_quota(org, "tiny", &small).await.unwrap();
+    assert!(matches!(
+        db.create_space_quota(org, "tiny", &small).await,
+        Err(DbError::Conflict { .. })
+    ));
+    assert!(db.set_space_quota(space, Some(&sq.guid)).await.unwrap());
+    assert_eq!(
+        db.space_by_guid(space)
+            .await
+            .unwrap()
+            .unwrap()
+            .space_quota_definition_guid
+            .as_deref(),
+        Some(sq.guid.as_str())
+    );
+    let mut renamed = sq.clone();
+    renamed.name = "wee".into();
+    assert_eq!(
+        db.update_space_quota(&renamed).await.unwrap().unwrap().name,
+        "wee"
+    );
+    assert_eq!(db.list_space_quotas(Some(org)).await.unwrap().len(), 1);
+    assert!(db.delete_space_quota(&sq.guid).await.unwrap());
+    assert!(db
+        .space_by_guid(space)
+        .await
+        .unwrap()
+        .unwrap()
+        .space_quota_definition_guid
+        .is_none());
+    assert!(db.set_org_quota(org, &default.guid).await.unwrap());
+    assert!(db.delete_quota(&q.guid).await.unwrap());
 }

@@ -180,3 +180,74 @@ fn a_developer_works_in_their_space_only() {
         &["login", "bob", "--password", "bobpw2"],
     );
 }
+
+#[test]
+fn an_org_memory_quota_refuses_a_push_that_does_not_fit_and_allows_one_that_does() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let admin = mc.client_home.path();
+    ok(
+        &mc,
+        admin,
+        admin,
+        &["quota", "create", "small", "--mem", "256"],
+    );
+    ok(&mc, admin, admin, &["quota-org", "default", "small"]);
+    let quotas = ok(&mc, admin, admin, &["quotas", "--json"]);
+    assert!(
+        quotas.contains("\"small\"") && quotas.contains("256"),
+        "{quotas}"
+    );
+
+    // 3 × 128 MB does not fit in 256 MB: the push is refused, naming the limit.
+    let path = fixture("static");
+    let push = [
+        "push",
+        "quotaapp",
+        "-n",
+        "--mem",
+        "128",
+        "--instances",
+        "3",
+        "--path",
+        path.to_str().unwrap(),
+    ];
+    let out = strato_as(admin, admin, &push);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("You have exceeded your organization's memory limit")
+            && stderr.contains("quota 'small' allows 256 MB")
+            && stderr.contains("384 MB"),
+        "{}",
+        text(&out)
+    );
+
+    // 2 × 128 MB fits: scale, then start, and the app serves.
+    ok(
+        &mc,
+        admin,
+        admin,
+        &["scale", "quotaapp", "--instances", "2"],
+    );
+    ok(&mc, admin, admin, &["start", "quotaapp"]);
+    mc.wait_for(
+        "quotaapp.localhost",
+        "/",
+        "hello from static",
+        Duration::from_secs(60),
+    );
+    let org = ok(&mc, admin, admin, &["org", "default"]);
+    assert!(
+        org.contains("Quota: small") && org.contains("Memory usage: 256M of 256M"),
+        "{org}"
+    );
+    // A third instance no longer fits.
+    let out = strato_as(admin, admin, &["scale", "quotaapp", "--instances", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("allows 256 MB"),
+        "{}",
+        text(&out)
+    );
+}

@@ -7,6 +7,7 @@ mod exec;
 mod lifecycle;
 mod logs;
 mod push;
+mod quotas;
 mod routes;
 mod services;
 mod session;
@@ -15,7 +16,7 @@ mod tunnel;
 
 use crate::api::Api;
 use crate::cf::{AppEntity, Resource};
-use crate::cli::{AdminAction, Cli, Command};
+use crate::cli::{AdminAction, Cli, Command, QuotaAction};
 use crate::config::{resolve_target, Config, ConfigFile, ResolvedTarget, Session};
 use crate::output::Output;
 use anyhow::{anyhow, Result};
@@ -281,6 +282,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::SpaceUsers { space, org } => {
             tenancy::space_users(&ctx, space.as_deref(), org.as_deref()).await
         }
+        Command::Quotas => quotas::list(&ctx).await,
+        Command::Quota { action } => match action {
+            QuotaAction::Create(args) => quotas::create(&ctx, &args).await,
+            QuotaAction::Update(args) => quotas::update(&ctx, &args).await,
+            QuotaAction::Delete { name } => quotas::delete(&ctx, &name).await,
+        },
+        Command::QuotaOrg { org, quota } => quotas::assign_org(&ctx, &org, &quota).await,
         Command::Curl { method, path, body } => {
             curl::curl(&ctx, &method, &path, body.as_deref()).await
         }

@@ -51,7 +51,7 @@ async fn user_by_name(api: &Api, name: &str) -> Result<Resource<UserEntity>> {
 }
 
 /// The org called `name`, or the current one when `name` is `None`.
-async fn org_named(ctx: &Ctx, api: &Api, name: Option<&str>) -> Result<Resource<Named>> {
+pub(super) async fn org_named(ctx: &Ctx, api: &Api, name: Option<&str>) -> Result<Resource<Named>> {
     let name = match name {
         Some(n) => n.to_string(),
         None => {
@@ -122,7 +122,7 @@ async fn space_named(
 }
 
 /// Asks before deleting unless `-n`; `false` when the user said no.
-fn confirm_delete(ctx: &Ctx, what: &str, command: &str) -> Result<bool> {
+pub(super) fn confirm_delete(ctx: &Ctx, what: &str, command: &str) -> Result<bool> {
     if ctx.no_prompt {
         return Ok(true);
     }
@@ -305,7 +305,7 @@ pub async fn orgs(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `strato org [NAME]`: its spaces and members.
+/// `strato org [NAME]`: its spaces, members, quota and memory usage.
 pub async fn org_show(ctx: &Ctx, name: Option<&str>) -> Result<()> {
     let (api, _, _) = ctx.api()?;
     let org = org_named(ctx, &api, name).await?;
@@ -317,16 +317,20 @@ pub async fn org_show(ctx: &Ctx, name: Option<&str>) -> Result<()> {
         .await?;
     let members = members(&api, "organizations", &org.metadata.guid, &ORG_ROLES).await?;
     let space_names: Vec<String> = spaces.iter().map(|s| s.entity.name.clone()).collect();
+    let (quota, memory_used) = super::quotas::org_quota(&api, &org.metadata.guid).await?;
     if ctx.out.json {
         return ctx.out.print_json(&json!({
             "name": org.entity.name, "guid": org.metadata.guid, "spaces": space_names,
             "members": members_json(&members),
+            "quota": quota.as_ref().map(|q| &q.entity),
+            "memory_usage_mb": memory_used,
         }));
     }
     println!("Organization: {}", org.entity.name);
     println!("Guid: {}", org.metadata.guid);
     println!("Spaces: {}", list_or_none(&space_names));
     println!("Members: {}", members.len());
+    super::quotas::print_org_quota(quota.as_ref(), memory_used);
     Ok(())
 }
 
