@@ -182,6 +182,12 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_set_header Host $host;
+            # The same headers Strato's router adds, so both proxies do the same work.
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Start $msec;
+            proxy_set_header X-Vcap-Request-Id $request_id;
         }}
     }}
 }}

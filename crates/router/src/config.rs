@@ -34,10 +34,14 @@ pub struct RouterConfig {
     pub max_attempts: usize,
     /// Idle keep-alive connections to backends are closed after this.
     pub pool_idle_timeout: Duration,
-    /// Idle keep-alive connections kept per backend.
+    /// Idle keep-alive connections kept per backend by each worker thread.
     pub pool_max_idle_per_backend: usize,
     /// On shutdown, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// Worker threads, each with its own current-thread runtime and its own connections to
+    /// backends; client connections are spread over them. 0 means as many as the runtime
+    /// that runs [`crate::Router::serve`] has worker threads.
+    pub workers: usize,
 }
 
 impl Default for RouterConfig {
@@ -57,6 +61,7 @@ impl Default for RouterConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_backend: 256,
             shutdown_grace: Duration::from_secs(5),
+            workers: 0,
         }
     }
 }

@@ -4,26 +4,26 @@
 //! keeps them in a [`RouteTable`] that request handlers read without locking, balances
 //! round-robin over an app's instances, forwards WebSocket upgrades, and serves the cloud's
 //! API at `api.<domain>` and at the machine's own names. See [`Router`].
+//!
+//! Requests are served by worker threads that each run a current-thread runtime with their
+//! own keep-alive connections to backends (see `worker` and `upstream`), so a request
+//! never crosses threads; the caller's runtime only accepts connections and follows the bus.
 
 mod body;
 mod config;
 pub mod host;
 mod pages;
 mod proxy;
+mod request_id;
 mod sync;
 mod table;
+mod upstream;
+mod worker;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use strato_bus::{BusError, SharedBus, Subscription};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 pub use config::RouterConfig;
 pub use table::{RouteChange, RouteTable};
 
-use proxy::Proxy;
 use table::{Backend, Pool};
 
 /// What can stop the router from starting.
@@ -62,16 +61,12 @@ impl Router {
     /// and no registration published from now on is missed.
     pub async fn bind(cfg: RouterConfig, bus: SharedBus) -> Result<Router, RouterError> {
         let routes = bus.subscribe(sync::ROUTE_SUBJECTS).await?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| RouterError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| RouterError::Bind {
+        let bind_error = |source| RouterError::Bind {
             addr: cfg.listen,
             source,
-        })?;
+        };
+        let listener = TcpListener::bind(cfg.listen).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Router {
             table: Arc::new(RouteTable::new(cfg.route_ttl, cfg.drain)),
             id: uuid::Uuid::new_v4().to_string(),
@@ -98,11 +93,13 @@ impl Router {
         &self.id
     }
 
-    /// Follows route changes, prunes, announces `router.start` and proxies requests until
-    /// `shutdown` is cancelled; then stops accepting and gives in-flight requests
+    /// Follows route changes, prunes, announces `router.start`, accepts connections and
+    /// proxies their requests on the worker threads until `shutdown` is cancelled (or this
+    /// future is dropped); then closes the port and gives in-flight requests
     /// [`RouterConfig::shutdown_grace`] to finish.
     pub async fn serve(self, shutdown: CancellationToken) {
         let stop = shutdown.child_token();
+        let _stop_if_dropped = stop.clone().drop_guard();
         let background = [
             tokio::spawn(sync::follow_routes(
                 self.routes,
@@ -121,21 +118,30 @@ impl Router {
                 stop.clone(),
             )),
         ];
-        let proxy = Arc::new(Proxy {
+        let shared = worker::Shared {
             table: self.table.clone(),
-            client: backend_client(&self.cfg),
             api: self
                 .cfg
                 .api_backend
                 .and_then(|addr| Backend::new(addr.to_string()).map(|b| Arc::new(Pool::fixed(b)))),
             api_host: format!("api.{}", host::normalize(&self.cfg.domain)),
-            max_attempts: self.cfg.max_attempts,
-            eject_ms: self.cfg.backend_eject.as_millis() as u64,
+            cfg: self.cfg.clone(),
             stop: stop.clone(),
-        });
-        tracing::info!(addr = %self.local_addr, id = %self.id, "router listening");
-        accept_loop(&self.listener, proxy, &stop, self.cfg.shutdown_grace).await;
-        drop(self.listener);
+        };
+        let workers = match worker::Workers::start(worker_count(&self.cfg), &shared) {
+            Ok(workers) => workers,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the router's worker threads; the router is not serving");
+                stop.cancel();
+                for task in background {
+                    let _ = task.await;
+                }
+                return;
+            }
+        };
+        tracing::info!(addr = %self.local_addr, id = %self.id, workers = workers.len(), "router listening");
+        accept_loop(self.listener, &workers, &stop).await;
+        workers.finished().await;
         stop.cancel();
         for task in background {
             let _ = task.await;
@@ -143,23 +149,11 @@ impl Router {
     }
 }
 
-/// Accepts connections until `stop`, then waits (up to `grace`) for them to end and drops
-/// the rest.
-async fn accept_loop(
-    listener: &TcpListener,
-    proxy: Arc<Proxy>,
-    stop: &CancellationToken,
-    grace: Duration,
-) {
-    let mut server = auto::Builder::new(TokioExecutor::new());
-    server.http1().timer(TokioTimer::new());
-    let server = Arc::new(server);
-    let graceful = GracefulShutdown::new();
-    let mut connections = tokio::task::JoinSet::new();
+/// Accepts connections until `stop` and hands each to a worker; then closes the listener.
+async fn accept_loop(listener: TcpListener, workers: &worker::Workers, stop: &CancellationToken) {
     loop {
-        while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -171,39 +165,16 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let client_ip = peer.ip().to_canonical();
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, client_ip).await) }
-        });
-        let server = server.clone();
-        let watcher = graceful.watcher();
-        connections.spawn(async move {
-            let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, %peer, "client connection ended with an error");
-            }
-        });
+        workers.dispatch(stream, peer);
     }
-    drop(proxy);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests did not finish within the shutdown grace period");
-    }
-    connections.abort_all();
 }
 
-/// The keep-alive pool of connections to backends.
-fn backend_client(cfg: &RouterConfig) -> Client<HttpConnector, body::OutboundBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(cfg.connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_backend)
-        .build(connector)
+/// [`RouterConfig::workers`], or the calling runtime's worker count when it is 0.
+fn worker_count(cfg: &RouterConfig) -> usize {
+    match cfg.workers {
+        0 => tokio::runtime::Handle::try_current()
+            .map_or(1, |runtime| runtime.metrics().num_workers())
+            .max(1),
+        n => n,
+    }
 }

@@ -1,10 +1,11 @@
 //! The request path: pick a backend for the Host, add the forwarding headers, send the
-//! request over a pooled keep-alive connection, and retry another instance only when the
-//! TCP connection could not be made. WebSocket upgrades are handed to [`tunnel`].
+//! request over one of this worker's keep-alive connections, and retry another instance
+//! only when the TCP connection could not be made. WebSocket upgrades are handed to
+//! [`tunnel`].
 //!
-//! Nothing here locks: the route table is read through `arc-swap`, backends are ejected
-//! with an atomic, and a client that goes away simply drops the future (no backend is ever
-//! marked bad for it).
+//! Nothing here waits on another thread: the route table is read through `arc-swap`,
+//! backends are ejected with an atomic, connections belong to the worker, and a client that
+//! goes away simply drops the future (no backend is ever marked bad for it).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -12,20 +13,20 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::uri::{PathAndQuery, Scheme};
-use http::{request, HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{request, HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{BodySlot, OutboundBody, ProxyBody};
+use crate::body::{PooledBody, ProxyBody};
 use crate::host;
 use crate::pages;
-use crate::table::{Backend, Pool, RouteTable, Tried};
+use crate::request_id;
+use crate::table::{Pool, RouteTable, Tried};
+use crate::upstream::Upstream;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -35,10 +36,11 @@ static X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-i
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Everything a request needs, shared by all connections.
+/// Everything a request needs, shared by all connections of one worker.
 pub(crate) struct Proxy {
     pub(crate) table: Arc<RouteTable>,
-    pub(crate) client: Client<HttpConnector, OutboundBody>,
+    /// This worker's connections to backends.
+    pub(crate) upstream: Arc<Upstream>,
     /// The API server's pool, when internal hosts are routed to it.
     pub(crate) api: Option<Arc<Pool>>,
     /// `api.<domain>`, normalized.
@@ -49,12 +51,27 @@ pub(crate) struct Proxy {
     pub(crate) stop: CancellationToken,
 }
 
+/// The client end of one connection, worked out once for all its requests.
+pub(crate) struct Peer {
+    ip: IpAddr,
+    /// `X-Forwarded-For` for a request that brings none.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(ip: IpAddr) -> Peer {
+        let forwarded_for = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { ip, forwarded_for }
+    }
+}
+
 impl Proxy {
     /// Answers one client request.
     pub(crate) async fn handle(
         &self,
         mut req: Request<Incoming>,
-        client_ip: IpAddr,
+        peer: &Peer,
     ) -> Response<ProxyBody> {
         let Some(raw_host) = request_host(&req) else {
             return pages::missing_host();
@@ -72,11 +89,12 @@ impl Proxy {
         prepare_request_headers(
             &mut parts.headers,
             &raw_host,
-            client_ip,
+            peer,
             now_ms,
             client_upgrade.is_some(),
         );
-        let Some(mut response) = self.forward(&pool, parts, body, now_ms).await else {
+        let request = backend_request(parts, body);
+        let Some(mut response) = self.forward(&pool, request, now_ms).await else {
             return pages::bad_gateway();
         };
         match client_upgrade {
@@ -102,42 +120,58 @@ impl Proxy {
     /// Sends the request to one backend after another until one accepts the connection.
     /// `None` means no backend answered: every connect failed, or the one that took the
     /// request failed before its response headers.
+    ///
+    /// The request is only built once: a connection is made before it is handed over, and
+    /// hyper gives it back untouched when a pooled connection turns out closed before
+    /// sending, so neither headers nor body are ever copied for a retry.
     async fn forward(
         &self,
         pool: &Pool,
-        parts: request::Parts,
-        body: Incoming,
+        mut request: Request<Incoming>,
         now_ms: u64,
-    ) -> Option<Response<Incoming>> {
-        let slot = BodySlot::new(body);
+    ) -> Option<Response<PooledBody>> {
         let attempts = self.max_attempts.clamp(1, pool.len().max(1));
-        let path = parts.uri.path_and_query().cloned();
-        let mut headers = parts.headers;
         let mut tried = Tried::default();
-        for attempt in 1..=attempts {
+        for _ in 0..attempts {
             let (index, backend) = pool.pick(tried, now_ms)?;
             tried.add(index);
-            let attempt_headers = if attempt == attempts {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
-            let request = backend_request(
-                &parts.method,
-                backend,
-                path.as_ref(),
-                attempt_headers,
-                slot.attempt(),
-            )?;
-            match self.client.request(request).await {
-                Ok(response) => return Some(response),
-                Err(error) if error.is_connect() && !slot.is_taken() => {
-                    backend.eject_until(now_ms + self.eject_ms);
-                    tracing::warn!(backend = %backend.addr, %error, "backend refused the connection; trying another instance");
-                }
-                Err(error) => {
-                    tracing::warn!(backend = %backend.addr, %error, "backend failed to answer the request");
-                    return None;
+            // Pooled connections the backend closed meanwhile are skipped, then a new one.
+            loop {
+                let checkout = match self.upstream.checkout(backend).await {
+                    Ok(checkout) => checkout,
+                    Err(error) => {
+                        backend.eject_until(now_ms + self.eject_ms);
+                        tracing::warn!(backend = %backend.addr, %error, "cannot connect to the backend; trying another instance");
+                        break;
+                    }
+                };
+                let mut sender = checkout.sender;
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+                        return Some(response.map(|body| {
+                            PooledBody::new(
+                                body,
+                                self.upstream.clone(),
+                                checkout.key,
+                                sender,
+                                reusable,
+                            )
+                        }));
+                    }
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) if checkout.reused => request = unsent,
+                        Some(unsent) => {
+                            request = unsent;
+                            backend.eject_until(now_ms + self.eject_ms);
+                            tracing::warn!(backend = %backend.addr, error = %error.error(), "new backend connection closed at once; trying another instance");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(backend = %backend.addr, error = %error.error(), "backend failed to answer the request");
+                            return None;
+                        }
+                    },
                 }
             }
         }
@@ -153,26 +187,27 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     req.headers().get(HOST).filter(|h| !h.is_empty()).cloned()
 }
 
-fn backend_request(
-    method: &Method,
-    backend: &Backend,
-    path: Option<&PathAndQuery>,
-    headers: HeaderMap,
-    body: OutboundBody,
-) -> Option<Request<OutboundBody>> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(
-        path.cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+/// The request as an HTTP/1.1 backend gets it: origin-form target, the prepared headers.
+fn backend_request(parts: request::Parts, body: Incoming) -> Request<Incoming> {
     let mut request = Request::new(body);
-    *request.uri_mut() = Uri::from_parts(uri).ok()?;
-    *request.method_mut() = method.clone();
+    *request.uri_mut() = backend_uri(parts.uri);
+    *request.method_mut() = parts.method;
     *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
-    Some(request)
+    *request.headers_mut() = parts.headers;
+    request
+}
+
+/// `/path?query` of what the client asked for (HTTP/2 and absolute-form requests carry a
+/// scheme and authority that an HTTP/1.1 backend must not get in its request line).
+fn backend_uri(uri: Uri) -> Uri {
+    if uri.authority().is_none() && uri.path_and_query().is_some() {
+        return uri;
+    }
+    Uri::from(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    )
 }
 
 /// An HTTP/1.1 request asking to switch protocols (a WebSocket handshake).
@@ -191,7 +226,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     raw_host: &HeaderValue,
-    client_ip: IpAddr,
+    peer: &Peer,
     now_ms: u64,
     upgrade: bool,
 ) {
@@ -199,7 +234,11 @@ fn prepare_request_headers(
     if !headers.contains_key(HOST) {
         headers.insert(HOST, raw_host.clone());
     }
-    append_forwarded_for(headers, client_ip);
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        append_forwarded_for(headers, peer.ip);
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.forwarded_for.clone());
+    }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
@@ -210,11 +249,7 @@ fn prepare_request_headers(
         headers.insert(X_REQUEST_START.clone(), HeaderValue::from(now_ms));
     }
     if !headers.contains_key(&X_VCAP_REQUEST_ID) {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        if let Ok(value) = HeaderValue::from_str(id) {
-            headers.insert(X_VCAP_REQUEST_ID.clone(), value);
-        }
+        headers.insert(X_VCAP_REQUEST_ID.clone(), request_id::next());
     }
 }
 
@@ -334,13 +369,28 @@ mod tests {
     }
 
     #[test]
+    fn backends_get_origin_form_targets() {
+        let cases = [
+            ("http://App.Test:8080/a/b?c=d", "/a/b?c=d"),
+            ("/x?y", "/x?y"),
+            ("http://app.test", "/"),
+        ];
+        for (target, want) in cases {
+            let (mut parts, ()) = Request::get(target).body(()).unwrap().into_parts();
+            parts.version = Version::HTTP_2;
+            let uri = backend_uri(parts.uri);
+            assert_eq!(uri.to_string(), want, "{target}");
+        }
+    }
+
+    #[test]
     fn incoming_request_id_is_kept() {
         let mut h = HeaderMap::new();
         h.insert(X_VCAP_REQUEST_ID.clone(), HeaderValue::from_static("abc"));
         prepare_request_headers(
             &mut h,
             &HeaderValue::from_static("a.x"),
-            "127.0.0.1".parse().unwrap(),
+            &Peer::new("127.0.0.1".parse().unwrap()),
             5,
             false,
         );

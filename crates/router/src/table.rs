@@ -6,6 +6,7 @@
 //! periodic refresh of an unchanged route costs no swap at all.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ use crate::host;
 pub(crate) struct Backend {
     /// `host:port`, as registered.
     pub(crate) addr: String,
-    pub(crate) authority: Authority,
+    /// The address itself when `addr` is an IP literal (no name lookup per connection).
+    pub(crate) socket_addr: Option<SocketAddr>,
     /// Milliseconds since the epoch until which the backend is skipped (it refused a
     /// connection); shared by every snapshot, so it survives table swaps.
     ejected_until_ms: AtomicU64,
@@ -29,11 +31,11 @@ pub(crate) struct Backend {
 
 impl Backend {
     pub(crate) fn new(addr: String) -> Option<Backend> {
-        let authority = Authority::try_from(addr.as_str()).ok()?;
-        authority.port_u16()?;
+        // host:port with a port, as a URI authority would be.
+        Authority::try_from(addr.as_str()).ok()?.port_u16()?;
         Some(Backend {
+            socket_addr: addr.parse().ok(),
             addr,
-            authority,
             ejected_until_ms: AtomicU64::new(0),
         })
     }

@@ -441,6 +441,114 @@ async fn http2_prior_knowledge_clients_are_served() {
     }
 }
 
+#[tokio::test]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let a = TestBackend::start("a").await;
+    let router = TestRouter::start(|_| {}).await;
+    router.register("app.test", a.addr).await;
+    // Each `get` is a new client connection; the backend connection outlives them all.
+    for _ in 0..10 {
+        let reply = router.get("app.test", "/").await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "a"));
+    }
+    assert_eq!(a.hits(), 10);
+    assert_eq!(
+        a.connections(),
+        1,
+        "requests did not reuse the pooled connection"
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_backend_closed_is_replaced_without_an_error() {
+    let a = TestBackend::start_with_idle_timeout("a", Some(Duration::from_millis(100))).await;
+    let router = TestRouter::start(|_| {}).await;
+    router.register("app.test", a.addr).await;
+    for round in 0..3 {
+        let reply = router.get("app.test", "/").await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "a"),
+            "round {round}"
+        );
+        // Long enough for the backend to close the idle connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Normally 3; a slow machine may let one idle connection live past 300 ms.
+    assert!(a.connections() >= 2, "{} connections", a.connections());
+}
+
+#[tokio::test]
+async fn idle_backend_connections_are_closed_after_the_idle_timeout() {
+    let a = TestBackend::start("a").await;
+    let router = TestRouter::start(|cfg| cfg.pool_idle_timeout = Duration::from_millis(150)).await;
+    router.register("app.test", a.addr).await;
+    assert_eq!(router.get("app.test", "/").await.status, StatusCode::OK);
+    assert_eq!(router.get("app.test", "/").await.status, StatusCode::OK);
+    assert_eq!(a.connections(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(router.get("app.test", "/").await.status, StatusCode::OK);
+    assert_eq!(a.connections(), 2, "an expired idle connection was reused");
+}
+
+#[tokio::test]
+async fn several_workers_share_the_load_and_stop_on_shutdown() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let mut router = TestRouter::start(|cfg| cfg.workers = 3).await;
+    router.register("app.test", a.addr).await;
+    router.register("app.test", b.addr).await;
+
+    // Six keep-alive clients at once, ten requests each.
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = router.addr;
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                let _connection = support::TaskGuard(tokio::spawn(async move {
+                    let _ = connection.await;
+                }));
+                let mut bodies = Vec::new();
+                for _ in 0..10 {
+                    let request = http::Request::get("/")
+                        .header(http::header::HOST, "app.test")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    let response = sender.send_request(request).await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let body = http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .unwrap()
+                        .to_bytes();
+                    bodies.push(String::from_utf8_lossy(&body).into_owned());
+                }
+                bodies
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for client in clients {
+        let bodies = client.await.unwrap();
+        assert!(bodies.iter().all(|b| b == "a" || b == "b"), "{bodies:?}");
+        served += bodies.len();
+    }
+    assert_eq!(served, 60);
+    // Round robin is shared by every worker.
+    assert_eq!((a.hits(), b.hits()), (30, 30));
+
+    router.shutdown.cancel();
+    let task = router.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(router.addr).await.is_err());
+}
+
 fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -41,25 +41,45 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub name: &'static str,
     pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     _task: TaskGuard,
 }
 
 impl TestBackend {
     pub async fn start(name: &'static str) -> TestBackend {
+        Self::start_with_idle_timeout(name, None).await
+    }
+
+    /// A backend that closes a keep-alive connection after `idle` without a request, as
+    /// many app servers do.
+    pub async fn start_with_idle_timeout(
+        name: &'static str,
+        idle: Option<Duration>,
+    ) -> TestBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let counter = counter.clone();
                 let service = service_fn(move |req| {
                     counter.fetch_add(1, Ordering::SeqCst);
                     answer(name, req)
                 });
                 connections.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    if let Some(idle) = idle {
+                        builder
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(idle);
+                    }
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
@@ -69,12 +89,17 @@ impl TestBackend {
             addr,
             name,
             hits,
+            connections,
             _task: TaskGuard(task),
         }
     }
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

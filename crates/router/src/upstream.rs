@@ -1,0 +1,308 @@
+//! Keep-alive connections from one worker thread to backends.
+//!
+//! Each worker owns an [`Upstream`]: its idle HTTP/1.1 connections per backend, opened with
+//! hyper's low-level `client::conn::http1` and driven by a task on the worker's own
+//! current-thread runtime. A request therefore never leaves the thread that accepted it (no
+//! cross-thread wake-ups, unlike a shared pooled client). The locks here are only ever taken
+//! by that one thread, so they never contend.
+//!
+//! A connection goes back to the pool when the response body it carries has been read to
+//! the end ([`PooledBody`]); a body dropped half-way closes the connection instead, so a
+//! client that goes away never leaves a confused connection behind nor marks a backend bad.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::table::Backend;
+
+/// A sender for requests on one backend connection.
+pub(crate) type Sender = SendRequest<Incoming>;
+
+/// Why no connection to a backend could be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve { addr: String, source: io::Error },
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("HTTP/1.1 handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections to one backend, with the key handed to each checkout.
+struct Slot {
+    key: Arc<str>,
+    idle: Vec<Idle>,
+}
+
+/// One worker's connections to every backend it talked to.
+pub(crate) struct Upstream {
+    idle: Mutex<HashMap<Arc<str>, Slot>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_backend: usize,
+}
+
+/// A connection ready for one request, and whether it was reused from the pool.
+pub(crate) struct Checkout {
+    pub(crate) sender: Sender,
+    pub(crate) key: Arc<str>,
+    pub(crate) reused: bool,
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle_per_backend: usize,
+    ) -> Upstream {
+        Upstream {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout,
+            max_idle_per_backend,
+        }
+    }
+
+    /// An idle connection to `backend` when there is a usable one, else a new one.
+    pub(crate) async fn checkout(&self, backend: &Backend) -> Result<Checkout, ConnectError> {
+        let (key, pooled) = self.take_idle(&backend.addr);
+        if let Some(sender) = pooled {
+            return Ok(Checkout {
+                sender,
+                key,
+                reused: true,
+            });
+        }
+        let sender = self.connect(backend).await?;
+        Ok(Checkout {
+            sender,
+            key,
+            reused: false,
+        })
+    }
+
+    /// Pops the most recently used idle connection that is still open (LIFO keeps the set
+    /// of busy connections small); older or closed ones found on the way are dropped.
+    fn take_idle(&self, addr: &str) -> (Arc<str>, Option<Sender>) {
+        let mut idle = self.lock();
+        let Some(slot) = idle.get_mut(addr) else {
+            let key: Arc<str> = Arc::from(addr);
+            let slot = Slot {
+                key: key.clone(),
+                idle: Vec::new(),
+            };
+            idle.insert(key.clone(), slot);
+            return (key, None);
+        };
+        let now = Instant::now();
+        while let Some(entry) = slot.idle.pop() {
+            if entry.sender.is_ready() && now.duration_since(entry.since) < self.idle_timeout {
+                return (slot.key.clone(), Some(entry.sender));
+            }
+        }
+        (slot.key.clone(), None)
+    }
+
+    /// Opens a TCP connection and starts its HTTP/1.1 task on this thread's runtime.
+    async fn connect(&self, backend: &Backend) -> Result<Sender, ConnectError> {
+        let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(backend))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let addr = backend.addr.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(backend = %addr, %error, "backend connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Keeps a connection whose last exchange completed for the next request to `key`.
+    fn give_back(self: &Arc<Self>, key: Arc<str>, mut sender: Sender) {
+        if sender.is_ready() {
+            self.put(key, sender);
+        } else if !sender.is_closed() {
+            // The connection task has not yet noticed the exchange is over: wait for it on
+            // this thread rather than throw a good connection away.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let upstream = Arc::downgrade(self);
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    if let Some(upstream) = upstream.upgrade() {
+                        upstream.put(key, sender);
+                    }
+                }
+            });
+        }
+    }
+
+    fn put(&self, key: Arc<str>, sender: Sender) {
+        let mut idle = self.lock();
+        let slot = idle.entry(key.clone()).or_insert_with(|| Slot {
+            key,
+            idle: Vec::new(),
+        });
+        if slot.idle.len() < self.max_idle_per_backend {
+            slot.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes idle connections older than the idle timeout or closed by the backend, and
+    /// forgets backends with no connection left.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.retain(|_, slot| {
+            slot.idle.retain(|entry| {
+                !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout
+            });
+            !slot.idle.is_empty()
+        });
+    }
+
+    /// How often [`Upstream::sweep`] should run.
+    pub(crate) fn sweep_interval(&self) -> Duration {
+        (self.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+async fn connect_tcp(backend: &Backend) -> Result<TcpStream, ConnectError> {
+    if let Some(addr) = backend.socket_addr {
+        return Ok(TcpStream::connect(addr).await?);
+    }
+    let resolve_error = |source| ConnectError::Resolve {
+        addr: backend.addr.clone(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(backend.addr.as_str())
+        .await
+        .map_err(resolve_error)?
+        .collect();
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(ConnectError::Io(last_error))
+}
+
+/// A backend's response body that returns its connection to the worker's pool once read to
+/// the end.
+pub struct PooledBody {
+    body: Incoming,
+    /// `None` once given back, or when the connection must not be reused (an upgrade).
+    conn: Option<(Arc<Upstream>, Arc<str>, Sender)>,
+}
+
+impl PooledBody {
+    /// `reusable`: false for a connection that switches protocols with this response.
+    pub(crate) fn new(
+        body: Incoming,
+        upstream: Arc<Upstream>,
+        key: Arc<str>,
+        sender: Sender,
+        reusable: bool,
+    ) -> PooledBody {
+        PooledBody {
+            body,
+            conn: reusable.then_some((upstream, key, sender)),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some((upstream, key, sender)) = self.conn.take() {
+            upstream.give_back(key, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            // Half a response on a connection: it cannot carry another request.
+            Poll::Ready(Some(Err(_))) => self.conn = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Servers stop polling once `is_end_stream` says the body is complete.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let backend = Backend::new(addr.to_string()).unwrap();
+        let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60), 4);
+        assert!(matches!(
+            upstream.checkout(&backend).await,
+            Err(ConnectError::Io(_))
+        ));
+        assert_eq!(upstream.sweep_interval(), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,241 @@
+//! One worker thread of the router: its own current-thread tokio runtime and its own
+//! connections to backends, so a request is read, routed, forwarded and answered without
+//! ever waking another thread (the way nginx's worker processes work). Only the route table
+//! is shared, read lock-free.
+//!
+//! The router's acceptor hands each new client connection to the worker with the fewest
+//! open connections ([`Workers::dispatch`]); that one cross-thread step per connection keeps
+//! long-lived keep-alive connections evenly spread, which `SO_REUSEPORT`'s hashing does not.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{Peer, Proxy};
+use crate::table::{Pool, RouteTable};
+use crate::upstream::Upstream;
+use crate::RouterConfig;
+
+/// What every worker gets from the router.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) table: Arc<RouteTable>,
+    pub(crate) api: Option<Arc<Pool>>,
+    pub(crate) api_host: String,
+    pub(crate) cfg: RouterConfig,
+    pub(crate) stop: CancellationToken,
+}
+
+/// A client connection on its way to a worker.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// One running worker, as the acceptor sees it.
+struct Handle {
+    connections: mpsc::UnboundedSender<Handoff>,
+    /// Client connections open on the worker (counted from hand-off to close).
+    open: Arc<AtomicUsize>,
+}
+
+/// The running workers; [`Workers::finished`] completes once they all stopped.
+pub(crate) struct Workers {
+    handles: Vec<Handle>,
+    finished: Vec<oneshot::Receiver<()>>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads (at least one).
+    pub(crate) fn start(count: usize, shared: &Shared) -> io::Result<Workers> {
+        let mut workers = Workers {
+            handles: Vec::new(),
+            finished: Vec::new(),
+        };
+        for index in 0..count.max(1) {
+            let (connections, incoming) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            let finished = spawn(index, incoming, open.clone(), shared.clone())?;
+            workers.handles.push(Handle { connections, open });
+            workers.finished.push(finished);
+        }
+        Ok(workers)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Hands an accepted connection to the worker with the fewest open connections.
+    pub(crate) fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, %peer, "cannot hand a client connection to a worker");
+                return;
+            }
+        };
+        let mut handoff = (stream, peer);
+        let mut order: Vec<&Handle> = self.handles.iter().collect();
+        order.sort_by_key(|handle| handle.open.load(Ordering::Relaxed));
+        for handle in order {
+            handle.open.fetch_add(1, Ordering::Relaxed);
+            match handle.connections.send(handoff) {
+                Ok(()) => return,
+                // That worker has stopped: try the next one.
+                Err(mpsc::error::SendError(back)) => {
+                    handle.open.fetch_sub(1, Ordering::Relaxed);
+                    handoff = back;
+                }
+            }
+        }
+    }
+
+    /// Waits until every worker has stopped and closed its sockets (or died).
+    pub(crate) async fn finished(self) {
+        drop(self.handles);
+        for done in self.finished {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Starts worker `index` on its own thread; the receiver completes once the worker has
+/// stopped and closed its sockets (or died).
+fn spawn(
+    index: usize,
+    incoming: mpsc::UnboundedReceiver<Handoff>,
+    open: Arc<AtomicUsize>,
+    shared: Shared,
+) -> io::Result<oneshot::Receiver<()>> {
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("router-worker-{index}"))
+        .spawn(move || {
+            // Declared first, so dropped last: after the runtime and every socket it owns.
+            let _done = done;
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, index, "cannot start a router worker's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(run(incoming, open, shared));
+            drop(runtime);
+        })?;
+    Ok(finished)
+}
+
+async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>, shared: Shared) {
+    let cfg = &shared.cfg;
+    let upstream = Arc::new(Upstream::new(
+        cfg.connect_timeout,
+        cfg.pool_idle_timeout,
+        cfg.pool_max_idle_per_backend,
+    ));
+    let proxy = Arc::new(Proxy {
+        table: shared.table.clone(),
+        upstream: upstream.clone(),
+        api: shared.api.clone(),
+        api_host: shared.api_host.clone(),
+        max_attempts: cfg.max_attempts,
+        eject_ms: cfg.backend_eject.as_millis() as u64,
+        stop: shared.stop.clone(),
+    });
+    let sweeper = tokio::spawn(sweep(upstream, shared.stop.clone()));
+    serve_connections(incoming, open, proxy, &shared.stop, cfg.shutdown_grace).await;
+    let _ = sweeper.await;
+}
+
+/// Closes this worker's stale idle backend connections now and then, until `stop`.
+async fn sweep(upstream: Arc<Upstream>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(upstream.sweep_interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => upstream.sweep(),
+        }
+    }
+}
+
+/// Decrements a worker's open connection count when a connection ends.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves the connections handed to this worker until `stop`, then waits (up to `grace`)
+/// for open connections to end and drops the rest.
+async fn serve_connections(
+    mut incoming: mpsc::UnboundedReceiver<Handoff>,
+    open: Arc<AtomicUsize>,
+    proxy: Arc<Proxy>,
+    stop: &CancellationToken,
+    grace: Duration,
+) {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server.http1().timer(TokioTimer::new());
+    let server = Arc::new(server);
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            handed = incoming.recv() => match handed {
+                Some(handed) => handed,
+                None => break,
+            },
+        };
+        let guard = OpenGuard(open.clone());
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, %peer, "a router worker cannot take a client connection");
+                continue;
+            }
+        };
+        let client = Arc::new(Peer::new(peer.ip().to_canonical()));
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+        });
+        let server = server.clone();
+        let watcher = graceful.watcher();
+        connections.spawn(async move {
+            let _guard = guard;
+            let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%error, %peer, "client connection ended with an error");
+            }
+        });
+    }
+    // Connections handed over but not started yet are closed with the channel.
+    drop(incoming);
+    drop(proxy);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the shutdown grace period");
+    }
+    connections.abort_all();
+}
