@@ -48,8 +48,8 @@ pub enum Command {
     Start(AppStartArgs),
     /// Stop an app.
     Stop { name: String },
-    /// Stop and start an app.
-    Restart(AppStartArgs),
+    /// Restart an app: stop and start, or `--strategy rolling` without downtime.
+    Restart(crate::commands::releases::RestartArgs),
     /// Stage an app again and restart it.
     Restage(AppStartArgs),
     /// Delete an app (asks first unless -n).
@@ -317,6 +317,9 @@ pub enum Command {
         /// JSON body
         body: Option<String>,
     },
+    /// Releases, rollback, health checks and the smaller app commands.
+    #[command(flatten)]
+    More(crate::commands::appcmds::MoreCommand),
 }
 
 #[derive(Debug, Args)]

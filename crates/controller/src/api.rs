@@ -94,6 +94,7 @@ fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
     v.extend(crate::services::endpoints());
     v.extend(crate::tunnel::endpoints());
     v.extend(crate::exec::endpoints());
+    v.extend(crate::releases::endpoints());
     v
 }
 
@@ -562,7 +563,7 @@ async fn refresh_routes(c: &Shared, app: &App) {
 
 // ---------------------------------------------------------------- apps
 
-fn app_json(a: &App) -> Value {
+pub(crate) fn app_json(a: &App) -> Value {
     let env: Value = serde_json::from_str(&a.environment_json).unwrap_or(json!({}));
     resource(
         "apps",
@@ -573,7 +574,8 @@ fn app_json(a: &App) -> Value {
             "name": a.name, "space_guid": a.space_guid, "instances": a.instances, "memory": a.memory,
             "disk_quota": a.disk_quota, "state": a.state, "command": a.command, "buildpack": a.buildpack,
             "detected_buildpack": a.detected_buildpack, "detected_start_command": a.detected_start_command.clone().unwrap_or_default(),
-            "environment_json": env, "health_check_timeout": a.health_check_timeout, "health_check_type": "port",
+            "environment_json": env, "health_check_timeout": a.health_check_timeout, "health_check_type": a.health_check_type,
+            "health_check_http_endpoint": a.health_check_http_endpoint,
             "package_state": a.package_state, "staging_task_id": a.staging_task_id, "version": a.version,
             "staging_failed_reason": a.staging_failure().map(|f| f.0),
             "staging_failed_description": a.staging_failure().map(|f| f.1),
@@ -662,8 +664,8 @@ struct AppFields {
     _production: Option<bool>,
     #[serde(default, rename = "stack_guid")]
     _stack_guid: Option<Value>,
-    #[serde(default, rename = "health_check_type")]
-    _health_check_type: Option<String>,
+    health_check_type: Option<String>,
+    health_check_http_endpoint: Option<Option<String>>,
     #[serde(default, rename = "diego")]
     _diego: Option<bool>,
 }
@@ -711,6 +713,12 @@ fn validate(f: &AppFields) -> CfResult<()> {
             ))
             .into());
         }
+    }
+    if let Some(t) = &f.health_check_type {
+        crate::releases::check_health_check_type(t)?;
+    }
+    if let Some(Some(p)) = &f.health_check_http_endpoint {
+        crate::releases::check_http_endpoint(p)?;
     }
     if let Some(env) = &f.environment_json {
         for k in env.keys() {
@@ -761,6 +769,13 @@ async fn create_app(
         detected_start_command: None,
         environment_json: Value::Object(f.environment_json.clone().unwrap_or_default()).to_string(),
         health_check_timeout: f.health_check_timeout.flatten(),
+        health_check_type: f
+            .health_check_type
+            .as_deref()
+            .map(crate::releases::normal_health_check_type)
+            .unwrap_or(strato_db::health_check_type::PORT)
+            .to_string(),
+        health_check_http_endpoint: f.health_check_http_endpoint.clone().flatten(),
         package_hash: None,
         package_state: package_state::PENDING.into(),
         staging_task_id: None,
@@ -871,6 +886,12 @@ async fn update_app(
     if let Some(t) = f.health_check_timeout {
         a.health_check_timeout = t;
     }
+    if let Some(t) = &f.health_check_type {
+        a.health_check_type = crate::releases::normal_health_check_type(t).to_string();
+    }
+    if let Some(p) = &f.health_check_http_endpoint {
+        a.health_check_http_endpoint = p.clone().filter(|p| !p.is_empty());
+    }
     if let Some(s) = &f.state {
         a.state = s.clone();
     }
@@ -923,7 +944,7 @@ async fn update_app(
             })
             .await?;
     } else if needs_staging {
-        let task = crate::staging::begin(&c, &a.guid).await?;
+        let task = crate::staging::begin(&c, &a.guid, &user).await?;
         let url = format!(
             "{}/v2/apps/{}/staging_log/{}",
             base_url(&headers),
@@ -983,6 +1004,7 @@ pub(crate) async fn remove_app(
         .await?;
     crate::services::unbind_app(c, &guid).await?;
     let routes = c.db.routes_of_app(&guid).await.map_err(db_err)?;
+    let release_droplets = c.db.release_droplets_of_app(&guid).await.map_err(db_err)?;
     c.db.delete_app(&guid).await.map_err(db_err)?;
     if recursive {
         for r in routes {
@@ -997,6 +1019,12 @@ pub(crate) async fn remove_app(
         }
     }
     if let Some(d) = &a.droplet_hash {
+        release_blob(c, BlobKind::Droplet, d).await;
+    }
+    for d in release_droplets
+        .iter()
+        .filter(|d| Some(*d) != a.droplet_hash.as_ref())
+    {
         release_blob(c, BlobKind::Droplet, d).await;
     }
     if let Some(p) = &a.package_hash {
@@ -1206,7 +1234,7 @@ async fn restage(
     Path(guid): Path<String>,
 ) -> CfResult<Response> {
     let a = app_for(&c, &access, Action::Develop, &guid).await?;
-    let task = crate::staging::begin(&c, &a.guid).await?;
+    let task = crate::staging::begin(&c, &a.guid, &access.user).await?;
     let url = format!(
         "{}/v2/apps/{}/staging_log/{}",
         base_url(&headers),
@@ -1246,7 +1274,7 @@ async fn staging_log(
 
 // ---------------------------------------------------------------- instances, stats, logs
 
-fn check_staged(a: &App) -> CfResult<()> {
+pub(crate) fn check_staged(a: &App) -> CfResult<()> {
     if let Some((kind, msg)) = a.staging_failure() {
         return Err(match kind {
             "NoAppDetected" => ApiError::no_app_detected(msg),

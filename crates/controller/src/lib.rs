@@ -15,6 +15,7 @@ pub mod exec;
 pub mod logs;
 pub mod quota;
 pub mod quotas;
+pub mod releases;
 pub mod runner;
 pub mod services;
 pub mod staging;
@@ -47,6 +48,8 @@ pub struct ControllerConfig {
     pub default_disk_mb: i64,
     pub access_token_ttl: Duration,
     pub runner: runner::RunnerTimings,
+    /// How many releases per app keep their droplet for a rollback (`max_releases`).
+    pub max_releases: u64,
 }
 
 impl ControllerConfig {
@@ -62,6 +65,7 @@ impl ControllerConfig {
             default_disk_mb: 2048,
             access_token_ttl: Duration::from_secs(3600),
             runner: runner::RunnerTimings::default(),
+            max_releases: 5,
         }
     }
 }

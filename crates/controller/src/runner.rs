@@ -289,15 +289,28 @@ pub async fn start_request(c: &Shared, app: &App) -> Result<StartRequest, ApiErr
         },
         env,
         start_command: app.command.clone().filter(|c| !c.trim().is_empty()),
-        health_check: HealthCheck {
-            timeout: app.health_check_timeout.unwrap_or(60).clamp(1, 180) as u64,
-            http_path: None,
-        },
+        health_check: health_check_of(app),
         space_id: app.space_guid.clone(),
         space_name: space.map(|s| s.name).unwrap_or_default(),
         services: services.vcap_services,
         volumes: services.volumes,
     })
+}
+
+/// How the DEA decides an instance of `app` is up: its `health_check_type` (`port`,
+/// `http` on its endpoint, or `process`) within its timeout.
+pub fn health_check_of(app: &App) -> HealthCheck {
+    use strato_db::health_check_type as kind;
+    HealthCheck {
+        timeout: app.health_check_timeout.unwrap_or(60).clamp(1, 180) as u64,
+        http_path: (app.health_check_type == kind::HTTP).then(|| {
+            app.health_check_http_endpoint
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".to_string())
+        }),
+        process_only: app.health_check_type == kind::PROCESS,
+    }
 }
 
 /// Starts the instances of a started, staged app that are not running or starting yet

@@ -84,8 +84,13 @@ impl StagingLogs {
     }
 }
 
-/// Begins staging the app's current package; returns the task id at once.
-pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::ApiError> {
+/// Begins staging the app's current package for `actor` (who the release will name);
+/// returns the task id at once.
+pub async fn begin(
+    c: &Shared,
+    app_guid: &str,
+    actor: &crate::auth::CurrentUser,
+) -> Result<String, strato_core::ApiError> {
     let mut app =
         c.db.app_by_guid(app_guid)
             .await
@@ -145,6 +150,7 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
     });
     let c2 = c.clone();
     let task2 = task.clone();
+    let actor = crate::releases::Actor::of(actor);
     tokio::spawn(async move {
         let timeout = c2.cfg.staging_timeout + Duration::from_secs(30);
         let outcome = strato_bus::request_json::<_, StagingResult>(
@@ -172,7 +178,7 @@ pub async fn begin(c: &Shared, app_guid: &str) -> Result<String, strato_core::Ap
                 log_tail: vec![],
             },
         };
-        finish(&c2, &req.app_id, &task2, result, &log).await;
+        finish(&c2, &req.app_id, &task2, result, &log, &actor).await;
         log.finish();
     });
     Ok(task)
@@ -187,7 +193,14 @@ pub fn blob_uri(c: &Shared, kind: BlobKind, sha: &str) -> Result<String, strato_
     Ok(format!("file://{}", path.display()))
 }
 
-async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, log: &TaskLog) {
+async fn finish(
+    c: &Shared,
+    app_guid: &str,
+    task: &str,
+    result: StagingResult,
+    log: &TaskLog,
+    actor: &crate::releases::Actor,
+) {
     let Ok(Some(mut app)) = c.db.app_by_guid(app_guid).await else {
         return;
     };
@@ -216,6 +229,10 @@ async fn finish(c: &Shared, app_guid: &str, task: &str, result: StagingResult, l
                 }
             };
             event(c, &app, "audit.app.staged").await;
+            match crate::releases::record(c, &app, "staged", actor).await {
+                Ok(r) => log.push(format!("-----> release v{} of {}", r.number, app.name)),
+                Err(e) => log.push(format!("-----> could not record the release: {e}")),
+            }
             if app.state == "STARTED" {
                 // The previous droplet keeps serving until the new one runs.
                 if let Err(e) = crate::runner::roll_over(c, &app, &old_version).await {

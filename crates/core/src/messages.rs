@@ -131,6 +131,10 @@ pub struct HealthCheck {
     pub timeout: u64,
     /// `None`: the port accepting connections is enough.
     pub http_path: Option<String>,
+    /// `true`: the instance is up once its process runs; no port is probed
+    /// (`health_check_type: process`, for workers). Absent from older controllers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub process_only: bool,
 }
 
 /// `dea.<id>.start`: run one instance of a staged app.

@@ -8,11 +8,13 @@
 mod migrations;
 mod models;
 mod quotas;
+mod releases;
 mod repo;
 mod services;
 mod tenancy;
 
 pub use models::*;
+pub use releases::NewRelease;
 pub use repo::Filter;
 pub use services::CatalogEntry;
 

@@ -226,6 +226,29 @@ CREATE TABLE space_quota_definitions (
 ALTER TABLE spaces ADD COLUMN space_quota_definition_guid TEXT REFERENCES space_quota_definitions(guid) ON DELETE SET NULL
 "#;
 
+/// Health check settings per app (CF v2 names) and the releases of each app.
+const RELEASES: &str = r#"
+ALTER TABLE apps ADD COLUMN health_check_type TEXT NOT NULL DEFAULT 'port';
+ALTER TABLE apps ADD COLUMN health_check_http_endpoint TEXT;
+CREATE TABLE app_releases (
+    guid TEXT PRIMARY KEY,
+    app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    droplet_hash TEXT,
+    environment_json TEXT NOT NULL,
+    command TEXT,
+    buildpack TEXT,
+    detected_buildpack TEXT,
+    detected_start_command TEXT,
+    description TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    actor_name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (app_guid, number)
+);
+CREATE INDEX app_releases_droplet ON app_releases (droplet_hash)
+"#;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -256,6 +279,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "quotas: quota definitions, space quotas, org and space assignments",
         sqlite: QUOTAS,
         postgres: QUOTAS,
+    },
+    Migration {
+        version: 6,
+        name: "releases: app releases, health check type and endpoint",
+        sqlite: RELEASES,
+        postgres: RELEASES,
     },
 ];
 

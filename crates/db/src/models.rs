@@ -82,6 +82,10 @@ pub struct App {
     pub detected_start_command: Option<String>,
     pub environment_json: String,
     pub health_check_timeout: Option<i64>,
+    /// `port` (default), `http` or `process` (CF v2's `health_check_type`).
+    pub health_check_type: String,
+    /// The path an `http` health check asks (default `/`).
+    pub health_check_http_endpoint: Option<String>,
     /// sha256 of the uploaded package.
     pub package_hash: Option<String>,
     pub package_state: String,
@@ -120,6 +124,39 @@ impl App {
             .as_deref()
             .map(|e| e.split_once('|').unwrap_or(("StagingError", e)))
     }
+}
+
+/// The health check types an app can have, as CF v2 names them (`none` is stored as
+/// `process`).
+pub mod health_check_type {
+    pub const PORT: &str = "port";
+    pub const HTTP: &str = "http";
+    pub const PROCESS: &str = "process";
+}
+
+/// One release of an app: what a successful staging (or a rollback) made current. Its
+/// droplet stays in the blob store while the release is among the app's last kept ones;
+/// `droplet_hash` is `None` once it was let go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Release {
+    pub guid: String,
+    pub app_guid: String,
+    /// 1, 2, 3... per app.
+    pub number: i64,
+    pub droplet_hash: Option<String>,
+    /// The app's environment (a JSON object) when the release was made.
+    pub environment_json: String,
+    /// The user's start command, if they set one.
+    pub command: Option<String>,
+    pub buildpack: Option<String>,
+    pub detected_buildpack: Option<String>,
+    pub detected_start_command: Option<String>,
+    /// `staged`, `rollback to v3`.
+    pub description: String,
+    /// Guid and name of who asked for it.
+    pub actor: String,
+    pub actor_name: String,
+    pub created_at: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]

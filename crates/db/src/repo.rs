@@ -368,11 +368,12 @@ impl Db {
     // ---- apps ----
 
     pub async fn insert_app(&self, a: &App) -> Result<()> {
-        sqlx::query("INSERT INTO apps (guid, name, space_guid, instances, memory, disk_quota, state, command, buildpack, detected_buildpack, detected_start_command, environment_json, health_check_timeout, package_hash, package_state, staging_task_id, staging_error, droplet_hash, version, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)")
+        sqlx::query("INSERT INTO apps (guid, name, space_guid, instances, memory, disk_quota, state, command, buildpack, detected_buildpack, detected_start_command, environment_json, health_check_timeout, package_hash, package_state, staging_task_id, staging_error, droplet_hash, version, created_at, updated_at, health_check_type, health_check_http_endpoint) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23)")
             .bind(&a.guid).bind(&a.name).bind(&a.space_guid).bind(a.instances).bind(a.memory).bind(a.disk_quota).bind(&a.state)
             .bind(&a.command).bind(&a.buildpack).bind(&a.detected_buildpack).bind(&a.detected_start_command).bind(&a.environment_json)
             .bind(a.health_check_timeout).bind(&a.package_hash).bind(&a.package_state).bind(&a.staging_task_id).bind(&a.staging_error)
             .bind(&a.droplet_hash).bind(&a.version).bind(&a.created_at).bind(&a.updated_at)
+            .bind(&a.health_check_type).bind(&a.health_check_http_endpoint)
             .execute(self.pool()).await
             .map_err(|e| conflict_or(e, || format!("app '{}'", a.name)))?;
         Ok(())
@@ -382,11 +383,12 @@ impl Db {
     pub async fn update_app(&self, a: &App) -> Result<App> {
         let mut a = a.clone();
         a.updated_at = now_rfc3339();
-        sqlx::query("UPDATE apps SET name=$1, space_guid=$2, instances=$3, memory=$4, disk_quota=$5, state=$6, command=$7, buildpack=$8, detected_buildpack=$9, detected_start_command=$10, environment_json=$11, health_check_timeout=$12, package_hash=$13, package_state=$14, staging_task_id=$15, staging_error=$16, droplet_hash=$17, version=$18, updated_at=$19 WHERE guid=$20")
+        sqlx::query("UPDATE apps SET name=$1, space_guid=$2, instances=$3, memory=$4, disk_quota=$5, state=$6, command=$7, buildpack=$8, detected_buildpack=$9, detected_start_command=$10, environment_json=$11, health_check_timeout=$12, package_hash=$13, package_state=$14, staging_task_id=$15, staging_error=$16, droplet_hash=$17, version=$18, updated_at=$19, health_check_type=$21, health_check_http_endpoint=$22 WHERE guid=$20")
             .bind(&a.name).bind(&a.space_guid).bind(a.instances).bind(a.memory).bind(a.disk_quota).bind(&a.state)
             .bind(&a.command).bind(&a.buildpack).bind(&a.detected_buildpack).bind(&a.detected_start_command).bind(&a.environment_json)
             .bind(a.health_check_timeout).bind(&a.package_hash).bind(&a.package_state).bind(&a.staging_task_id).bind(&a.staging_error)
             .bind(&a.droplet_hash).bind(&a.version).bind(&a.updated_at).bind(&a.guid)
+            .bind(&a.health_check_type).bind(&a.health_check_http_endpoint)
             .execute(self.pool()).await
             .map_err(|e| conflict_or(e, || format!("app '{}'", a.name)))?;
         Ok(a)
@@ -420,9 +422,14 @@ impl Db {
         Ok(n > 0)
     }
 
-    /// How many apps still use a droplet (so a droplet is deleted only when none does).
+    /// How many apps and kept releases still use a droplet (so a droplet is deleted only
+    /// when none does: a release one may roll back to keeps its droplet).
     pub async fn apps_using_droplet(&self, sha256: &str) -> Result<i64> {
-        self.count("apps", Some(("droplet_hash", sha256))).await
+        let apps = self.count("apps", Some(("droplet_hash", sha256))).await?;
+        let releases = self
+            .count("app_releases", Some(("droplet_hash", sha256)))
+            .await?;
+        Ok(apps + releases)
     }
 
     /// How many apps still use a package.

@@ -1,10 +1,13 @@
 //! The repository suite, run against both real backends: SQLite in a temp file and a
 //! PostgreSQL cluster started from the Debian binaries.
 
-use strato_db::{package_state, App, Db, DbError, Filter, OrgRole, QuotaLimits, SpaceRole};
+use strato_db::{
+    health_check_type, package_state, App, Db, DbError, Filter, NewRelease, OrgRole, QuotaLimits,
+    SpaceRole,
+};
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 5);
+    assert_eq!(db.schema_version().await.unwrap(), 6);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -53,6 +56,8 @@ async fn suite(db: &Db) {
         detected_start_command: None,
         environment_json: "{}".into(),
         health_check_timeout: None,
+        health_check_type: health_check_type::PORT.into(),
+        health_check_http_endpoint: None,
         package_hash: None,
         package_state: package_state::PENDING.into(),
         staging_task_id: None,
@@ -78,7 +83,21 @@ async fn suite(db: &Db) {
     assert_eq!(db.apps_using_package("other").await.unwrap(), 0);
     let got = db.app_by_guid(&app.guid).await.unwrap().unwrap();
     assert_eq!(got.state, "STARTED");
+    assert_eq!(got.health_check_type, "port", "the default health check");
     assert_eq!(db.apps_using_droplet("abc").await.unwrap(), 1);
+    let mut http = got.clone();
+    http.health_check_type = health_check_type::HTTP.into();
+    http.health_check_http_endpoint = Some("/health".into());
+    db.update_app(&http).await.unwrap();
+    let got = db.app_by_guid(&app.guid).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.health_check_type.as_str(),
+            got.health_check_http_endpoint.as_deref()
+        ),
+        ("http", Some("/health"))
+    );
+    releases(db, &app.guid).await;
     let by_name = db
         .list_apps(&Filter {
             name: Some("web".into()),
@@ -311,8 +330,10 @@ async fn suite(db: &Db) {
 
     quotas(db, &org.guid, &space.guid, &app).await;
 
-    // delete cascades the mapping, not the route
+    // delete cascades the mapping and the releases, not the route
     assert!(db.delete_app(&app.guid).await.unwrap());
+    assert!(db.releases_of_app(&app.guid).await.unwrap().is_empty());
+    assert_eq!(db.apps_using_droplet("d3").await.unwrap(), 0);
     assert!(db.app_by_guid(&app.guid).await.unwrap().is_none());
     assert!(db.route_by_guid(&r.guid).await.unwrap().is_some());
     assert!(db.apps_of_route(&r.guid).await.unwrap().is_empty());
@@ -328,7 +349,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 5);
+    assert_eq!(db.schema_version().await.unwrap(), 6);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -339,7 +360,7 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 5);
+    assert_eq!(db.schema_version().await.unwrap(), 6);
 }
 
 #[tokio::test]
@@ -421,4 +442,46 @@ async fn quotas(db: &Db, org: &str, space: &str, app: &App) {
         .is_none());
     assert!(db.set_org_quota(org, &default.guid).await.unwrap());
     assert!(db.delete_quota(&q.guid).await.unwrap());
+}
+
+/// Releases: numbered per app, hold their droplets until expired, keep their history.
+async fn releases(db: &Db, app: &str) {
+    assert_eq!(db.last_release_number(app).await.unwrap(), 0);
+    for (i, droplet) in ["d1", "d2", "d3", "d2"].iter().enumerate() {
+        let r = db
+            .add_release(&NewRelease {
+                app_guid: app.to_string(),
+                droplet_hash: droplet.to_string(),
+                environment_json: format!(r#"{{"N":"{i}"}}"#),
+                description: "staged".into(),
+                actor: "u".into(),
+                actor_name: "admin".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.number, i as i64 + 1);
+    }
+    assert_eq!(
+        db.apps_using_droplet("d1").await.unwrap(),
+        1,
+        "release 1 holds d1"
+    );
+    let v2 = db.release_by_number(app, 2).await.unwrap().unwrap();
+    assert_eq!(v2.droplet_hash.as_deref(), Some("d2"));
+    assert_eq!(v2.environment_json, r#"{"N":"1"}"#);
+    assert!(db.release_by_number(app, 9).await.unwrap().is_none());
+    // Keep the last two: releases 1 and 2 let go of d1 and d2 (d2 is still held by 4).
+    let mut gone = db.expire_releases(app, 2).await.unwrap();
+    gone.sort();
+    assert_eq!(gone, vec!["d1", "d2"]);
+    assert_eq!(db.apps_using_droplet("d1").await.unwrap(), 0);
+    assert_eq!(db.apps_using_droplet("d2").await.unwrap(), 1);
+    let all = db.releases_of_app(app).await.unwrap();
+    assert_eq!(all.len(), 4, "expired releases stay as history");
+    assert_eq!(all[0].droplet_hash, None);
+    assert!(db.expire_releases(app, 2).await.unwrap().is_empty());
+    let mut held = db.release_droplets_of_app(app).await.unwrap();
+    held.sort();
+    assert_eq!(held, vec!["d2", "d3"]);
 }

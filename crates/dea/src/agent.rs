@@ -290,11 +290,14 @@ impl Dea {
             .start_command
             .clone()
             .filter(|c| !c.trim().is_empty())
-            .unwrap_or(info.start_command);
+            .unwrap_or_else(|| info.start_command.clone());
         if command.trim().is_empty() {
             anyhow::bail!("no start command: set one in stackato.yml/manifest.yml (command:) or use a buildpack that provides one");
         }
-        let spec = self.container_spec(id, req, port, &dir, &command);
+        // A process-checked instance is healthy once its start script reaches the command.
+        let _ = std::fs::remove_file(dir.join("app").join(STARTED_MARKER));
+        let script = start_script(&command, &info, req.index);
+        let spec = self.container_spec(id, req, port, &dir, &script);
         let running = self.driver.run(spec).await?;
         let (output, waiter) = running.into_parts();
         self.tasks.spawn(forward_output(
@@ -312,13 +315,9 @@ impl Dea {
         req: &StartRequest,
         port: u16,
         dir: &Path,
-        command: &str,
+        script: &str,
     ) -> ContainerSpec {
-        let argv = vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            format!("cd {APP_HOME} && for f in .profile.d/*.sh; do [ -f \"$f\" ] && . \"$f\"; done; exec {command}"),
-        ];
+        let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
         let mut spec = ContainerSpec::new(
             format!("{CONTAINER_PREFIX}{id}"),
             argv,
@@ -376,7 +375,19 @@ impl Dea {
             if self.state(id) != Some(InstanceState::Starting) {
                 return Health::Stopping;
             }
-            if probe(port, req.health_check.http_path.as_deref()).await {
+            // `process` health checks and routeless workers have no port to probe: running
+            // past the `pre-running` hooks (the start script's marker) is enough.
+            let healthy = if req.health_check.process_only || req.uris.is_empty() {
+                self.cfg
+                    .containers_dir
+                    .join(id)
+                    .join("app")
+                    .join(STARTED_MARKER)
+                    .exists()
+            } else {
+                probe(port, req.health_check.http_path.as_deref()).await
+            };
+            if healthy {
                 return Health::Passed;
             }
             if Instant::now() >= deadline {
@@ -907,6 +918,59 @@ async fn forward_output(
 }
 
 /// Whether the instance answers: a TCP connect, or an HTTP GET answered below 500.
+/// Written (relative to the app dir) by the start script right before it execs the app.
+const STARTED_MARKER: &str = ".strato/started";
+
+/// Quotes `s` as one shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The instance's `sh -c` script: `.profile.d`, the `pre-running` hooks (a failing one ends
+/// the start with its exit code; a `-` one is only reported), the `cron:` scheduler in
+/// instance 0, the started marker, then `exec` of the start command.
+fn start_script(command: &str, info: &droplet::StagingInfo, index: u32) -> String {
+    let mut s =
+        format!("cd {APP_HOME} && for f in .profile.d/*.sh; do [ -f \"$f\" ] && . \"$f\"; done\n");
+    if !info.pre_running.is_empty() {
+        s.push_str(concat!(
+            "strato_hook() {\n",
+            "  echo \"-----> Running pre-running hook: $2\"\n",
+            "  (cd \"$HOME\" && /bin/sh -c \"$2\")\n",
+            "  strato_rc=$?\n",
+            "  [ \"$strato_rc\" -eq 0 ] && return 0\n",
+            "  if [ \"$1\" = ignore ]; then echo \"-----> pre-running hook exited with $strato_rc (ignored): $2\"; return 0; fi\n",
+            "  echo \"-----> pre-running hook failed with exit code $strato_rc: $2\" >&2\n",
+            "  exit \"$strato_rc\"\n",
+            "}\n",
+        ));
+        for hook in &info.pre_running {
+            let mode = if hook.ignore_failure {
+                "ignore"
+            } else {
+                "strict"
+            };
+            s.push_str(&format!(
+                "strato_hook {mode} {}\n",
+                shell_quote(&hook.command)
+            ));
+        }
+    }
+    if index == 0 && !info.cron.is_empty() {
+        let lines: Vec<String> = info.cron.iter().map(|l| shell_quote(l)).collect();
+        s.push_str(&format!(
+            "/usr/bin/python3 {}/{} {} &\n",
+            crate::tools::CONTAINER_DIR,
+            crate::tools::CRON_SCHEDULER,
+            lines.join(" ")
+        ));
+    }
+    s.push_str(&format!(
+        "mkdir -p .strato && : > {STARTED_MARKER}\nexec {command}"
+    ));
+    s
+}
+
 async fn probe(port: u16, http_path: Option<&str>) -> bool {
     let connect = tokio::time::timeout(
         Duration::from_secs(1),
@@ -1006,6 +1070,66 @@ fn volume_is_sane(v: &strato_core::messages::VolumeMount) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a start script on the host with the app dir moved to `dir`.
+    fn run_script(script: &str, dir: &Path) -> std::process::Output {
+        let script = script.replace(APP_HOME, &dir.display().to_string());
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .env("HOME", dir)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn start_script_runs_hooks_in_order_then_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".profile.d")).unwrap();
+        std::fs::write(
+            dir.path().join(".profile.d/a.sh"),
+            "export FROM_PROFILE=yes\n",
+        )
+        .unwrap();
+        let hook = |command: &str, ignore_failure| droplet::Hook {
+            command: command.into(),
+            ignore_failure,
+        };
+        let mut info = droplet::StagingInfo {
+            pre_running: vec![
+                hook("echo \"one $FROM_PROFILE\" >> order.txt", false),
+                hook("false", true),
+                hook("echo 'two' >> order.txt", false),
+            ],
+            cron: vec!["* * * * * echo tick".into()],
+            ..Default::default()
+        };
+        let script = start_script("echo started >> order.txt", &info, 1);
+        assert!(
+            !script.contains(crate::tools::CRON_SCHEDULER),
+            "cron only in instance 0"
+        );
+        assert!(start_script("x", &info, 0).contains("'* * * * * echo tick' &"));
+        let out = run_script(&script, dir.path());
+        assert!(out.status.success(), "{out:?}");
+        let order = std::fs::read_to_string(dir.path().join("order.txt")).unwrap();
+        assert_eq!(order, "one yes\ntwo\nstarted\n");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("exited with 1 (ignored): false"));
+        assert!(dir.path().join(STARTED_MARKER).exists());
+
+        // A failing hook ends the start with its code, before the marker and the command.
+        let dir = tempfile::tempdir().unwrap();
+        info.pre_running = vec![hook("echo broken; exit 3", false)];
+        let out = run_script(
+            &start_script("echo started > ran.txt", &info, 0),
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("failed with exit code 3"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("broken"));
+        assert!(!dir.path().join("ran.txt").exists());
+        assert!(!dir.path().join(STARTED_MARKER).exists());
+    }
 
     #[test]
     fn hostnames_are_sanitized() {

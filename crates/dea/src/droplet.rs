@@ -51,6 +51,21 @@ pub struct StagingInfo {
     pub detected_buildpack: String,
     #[serde(default)]
     pub start_command: String,
+    /// `hooks: pre-running:`, run before the start command on every start.
+    #[serde(default)]
+    pub pre_running: Vec<Hook>,
+    /// `cron:` lines, run in instance 0.
+    #[serde(default)]
+    pub cron: Vec<String>,
+}
+
+/// One `pre-running` hook.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Hook {
+    pub command: String,
+    /// Written with a leading `-`: its failure does not stop the start.
+    #[serde(default)]
+    pub ignore_failure: bool,
 }
 
 /// Returns the cached droplet `<cache>/<sha>.tgz`, fetching it first when it is not there

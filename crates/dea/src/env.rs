@@ -144,6 +144,7 @@ pub(crate) mod tests {
             health_check: HealthCheck {
                 timeout: 10,
                 http_path: None,
+                process_only: false,
             },
             space_id: "space-guid".into(),
             space_name: "dev".into(),

@@ -119,6 +119,7 @@ impl Fixture {
             health_check: HealthCheck {
                 timeout: 20,
                 http_path: Some("/".to_string()),
+                process_only: false,
             },
             space_id: "space-1".to_string(),
             space_name: "dev".to_string(),
@@ -432,6 +433,7 @@ async fn failed_health_check_crashes_and_stale_containers_are_removed() {
     req.health_check = HealthCheck {
         timeout: 1,
         http_path: None,
+        process_only: false,
     };
     let started = Instant::now();
     publish_json(bus.as_ref(), &subjects::dea_start(&fx.cfg.id), &req)

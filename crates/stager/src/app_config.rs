@@ -1,16 +1,18 @@
-//! The parts of an app's `stackato.yml` that staging needs: the `pre-staging` and
-//! `post-staging` hooks (REFERENCE §3).
+//! The parts of an app's `stackato.yml` that staging and the running app need (REFERENCE
+//! §3): the `pre-staging`, `post-staging` and `pre-running` hooks, `cron:` lines and
+//! `requirements:` (`pip`, and `ubuntu`/`unix` Debian packages).
 //!
-//! Each hook is a shell command run in the app dir inside the staging container; a leading
-//! `-` means its failure is ignored. Other keys belong to the client and the controller and
-//! are ignored here.
+//! Each hook is a shell command run in the app dir inside the container; a leading `-`
+//! means its failure is ignored. `strato push` uploads the app's resolved manifest as
+//! `stackato.yml`, so what is here is already substituted. Other keys belong to the client
+//! and the controller and are ignored here.
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One hook command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hook {
     pub command: String,
     /// The command was written with a leading `-`: its failure does not fail staging.
@@ -88,39 +90,143 @@ fn scalar_text(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+impl Commands {
+    /// The items as plain text (for `cron:` lines and package names).
+    fn texts(self) -> Vec<String> {
+        let items = match self {
+            Commands::Many(items) => items,
+            Commands::One(item) => vec![item],
+        };
+        items
+            .iter()
+            .filter_map(scalar_text)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct RawHooks {
     #[serde(rename = "pre-staging", default)]
     pre_staging: Option<Commands>,
     #[serde(rename = "post-staging", default)]
     post_staging: Option<Commands>,
+    #[serde(rename = "pre-running", default)]
+    pre_running: Option<Commands>,
 }
 
 #[derive(Deserialize, Default)]
 struct RawConfig {
     #[serde(default)]
     hooks: Option<RawHooks>,
+    #[serde(default)]
+    cron: Option<Commands>,
+    #[serde(default)]
+    requirements: Option<serde_json::Value>,
+}
+
+/// Everything of `stackato.yml` the stager acts on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppConfig {
+    pub hooks: StagingHooks,
+    /// Run in the instance before the start command, on every start.
+    pub pre_running: Vec<Hook>,
+    /// Crontab lines run on instance 0.
+    pub cron: Vec<String>,
+    /// Python packages added to `requirements.txt`.
+    pub pip: Vec<String>,
+    /// Debian packages unpacked into the droplet's `.apt`.
+    pub debian: Vec<String>,
 }
 
 /// Parses the hooks out of `stackato.yml` text.
 pub fn parse_hooks(yaml: &str) -> Result<StagingHooks, AppConfigError> {
+    parse_app_config(yaml).map(|c| c.hooks)
+}
+
+/// Parses what staging needs out of `stackato.yml` text.
+pub fn parse_app_config(yaml: &str) -> Result<AppConfig, AppConfigError> {
     if yaml.trim().is_empty() {
-        return Ok(StagingHooks::default());
+        return Ok(AppConfig::default());
     }
     let raw: Option<RawConfig> =
         serde_saphyr::from_str(yaml).map_err(|e| AppConfigError(e.to_string()))?;
-    let hooks = raw.and_then(|r| r.hooks).unwrap_or_default();
-    Ok(StagingHooks {
-        pre_staging: hooks.pre_staging.map(Commands::hooks).unwrap_or_default(),
-        post_staging: hooks.post_staging.map(Commands::hooks).unwrap_or_default(),
-    })
+    let raw = raw.unwrap_or_default();
+    let hooks = raw.hooks.unwrap_or_default();
+    let mut config = AppConfig {
+        hooks: StagingHooks {
+            pre_staging: hooks.pre_staging.map(Commands::hooks).unwrap_or_default(),
+            post_staging: hooks.post_staging.map(Commands::hooks).unwrap_or_default(),
+        },
+        pre_running: hooks.pre_running.map(Commands::hooks).unwrap_or_default(),
+        cron: raw.cron.map(Commands::texts).unwrap_or_default(),
+        ..AppConfig::default()
+    };
+    if let Some(reqs) = &raw.requirements {
+        add_requirements(&mut config, reqs)?;
+    }
+    Ok(config)
+}
+
+/// `requirements:` kinds, flat or under `staging:`/`running:` (both end up in the droplet:
+/// the stack's `/usr` is read-only, so nothing is installed at run time).
+fn add_requirements(
+    config: &mut AppConfig,
+    reqs: &serde_json::Value,
+) -> Result<(), AppConfigError> {
+    let Some(map) = reqs.as_object() else {
+        return Ok(());
+    };
+    for (kind, value) in map {
+        let list = || {
+            serde_json::from_value::<Commands>(value.clone())
+                .map(Commands::texts)
+                .unwrap_or_default()
+        };
+        match kind.as_str() {
+            "staging" | "running" => add_requirements(config, value)?,
+            "pip" => config.pip.extend(list()),
+            "ubuntu" | "unix" => {
+                for name in list() {
+                    if !debian_package_name(&name) {
+                        return Err(AppConfigError(format!(
+                            "requirements: {name:?} is not a Debian package name"
+                        )));
+                    }
+                    if !config.debian.contains(&name) {
+                        config.debian.push(name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A Debian package name (optionally `=version` or `:arch`); never an option.
+pub fn debian_package_name(p: &str) -> bool {
+    let name = p.split(['=', ':']).next().unwrap_or("");
+    name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
 }
 
 /// Reads the hooks from `<app_dir>/stackato.yml`; none when the file is absent.
 pub fn read_hooks(app_dir: &Path) -> Result<StagingHooks, AppConfigError> {
+    read_app_config(app_dir).map(|c| c.hooks)
+}
+
+/// Reads `<app_dir>/stackato.yml`; empty when the file is absent.
+pub fn read_app_config(app_dir: &Path) -> Result<AppConfig, AppConfigError> {
     match std::fs::read_to_string(app_dir.join("stackato.yml")) {
-        Ok(text) => parse_hooks(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StagingHooks::default()),
+        Ok(text) => parse_app_config(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppConfig::default()),
         Err(e) => Err(AppConfigError(e.to_string())),
     }
 }
@@ -162,6 +268,40 @@ mod tests {
                 command: "ls -l".into(),
                 ignore_failure: false
             }]
+        );
+    }
+
+    #[test]
+    fn pre_running_cron_and_requirements() {
+        let c = parse_app_config(
+            "{\"hooks\": {\"pre-running\": [\"echo a\", \"-false\"]}, \"cron\": [\"* * * * * date\"], \"requirements\": {\"pip\": [\"six\"], \"ubuntu\": [\"hello\"], \"running\": {\"unix\": [\"figlet\", \"hello\"]}, \"cpan\": [\"JSON\"]}}",
+        )
+        .unwrap();
+        assert_eq!(
+            c.pre_running,
+            vec![
+                Hook {
+                    command: "echo a".into(),
+                    ignore_failure: false
+                },
+                Hook {
+                    command: "false".into(),
+                    ignore_failure: true
+                }
+            ]
+        );
+        assert_eq!(c.cron, vec!["* * * * * date"]);
+        assert_eq!(c.pip, vec!["six"]);
+        assert_eq!(c.debian, vec!["hello", "figlet"]);
+        let c = parse_app_config("cron: '@hourly ./x'\nrequirements:\n  ubuntu: figlet\n").unwrap();
+        assert_eq!(
+            (c.cron, c.debian),
+            (vec!["@hourly ./x".to_string()], vec!["figlet".to_string()])
+        );
+        let err = parse_app_config("requirements:\n  ubuntu: ['--force-yes']\n").unwrap_err();
+        assert!(
+            err.to_string().contains("not a Debian package name"),
+            "{err}"
         );
     }
 

@@ -1,5 +1,5 @@
 //! Droplets: a staged app as one gzipped tar — `app/` (the build dir) and
-//! `staging_info.json` (`{"detected_buildpack","start_command"}`) — stored in the
+//! `staging_info.json` (`{"detected_buildpack","start_command","pre_running","cron"}`) — stored in the
 //! [`BlobStore`] under its sha256.
 //!
 //! Symlinks are stored as symlinks (a venv's `bin/python` points at `/usr/bin/python3`,
@@ -14,11 +14,16 @@ use serde::{Deserialize, Serialize};
 
 use strato_blobs::{BlobError, BlobKind, BlobStore};
 
-/// `staging_info.json` at the droplet's root.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `staging_info.json` at the droplet's root. The DEA runs `pre_running` before the start
+/// command of every instance and `cron` lines in instance 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagingInfo {
     pub detected_buildpack: String,
     pub start_command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_running: Vec<crate::app_config::Hook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cron: Vec<String>,
 }
 
 /// The name of the info file inside the droplet.
@@ -112,6 +117,11 @@ mod tests {
         let info = StagingInfo {
             detected_buildpack: "python".into(),
             start_command: ".venv/bin/python app.py".into(),
+            pre_running: vec![crate::app_config::Hook {
+                command: "echo warm".into(),
+                ignore_failure: true,
+            }],
+            cron: vec!["* * * * * date".into()],
         };
         let (sha, size) = write_droplet(&store, &build, &info).unwrap();
         let path = store.path_of(BlobKind::Droplet, &sha).unwrap();

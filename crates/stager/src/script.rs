@@ -1,12 +1,14 @@
 //! The shell script that runs one staging inside the container.
 //!
-//! One container runs the whole sequence — `pre-staging` hooks, the buildpack's detect,
-//! compile and release, `post-staging` hooks — so output streams through one pipe in order
+//! One container runs the whole sequence — `requirements:` (Debian packages the stager
+//! fetched unpacked into `.apt`, pip packages added to `requirements.txt`), `pre-staging`
+//! hooks, the buildpack's detect, compile and release, `post-staging` hooks — so output
+//! streams through one pipe in order
 //! and the container starts once. The script reports back through files in the control dir:
 //! `detected` (the buildpack's name), `release.yml`, and on failure `failure.kind` and
 //! `failure.message`.
 
-use crate::app_config::{Hook, StagingHooks};
+use crate::app_config::{AppConfig, Hook, StagingHooks};
 
 /// Where things are mounted inside the staging container.
 pub mod paths {
@@ -30,6 +32,8 @@ pub const RELEASE_FILE: &str = "release.yml";
 pub const FAILURE_KIND_FILE: &str = "failure.kind";
 pub const FAILURE_MESSAGE_FILE: &str = "failure.message";
 pub const SCRIPT_FILE: &str = "stage.sh";
+/// The dir of the control dir where the stager puts the `.deb` files it fetched.
+pub const DEBS_DIR: &str = "debs";
 
 /// Which buildpack the script runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,9 +68,36 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The full staging script.
+/// The full staging script for hooks only.
 pub fn staging_script(hooks: &StagingHooks, buildpack: &ScriptBuildpack) -> String {
+    let config = AppConfig {
+        hooks: hooks.clone(),
+        ..AppConfig::default()
+    };
+    staging_script_for(&config, false, buildpack)
+}
+
+/// The full staging script; `debs` says the stager fetched Debian packages into the
+/// control dir's [`DEBS_DIR`].
+pub fn staging_script_for(config: &AppConfig, debs: bool, buildpack: &ScriptBuildpack) -> String {
+    let hooks = &config.hooks;
     let mut s = String::from(PRELUDE);
+    if debs {
+        s.push_str(UNPACK_DEBS);
+    }
+    if !config.pip.is_empty() {
+        let announce = format!(
+            "-----> Adding pip requirements to requirements.txt: {}",
+            config.pip.join(" ")
+        );
+        let quoted: Vec<String> = config.pip.iter().map(|p| shell_quote(p)).collect();
+        s.push_str(&format!("echo {}\n", shell_quote(&announce)));
+        s.push_str("if [ -s requirements.txt ] && [ -n \"$(tail -c 1 requirements.txt)\" ]; then echo >> requirements.txt; fi\n");
+        s.push_str(&format!(
+            "printf '%s\\n' {} >> requirements.txt\n",
+            quoted.join(" ")
+        ));
+    }
     push_hooks(&mut s, "pre-staging", &hooks.pre_staging);
     s.push_str(&select_buildpack(buildpack));
     s.push_str(BUILD);
@@ -101,6 +132,28 @@ hook() {
     fi
   fi
 }
+"#;
+
+/// Unpacks the fetched `.deb` files into `$APP/.apt` (the stack's `/usr` is read-only) and
+/// puts their programs and libraries on the paths, now and in every instance.
+const UNPACK_DEBS: &str = r#"echo "-----> Unpacking Debian packages into .apt"
+for deb in "$CTL"/debs/*.deb; do
+  [ -f "$deb" ] || continue
+  echo "       ${deb##*/}"
+  dpkg-deb -x "$deb" "$APP/.apt" || fail StagingError "cannot unpack ${deb##*/} with dpkg-deb" 1
+done
+mkdir -p "$APP/.profile.d"
+cat > "$APP/.profile.d/000-apt.sh" <<'PROFILE'
+# Written by strato-stager: programs and libraries of `requirements: ubuntu:` packages.
+STRATO_APT="$HOME/.apt"
+PATH="$STRATO_APT/usr/local/bin:$STRATO_APT/usr/bin:$STRATO_APT/bin:$STRATO_APT/usr/sbin:$STRATO_APT/sbin:$PATH"
+for strato_dir in "$STRATO_APT"/usr/lib/*-linux-gnu "$STRATO_APT"/lib/*-linux-gnu "$STRATO_APT/usr/lib"; do
+  if [ -d "$strato_dir" ]; then LD_LIBRARY_PATH="$strato_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+done
+export PATH LD_LIBRARY_PATH
+unset STRATO_APT strato_dir
+PROFILE
+. "$APP/.profile.d/000-apt.sh"
 "#;
 
 const BUILD: &str = r#"printf '%s\n' "$NAME" > "$CTL/detected"
@@ -201,7 +254,17 @@ mod tests {
             &StagingHooks::default(),
             &ScriptBuildpack::Builtin("node".into()),
         );
-        for s in [script, custom, builtin] {
+        let with_requirements = staging_script_for(
+            &AppConfig {
+                pip: vec!["six".into(), "it's".into()],
+                ..AppConfig::default()
+            },
+            true,
+            &ScriptBuildpack::Builtin("python".into()),
+        );
+        assert!(with_requirements.contains("dpkg-deb -x"));
+        assert!(with_requirements.contains(r"printf '%s\n' 'six' 'it'\''s' >> requirements.txt"));
+        for s in [script, custom, builtin, with_requirements] {
             let st = std::process::Command::new("/bin/sh")
                 .arg("-n")
                 .arg("-c")

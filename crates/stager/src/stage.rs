@@ -178,12 +178,17 @@ impl Stager {
         let package = self.package_path(req)?;
         self.verify_and_extract(&package, &req.package_sha256, &work.app, log)
             .await?;
-        let hooks = app_config::read_hooks(&work.app).map_err(|e| Failure::error(e.to_string()))?;
+        let config =
+            app_config::read_app_config(&work.app).map_err(|e| Failure::error(e.to_string()))?;
+        let debs = !config.debian.is_empty();
+        if debs {
+            fetch_debs(&config.debian, &work.control.join(script::DEBS_DIR), log).await?;
+        }
         let (script_buildpack, custom_dir) = self.prepare_buildpack(req, &work, log).await?;
         let script_path = work.control.join(script::SCRIPT_FILE);
         write_file_mode(
             &script_path,
-            &script::staging_script(&hooks, &script_buildpack),
+            &script::staging_script_for(&config, debs, &script_buildpack),
             0o755,
         )?;
         // A `<app>-cache` filesystem service outlives the app; otherwise the stager's own.
@@ -204,11 +209,20 @@ impl Stager {
         if exit != 0 {
             return Err(read_failure(&work.control, exit));
         }
-        let info = read_release(&work.control, &work.app)?;
+        let mut info = read_release(&work.control, &work.app)?;
         log.out(format!(
             "-----> Start command: {} (buildpack {})",
             info.start_command, info.detected_buildpack
         ));
+        info.pre_running = config.pre_running.clone();
+        info.cron = config.cron.clone();
+        if !info.pre_running.is_empty() || !info.cron.is_empty() {
+            log.out(format!(
+                "-----> {} pre-running hook(s) run before each start; {} cron line(s) run in instance 0",
+                info.pre_running.len(),
+                info.cron.len()
+            ));
+        }
         let (sha, size) = self.store_droplet(&work.app, &info).await?;
         log.out(format!(
             "-----> Uploaded droplet ({}, sha256 {})",
@@ -534,7 +548,76 @@ fn read_release(control: &Path, app_dir: &Path) -> Result<StagingInfo, Failure> 
     Ok(StagingInfo {
         detected_buildpack: detected,
         start_command,
+        ..StagingInfo::default()
     })
+}
+
+/// How long fetching `requirements:` Debian packages may take.
+const APT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Fetches Debian packages (and the dependencies the stack lacks) from the host's package
+/// mirror into `dest`, on the host: the staging container has no apt configuration, and the
+/// stack's `/usr` is read-only, so the script unpacks them into the droplet instead.
+async fn fetch_debs(packages: &[String], dest: &Path, log: &mut LineLog) -> Result<(), Failure> {
+    log.out(format!(
+        "-----> Fetching Debian packages: {}",
+        packages.join(" ")
+    ));
+    fs::create_dir_all(dest.join("partial"))
+        .map_err(|e| Failure::error(format!("cannot create {}: {e}", dest.display())))?;
+    let mut cmd = tokio::process::Command::new("apt-get");
+    cmd.args([
+        "install",
+        "--download-only",
+        "--no-install-recommends",
+        "--yes",
+        "--quiet",
+    ])
+    .args(["-o", &format!("Dir::Cache::Archives={}/", dest.display())])
+    .args(["-o", "Debug::NoLocking=1"])
+    .args(["-o", "Dir::Cache::pkgcache="])
+    .args(["-o", "Dir::Cache::srcpkgcache="])
+    .arg("--")
+    .args(packages)
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let output = tokio::time::timeout(APT_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| {
+            Failure::error(format!(
+                "fetching Debian packages took over {}s; check that the package mirror is reachable",
+                APT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            Failure::error(format!(
+                "cannot run apt-get to fetch `requirements:` packages: {e}; the stager's host needs apt"
+            ))
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in stdout.lines().chain(stderr.lines()) {
+        if !line.trim().is_empty() {
+            log.out(format!("       {line}"));
+        }
+    }
+    if !output.status.success() {
+        let why = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("apt-get failed")
+            .trim()
+            .to_string();
+        return Err(Failure::error(format!(
+            "could not fetch the Debian packages {}: {why}; check the names (apt-cache search NAME) and that the package mirror is reachable",
+            packages.join(", ")
+        )));
+    }
+    let _ = fs::remove_dir_all(dest.join("partial"));
+    let _ = fs::remove_file(dest.join("lock"));
+    Ok(())
 }
 
 /// Runs blocking file work off the async threads.

@@ -593,3 +593,91 @@ async fn role_streams_lines_on_both_subjects_before_replying() {
 fn futures_now(sub: &mut strato_bus::Subscription) -> Option<Option<strato_bus::Message>> {
     futures::FutureExt::now_or_never(sub.next())
 }
+
+/// `requirements:` end to end: a Debian package this host lacks (`hello`) is fetched on the
+/// host, unpacked into the droplet's `.apt` and runs from the app's PATH; a pip package is
+/// added to requirements.txt and installed; `pre-running` hooks and `cron:` lines reach
+/// staging_info.json for the DEA; pre- and post-staging hooks run in order.
+#[tokio::test]
+async fn requirements_and_hooks_reach_the_droplet() {
+    let installed = std::process::Command::new("dpkg")
+        .args(["-s", "hello"])
+        .output()
+        .unwrap();
+    assert!(
+        !installed.status.success(),
+        "this test needs a host without the `hello` package"
+    );
+    let h = Harness::new();
+    let app = h.dir.path().join("reqs");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("app.py"), "print('hi')\n").unwrap();
+    fs::write(app.join("requirements.txt"), "# no newline at the end").unwrap();
+    // As `strato push` uploads it: the resolved manifest, in JSON.
+    fs::write(
+        app.join("stackato.yml"),
+        r#"# Written by `strato push`
+{
+  "name": "reqs",
+  "hooks": {
+    "pre-staging": ["echo pre-staging >> hooks.txt"],
+    "post-staging": ["hello >> hooks.txt", "echo post-staging >> hooks.txt"],
+    "pre-running": ["-echo warm >> hooks.txt"]
+  },
+  "cron": ["*/5 * * * * ./tick.sh"],
+  "requirements": {"pip": ["six"], "ubuntu": ["hello"]}
+}
+"#,
+    )
+    .unwrap();
+    let req = h.request(&app, "reqs1");
+    let (result, lines) = h.stage(&req).await;
+    let all = texts(&lines);
+    let (sha, buildpack, _) = staged(&result);
+    assert_eq!(buildpack, "python");
+    assert!(all.contains("Fetching Debian packages: hello"), "{all}");
+    assert!(all.contains("Unpacking Debian packages into .apt"), "{all}");
+    let droplet = h.stager.blobs().path_of(BlobKind::Droplet, sha).unwrap();
+    let info = read_staging_info(&droplet).unwrap();
+    assert_eq!(info.cron, vec!["*/5 * * * * ./tick.sh"]);
+    assert_eq!(info.pre_running.len(), 1);
+    assert!(info.pre_running[0].ignore_failure);
+    let entries = droplet_entries(&droplet);
+    assert!(
+        entries.iter().any(|e| e == "app/.apt/usr/bin/hello"),
+        "{entries:?}"
+    );
+    let command = "cd /home/stackato/app && for f in .profile.d/*.sh; do . \"$f\"; done; \
+                   hello > out-hello.txt; python -c 'import six; print(six.__name__)' > out-six.txt; \
+                   exec python3 -m http.server \"$PORT\"";
+    let run = RunningDroplet::start(&h, sha, command, "reqs").await;
+    let hooks = run.get("/hooks.txt").await;
+    assert!(
+        hooks.ends_with("pre-staging\nHello, world!\npost-staging\n"),
+        "hooks ran in order, post-staging with the package on PATH: {hooks}"
+    );
+    assert!(run.get("/out-hello.txt").await.ends_with("Hello, world!\n"));
+    assert!(run.get("/out-six.txt").await.ends_with("six\n"));
+    let requirements = run.get("/requirements.txt").await;
+    assert!(
+        requirements.ends_with("# no newline at the end\nsix\n"),
+        "{requirements}"
+    );
+    run.stop().await;
+
+    // An unknown package fails staging with apt's reason.
+    fs::write(
+        app.join("stackato.yml"),
+        "requirements:\n  ubuntu: [no-such-package-strato]\n",
+    )
+    .unwrap();
+    let (result, _) = h.stage(&h.request(&app, "reqs2")).await;
+    match result {
+        StagingResult::Failed { message, .. } => assert!(
+            message.contains("no-such-package-strato") && message.contains("apt-cache search"),
+            "{message}"
+        ),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    h.assert_clean().await;
+}

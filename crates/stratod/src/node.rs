@@ -402,6 +402,10 @@ impl Node {
         cfg.runner.start_shield = self
             .config_secs(c, "start_shield", cfg.runner.start_shield)
             .await;
+        cfg.max_releases = self
+            .config_u64(c, "max_releases", cfg.max_releases)
+            .await
+            .max(1);
         let c = strato_controller::Controller::start(
             cfg,
             self.db.clone(),

@@ -218,24 +218,6 @@ pub async fn stop_cmd(ctx: &Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `strato restart NAME`.
-pub async fn restart_cmd(ctx: &Ctx, args: AppStartArgs) -> Result<()> {
-    let scope = ctx.scope()?;
-    let app = scope.require_app(&args.name).await?;
-    if app.entity.state == "STARTED" {
-        stop_app(&scope, &app.metadata.guid).await?;
-        println!("Stopped {}", args.name);
-    }
-    start_app(
-        &scope,
-        &ctx.out,
-        &app.metadata.guid,
-        &args.name,
-        StartOptions::from(&args),
-    )
-    .await
-}
-
 /// `strato restage NAME`.
 pub async fn restage_cmd(ctx: &Ctx, args: AppStartArgs) -> Result<()> {
     let scope = ctx.scope()?;

@@ -1,6 +1,7 @@
 //! One module per group of commands; this one dispatches and holds what they share: the
 //! resolved target, the session, and the current space.
 
+pub mod appcmds;
 mod apps;
 mod curl;
 mod exec;
@@ -8,6 +9,7 @@ mod lifecycle;
 mod logs;
 mod push;
 mod quotas;
+pub mod releases;
 mod routes;
 mod services;
 mod session;
@@ -155,7 +157,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::App { name } => apps::show(&ctx, &name).await,
         Command::Start(args) => lifecycle::start_cmd(&ctx, args).await,
         Command::Stop { name } => lifecycle::stop_cmd(&ctx, &name).await,
-        Command::Restart(args) => lifecycle::restart_cmd(&ctx, args).await,
+        Command::Restart(args) => releases::restart_cmd(&ctx, args).await,
         Command::Restage(args) => lifecycle::restage_cmd(&ctx, args).await,
         Command::Delete { name } => apps::delete(&ctx, &name).await,
         Command::Instances { name } => apps::instances(&ctx, &name).await,
@@ -292,5 +294,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Curl { method, path, body } => {
             curl::curl(&ctx, &method, &path, body.as_deref()).await
         }
+        Command::More(cmd) => appcmds::run(&ctx, cmd).await,
     }
 }

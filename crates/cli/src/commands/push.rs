@@ -9,7 +9,7 @@ use crate::cf::{AppEntity, AppSummary, Named, Resource};
 use crate::cli::PushArgs;
 use crate::commands::apps::mem_option;
 use crate::error::usage;
-use crate::manifest::{self, Builtins, Manifest, NeedsTarget};
+use crate::manifest::{self, Builtins, LoadOptions, Manifest};
 use crate::output::bytes;
 use crate::prompt;
 use crate::upload::{self, Ignores, ResourceEntry, Scan};
@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -84,7 +84,7 @@ pub fn merge(args: &PushArgs, manifest: Manifest, name: String) -> Result<Settin
     })
 }
 
-/// `strato push [NAME]`.
+/// `strato push [NAME]`: every app of the manifest in `depends-on` order, or the one named.
 pub async fn push(ctx: &Ctx, args: PushArgs) -> Result<()> {
     let manifest_dir = match &args.path {
         Some(p) if !p.is_dir() => {
@@ -101,28 +101,92 @@ pub async fn push(ctx: &Ctx, args: PushArgs) -> Result<()> {
         target_base: None,
         target_url: target_url.clone(),
     };
-    let manifest = match manifest::load_dir(&manifest_dir, &builtins) {
-        Err(e) if e.downcast_ref::<NeedsTarget>().is_some() && target_url.is_some() => {
-            let s = ctx.scope()?;
-            let domains = routes::shared_domains(&s.api).await?;
-            builtins.target_base = Some(routes::app_domain(&domains)?.entity.name.clone());
-            scope = Some(s);
-            manifest::load_dir(&manifest_dir, &builtins)?
-        }
-        other => other?,
+    if target_url.is_some() && manifest_mentions_target_base(&manifest_dir) {
+        let s = ctx.scope()?;
+        let domains = routes::shared_domains(&s.api).await?;
+        builtins.target_base = Some(routes::app_domain(&domains)?.entity.name.clone());
+        scope = Some(s);
     }
-    .unwrap_or_default();
+    let env_given: BTreeSet<String> = args
+        .env
+        .iter()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let ask = |question: &str| prompt::ask(question);
+    let ask_ref: &dyn Fn(&str) -> Result<String> = &ask;
+    let opts = LoadOptions {
+        builtins: &builtins,
+        ask: prompt::interactive(ctx.no_prompt).then_some(ask_ref),
+        env_given: &env_given,
+    };
+    let apps = manifest::load_all(&manifest_dir, &opts, args.name.as_deref())?;
+    let apps = if apps.is_empty() {
+        vec![Manifest::default()]
+    } else {
+        apps
+    };
+    for app in &apps {
+        manifest::check_client_version(app)?;
+    }
+    let unnamed = |a: &Manifest| a.name.as_deref().is_none_or(|n| n.trim().is_empty());
+    if (apps.len() > 1 || args.name.is_none())
+        && apps.iter().any(unnamed)
+        && !prompt::interactive(ctx.no_prompt)
+    {
+        return usage("no app name; give it as `strato push NAME` or as `name:` in stackato.yml");
+    }
+    let scope = match scope {
+        Some(s) => s,
+        None => ctx.scope()?,
+    };
+    if apps.iter().any(|a| a.min_server.is_some()) {
+        let info: Value = scope.api.get("/v2/info").await?;
+        let server = ["strato_version", "build"]
+            .iter()
+            .find_map(|k| info.get(*k).and_then(Value::as_str));
+        for app in &apps {
+            manifest::check_server_version(app, server)?;
+        }
+    }
+    let several = apps.len() > 1;
+    if several {
+        let names: Vec<&str> = apps.iter().filter_map(|a| a.name.as_deref()).collect();
+        println!("Pushing {} apps in order: {}", apps.len(), names.join(", "));
+    }
+    for app in apps {
+        push_one(ctx, &scope, &args, app, &manifest_dir, several).await?;
+    }
+    Ok(())
+}
+
+/// True when a manifest file in `dir` uses a symbol that needs the target's app domain.
+fn manifest_mentions_target_base(dir: &Path) -> bool {
+    ["stackato.yml", "manifest.yml"].iter().any(|f| {
+        std::fs::read_to_string(dir.join(f))
+            .map(|t| t.contains("target-base") || t.contains("space-base"))
+            .unwrap_or(false)
+    })
+}
+
+/// Pushes one app of the manifest: its pre-push hooks, then the deploy.
+async fn push_one(
+    ctx: &Ctx,
+    scope: &Scope,
+    args: &PushArgs,
+    manifest: Manifest,
+    manifest_dir: &Path,
+    several: bool,
+) -> Result<()> {
     let app_dir = match &manifest.app_dir {
         Some(d) if args.path.is_none() || !Path::new(d).is_absolute() => manifest_dir.join(d),
-        _ => manifest_dir.clone(),
+        _ => manifest_dir.to_path_buf(),
     };
     if !app_dir.is_dir() {
         return Err(anyhow!("app-dir {}: no such directory", app_dir.display()));
     }
-    let ignores = Ignores::for_dir(&app_dir, &manifest.ignores)?;
-    let name = match args
-        .name
-        .clone()
+    let given_name = if several { None } else { args.name.clone() };
+    let name = match given_name
         .or(manifest.name.clone())
         .filter(|n| !n.trim().is_empty())
     {
@@ -134,12 +198,73 @@ pub async fn push(ctx: &Ctx, args: PushArgs) -> Result<()> {
             )
         }
     };
-    let settings = merge(&args, manifest, name)?;
-    let scope = match scope {
-        Some(s) => s,
-        None => ctx.scope()?,
-    };
-    deploy(&scope, ctx, &settings, &app_dir, &ignores, &args).await
+    run_pre_push(&manifest.pre_push, &app_dir, &name)?;
+    let ignores = Ignores::for_dir(&app_dir, &manifest.ignores)?;
+    let config = staging_config_text(&manifest.staging_config, &name)?;
+    let settings = merge(args, manifest, name)?;
+    deploy(
+        scope,
+        ctx,
+        &settings,
+        &app_dir,
+        &ignores,
+        args,
+        config.as_deref(),
+    )
+    .await
+}
+
+/// Runs `hooks: pre-push:` in the app dir; a failure stops the push unless the command was
+/// written with a leading `-`.
+pub fn run_pre_push(hooks: &[String], app_dir: &Path, app_name: &str) -> Result<()> {
+    for raw in hooks {
+        let raw = raw.trim();
+        let (command, ignore_failure) = match raw.strip_prefix('-') {
+            Some(rest) => (rest.trim_start(), true),
+            None => (raw, false),
+        };
+        if command.is_empty() {
+            continue;
+        }
+        println!("Running pre-push hook: {command}");
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(app_dir)
+            .env("STACKATO_APP_NAME", app_name)
+            .env("STACKATO_HOOK_ACTION", "push")
+            .status()
+            .with_context(|| format!("cannot run the pre-push hook {command:?}"))?;
+        if status.success() {
+            continue;
+        }
+        let code = status
+            .code()
+            .map(|c| format!("exit code {c}"))
+            .unwrap_or_else(|| "a signal".to_string());
+        if ignore_failure {
+            eprintln!("pre-push hook ended with {code} (ignored): {command}");
+        } else {
+            return Err(anyhow!(
+                "pre-push hook failed with {code}: {command}; nothing was pushed (fix the hook, or write it as `- -{command}` to ignore its failure)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The resolved manifest of one app as the `stackato.yml` uploaded with it (JSON, which is
+/// YAML), so staging and the DEA see its hooks, cron lines and requirements.
+fn staging_config_text(config: &Map<String, Value>, name: &str) -> Result<Option<String>> {
+    if config.is_empty() {
+        return Ok(None);
+    }
+    let mut config = config.clone();
+    config.insert("name".into(), json!(name));
+    Ok(Some(format!(
+        "# Written by `strato push` from this app's manifest, resolved; env values left out.\n{}\n",
+        serde_json::to_string_pretty(&config)?
+    )))
 }
 
 async fn deploy(
@@ -149,6 +274,7 @@ async fn deploy(
     app_dir: &Path,
     ignores: &Ignores,
     args: &PushArgs,
+    config: Option<&str>,
 ) -> Result<()> {
     let name = &settings.name;
     let domains = routes::shared_domains(&scope.api).await?;
@@ -182,7 +308,7 @@ async fn deploy(
     let newly_bound = super::services::ensure_bound(scope, &guid, &settings.services).await?;
     // A running app keeps serving while the new bits stage; the controller swaps
     // instances only once the new droplet exists, so a failed staging changes nothing.
-    upload_bits(&scope.api, &guid, app_dir, ignores, ctx.out.tty).await?;
+    upload_bits(&scope.api, &guid, app_dir, ignores, config, ctx.out.tty).await?;
     if newly_bound && was_started && !args.no_start {
         // Unchanged bits do not restage; instances must restart to see the new services.
         lifecycle::stop_app(scope, &guid).await?;
@@ -281,12 +407,17 @@ async fn upload_bits(
     guid: &str,
     dir: &Path,
     ignores: &Ignores,
+    config: Option<&str>,
     tty: bool,
 ) -> Result<()> {
     let (dir_owned, ignores_owned) = (dir.to_path_buf(), ignores.clone());
-    let scan = tokio::task::spawn_blocking(move || upload::scan(&dir_owned, &ignores_owned))
+    let mut scan = tokio::task::spawn_blocking(move || upload::scan(&dir_owned, &ignores_owned))
         .await
         .context("scanning the app directory failed")??;
+    let _config_file = match config {
+        Some(text) => Some(add_config_file(&mut scan, text)?),
+        None => None,
+    };
     let asked: Vec<ResourceEntry> = scan.files.iter().map(|f| f.match_entry()).collect();
     let answer: Vec<ResourceEntry> = if asked.is_empty() {
         Vec::new()
@@ -349,6 +480,25 @@ async fn upload_bits(
     println!("Upload done");
     drop(zip_file);
     Ok(())
+}
+
+/// Puts `text` in the upload as `stackato.yml` (replacing the app's own); the returned
+/// temporary file must live until the upload is done.
+fn add_config_file(scan: &mut Scan, text: &str) -> Result<tempfile::NamedTempFile> {
+    let mut file =
+        tempfile::NamedTempFile::new().context("cannot create a temporary file for the upload")?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .context("cannot write the app's resolved stackato.yml")?;
+    let entry = upload::AppFile {
+        rel: "stackato.yml".to_string(),
+        abs: file.path().to_path_buf(),
+        size: text.len() as u64,
+        sha1: upload::sha1_file(file.path())?,
+        mode: 0o644,
+    };
+    scan.files.retain(|f| f.rel != entry.rel);
+    scan.files.push(entry);
+    Ok(file)
 }
 
 /// The server's answer, kept only where it names a file we have with the same content.

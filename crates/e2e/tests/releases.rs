@@ -1,0 +1,127 @@
+//! Releases and rollback on a real micro cloud: two pushes make two releases, a rollback
+//! brings the first version back while a client polling the app sees no failed request,
+//! a rollback to a release that does not exist is refused in one line, and the health
+//! check set with `strato health` round-trips and passes a rolling restart.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strato_e2e::MicroCloud;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// Polls `host/` every 10 ms until stopped; returns (requests, failures).
+fn poller(
+    port: u16,
+    host: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        let mut requests = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let (status, body) = strato_e2e::http_get(port, host, "/");
+            requests += 1;
+            if status != 200 {
+                failures.push(format!(
+                    "{status} {}",
+                    body.chars().take(80).collect::<String>()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (requests, failures)
+    })
+}
+
+/// Waits until ten answers in a row contain `needle` (the other version is retired).
+fn only(mc: &MicroCloud, host: &str, needle: &str) -> bool {
+    let until = Instant::now() + Duration::from_secs(45);
+    while Instant::now() < until {
+        if (0..10).all(|_| mc.get(host, "/").1.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn push_twice_rollback_without_a_failed_request_and_health_round_trips() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let home = mc.client_home.path();
+    let app = tempfile::tempdir().unwrap();
+    write(
+        app.path(),
+        "stackato.yml",
+        "name: rel\nmem: 64M\ninstances: 1\n",
+    );
+    write(app.path(), "index.html", "<p>version one</p>\n");
+    mc.strato_ok(app.path(), &["push", "-n"]);
+    mc.wait_for("rel.localhost", "/", "version one", Duration::from_secs(30));
+    write(app.path(), "index.html", "<p>version two</p>\n");
+    mc.strato_ok(app.path(), &["push", "-n"]);
+    mc.wait_for("rel.localhost", "/", "version two", Duration::from_secs(30));
+
+    let list: serde_json::Value =
+        serde_json::from_str(&mc.strato_ok(home, &["releases", "rel", "--json"])).unwrap();
+    let list = list.as_array().expect("a JSON list of releases");
+    assert_eq!(list.len(), 2, "two pushes, two releases: {list:?}");
+    assert_eq!(list[1]["entity"]["current"], true);
+    let table = mc.strato_ok(home, &["releases", "rel"]);
+    assert!(
+        table.contains("v2 (current)") && table.contains("v1"),
+        "{table}"
+    );
+
+    // Roll back under a polling client: v1 serves again, no request fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let polling = poller(mc.port, "rel.localhost", stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = mc.strato_ok(home, &["rollback", "rel"]);
+    assert!(
+        out.contains("rollback to v1") && out.contains("v3"),
+        "{out}"
+    );
+    let back = only(&mc, "rel.localhost", "version one");
+    // Keep polling while the previous instances drain and stop.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let (requests, failures) = polling.join().unwrap();
+    assert!(back, "version one serves again after the rollback");
+    assert!(requests > 50, "the client kept polling ({requests})");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed during the rollback: {failures:?}",
+        failures.len()
+    );
+
+    // A release that does not exist: one clear line, nothing changes.
+    let out = mc.strato(home, &["rollback", "rel", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("no release v9") && err.contains("v1, v2, v3"),
+        "names the releases there are: {err}"
+    );
+    assert!(only(&mc, "rel.localhost", "version one"), "still v1");
+
+    // Health check: set, shown back, and a rolling restart passes it.
+    mc.strato_ok(
+        home,
+        &["health", "rel", "--type", "http", "--endpoint", "/"],
+    );
+    let hc: serde_json::Value =
+        serde_json::from_str(&mc.strato_ok(home, &["health", "rel", "--json"])).unwrap();
+    assert_eq!(hc["health_check_type"], "http", "{hc}");
+    assert_eq!(hc["health_check_http_endpoint"], "/", "{hc}");
+    let out = mc.strato_ok(home, &["restart", "rel", "--strategy", "rolling"]);
+    assert!(out.contains("RUNNING"), "{out}");
+    assert!(only(&mc, "rel.localhost", "version one"));
+}
