@@ -111,6 +111,78 @@ pub fn token_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(secret)
 }
 
+/// What `kato node setup firstuser` made.
+#[derive(Debug)]
+pub struct FirstUser {
+    pub user_guid: String,
+    pub org_guid: String,
+    pub space_guid: String,
+    pub created_org: bool,
+}
+
+/// `kato node setup firstuser EMAIL ORG`: an administrator named EMAIL, the organization
+/// ORG (made if missing) with a space `default`, the user its manager and the space's
+/// developer and manager — what Stackato's first-user setup did. A taken name is refused.
+pub async fn first_user(
+    db: &Db,
+    username: &str,
+    password: &str,
+    org_name: &str,
+) -> anyhow::Result<FirstUser> {
+    if username.trim().is_empty() || org_name.trim().is_empty() {
+        anyhow::bail!("give a user name (an email address) and an organization name");
+    }
+    if password.len() < 8 {
+        anyhow::bail!("the password must have at least 8 characters");
+    }
+    if db.user_by_name(username).await?.is_some() {
+        anyhow::bail!("a user named {username} exists already; give it admin rights with `strato admin grant {username}` instead");
+    }
+    let hash = crate::auth::hash_password(password).map_err(|e| anyhow::anyhow!(e.description))?;
+    let existing = db
+        .list_orgs(&Filter {
+            name: Some(org_name.to_string()),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .next();
+    let created_org = existing.is_none();
+    let org = match existing {
+        Some(o) => o,
+        None => db.create_org(org_name).await?,
+    };
+    let space = match db
+        .list_spaces(&Filter {
+            organization_guid: Some(org.guid.clone()),
+            name: Some("default".into()),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .next()
+    {
+        Some(s) => s,
+        None => db.create_space(&org.guid, "default").await?,
+    };
+    let user = db.create_user(username, &hash, true).await?;
+    for role in [strato_db::OrgRole::User, strato_db::OrgRole::Manager] {
+        db.add_org_role(&org.guid, &user.guid, role).await?;
+    }
+    for role in [
+        strato_db::SpaceRole::Developer,
+        strato_db::SpaceRole::Manager,
+    ] {
+        db.add_space_role(&space.guid, &user.guid, role).await?;
+    }
+    Ok(FirstUser {
+        user_guid: user.guid,
+        org_guid: org.guid,
+        space_guid: space.guid,
+        created_org,
+    })
+}
+
 /// Replaces the token-signing secret with a new random one: every token signed with the
 /// old one stops working (`kato op regenerate token-signing-secret`). The controller must
 /// be restarted to sign with the new one.

@@ -251,3 +251,62 @@ fn an_org_memory_quota_refuses_a_push_that_does_not_fit_and_allows_one_that_does
         text(&out)
     );
 }
+
+/// `kato node setup firstuser EMAIL ORG`: an administrator and their organization, who can
+/// log in and land in the org's `default` space.
+#[test]
+fn kato_firstuser_creates_an_admin_and_their_org() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    let out = mc.kato(&[
+        "node",
+        "setup",
+        "firstuser",
+        "ops@example.com",
+        "acme",
+        "--password",
+        "first-pass-1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acme"));
+    let again = mc.kato(&[
+        "node",
+        "setup",
+        "firstuser",
+        "ops@example.com",
+        "acme",
+        "--password",
+        "x",
+    ]);
+    assert!(
+        !again.status.success(),
+        "a taken name or a short password is refused"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(strato_e2e::bin("strato"))
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("STRATO_TARGET")
+            .env_remove("STACKATO_TARGET")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["target", &mc.url()]).status.success());
+    let login = run(&[
+        "login",
+        "ops@example.com",
+        "--password",
+        "first-pass-1",
+        "--organization",
+        "acme",
+    ]);
+    assert!(login.status.success(), "{login:?}");
+    let info = run(&["info"]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("acme") && text.contains("default"), "{text}");
+    let users = run(&["users"]);
+    assert!(
+        users.status.success(),
+        "the first user is an administrator: {users:?}"
+    );
+}

@@ -73,8 +73,16 @@ enum OpCmd {
 
 #[derive(Subcommand, Debug)]
 enum NodeCmd {
-    /// Node set-up: `micro` makes this node a micro cloud (every role).
-    Setup { kind: String },
+    /// Node set-up: `micro` makes this node a micro cloud (every role);
+    /// `firstuser EMAIL ORG [--password P]` creates an administrator and their org.
+    Setup {
+        kind: String,
+        /// firstuser: the user's name (an email address) and the organization.
+        args: Vec<String>,
+        /// firstuser: the password (generated and printed once when not given).
+        #[arg(long)]
+        password: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,7 +156,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("kato {}", strato_core::VERSION);
             Ok(())
         }
-        Cmd::Node { cmd: NodeCmd::Setup { kind } } => match kind.as_str() {
+        Cmd::Node {
+            cmd: NodeCmd::Setup {
+                kind,
+                args,
+                password,
+            },
+        } => match kind.as_str() {
+            "firstuser" => {
+                let [user, org] = args.as_slice() else {
+                    anyhow::bail!("usage: kato node setup firstuser EMAIL ORG [--password P]");
+                };
+                let (password, generated) = match password {
+                    Some(p) => (p.clone(), false),
+                    None => (strato_core::new_guid().replace('-', ""), true),
+                };
+                let body = json!({"username": user, "password": password, "org": org});
+                let r = ctl.call("POST", "/setup/firstuser", Some(&body)).await?;
+                println!(
+                    "administrator {user} created; organization {org}{} with space default",
+                    if r["created_org"] == true { " created" } else { "" }
+                );
+                if generated {
+                    println!("password (shown once): {password}");
+                }
+                Ok(())
+            }
             "micro" => {
                 if !ctl.is_up().await {
                     launch(&ctl, &home).await?;
@@ -157,7 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("this node is a micro cloud; roles: {}", join(&r["roles"]));
                 Ok(())
             }
-            other => anyhow::bail!("unknown setup '{other}'; this version supports: micro (core, firstuser and load_balancer come with the cluster)"),
+            other => anyhow::bail!("unknown setup '{other}'; this version supports: micro, firstuser (core and load_balancer come with the cluster)"),
         },
         Cmd::Config { cmd } => config(&ctl, cmd, cli.json).await,
         Cmd::Op { cmd } => op(&ctl, cmd).await,

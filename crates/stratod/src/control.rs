@@ -35,6 +35,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/roles/start", post(roles_start))
         .route("/roles/stop", post(roles_stop))
         .route("/setup/micro", post(setup_micro))
+        .route("/setup/firstuser", post(setup_firstuser))
         .route(
             "/op/regenerate-token-signing-secret",
             post(regenerate_token_secret),
@@ -183,6 +184,31 @@ async fn regenerate_token_secret(
     let restarted = restart_controller(&node).await;
     record(&node, "op regenerate token-signing-secret");
     Ok(Json(json!({"restarted_controller": restarted})))
+}
+
+#[derive(serde::Deserialize)]
+struct FirstUserRequest {
+    username: String,
+    password: String,
+    org: String,
+}
+
+async fn setup_firstuser(
+    State(node): State<S>,
+    Json(req): Json<FirstUserRequest>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let made =
+        strato_controller::bootstrap::first_user(&node.db, &req.username, &req.password, &req.org)
+            .await
+            .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    record(
+        &node,
+        &format!("node setup firstuser {} {}", req.username, req.org),
+    );
+    Ok(Json(json!({
+        "user": req.username, "org": req.org, "created_org": made.created_org,
+        "space": "default", "user_guid": made.user_guid,
+    })))
 }
 
 async fn setup_micro(State(node): State<S>) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
