@@ -21,7 +21,7 @@ use strato_db::{package_state, App, Domain, Filter, Organization, Route, Space};
 use crate::access::{Access, Action, Scope};
 use crate::auth::{CurrentUser, MaybeUser};
 use crate::bits::WireResource;
-use crate::cf::{db_err, paginate, resource, CfError, CfResult, ListParams};
+use crate::cf::{db_err, paginate, resource, taken_or_db_err, CfError, CfResult, ListParams};
 use crate::tenancy::{org_json, space_json};
 use crate::Shared;
 
@@ -444,13 +444,12 @@ async fn create_route(
         .into());
     }
     crate::quotas::check_new_route(&c, &r.space_guid).await?;
-    let route = match c.db.create_route(&host, &d.guid, &r.space_guid).await {
-        Ok(r) => r,
-        Err(strato_db::DbError::Conflict { .. }) => {
-            return Err(ApiError::route_host_taken(&format!("{host}.{}", d.name)).into())
-        }
-        Err(e) => return Err(db_err(e)),
-    };
+    let route =
+        c.db.create_route(&host, &d.guid, &r.space_guid)
+            .await
+            .map_err(taken_or_db_err(|| {
+                ApiError::route_host_taken(&format!("{host}.{}", d.name))
+            }))?;
     audit(
         &c,
         &user,
@@ -786,13 +785,9 @@ async fn create_app(
         updated_at: now,
     };
     crate::quotas::check_app(&c, &a.space_guid, None, None, demand(&a)).await?;
-    match c.db.insert_app(&a).await {
-        Ok(()) => {}
-        Err(strato_db::DbError::Conflict { .. }) => {
-            return Err(ApiError::app_name_taken(&name).into())
-        }
-        Err(e) => return Err(db_err(e)),
-    }
+    c.db.insert_app(&a)
+        .await
+        .map_err(taken_or_db_err(|| ApiError::app_name_taken(&name)))?;
     audit(
         &c,
         &user,
@@ -917,13 +912,10 @@ async fn update_app(
     {
         a.version = strato_core::new_guid();
     }
-    let a = match c.db.update_app(&a).await {
-        Ok(a) => a,
-        Err(strato_db::DbError::Conflict { .. }) => {
-            return Err(ApiError::app_name_taken(&a.name).into())
-        }
-        Err(e) => return Err(db_err(e)),
-    };
+    let a =
+        c.db.update_app(&a)
+            .await
+            .map_err(taken_or_db_err(|| ApiError::app_name_taken(&a.name)))?;
     audit(
         &c,
         &user,

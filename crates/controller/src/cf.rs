@@ -32,6 +32,17 @@ pub fn db_err(e: strato_db::DbError) -> CfError {
 
 pub type CfResult<T> = Result<T, CfError>;
 
+/// For writes that can hit a unique name: a conflict becomes `taken()` (the CF error
+/// naming what is taken), any other database error a 500 as [`db_err`] makes it.
+pub fn taken_or_db_err<E: Into<CfError>>(
+    taken: impl FnOnce() -> E,
+) -> impl FnOnce(strato_db::DbError) -> CfError {
+    move |e| match e {
+        strato_db::DbError::Conflict { .. } => taken().into(),
+        e => db_err(e),
+    }
+}
+
 /// `{metadata:{guid,url,created_at,updated_at},entity}`.
 pub fn resource(
     kind: &str,

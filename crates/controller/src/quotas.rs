@@ -18,14 +18,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use strato_core::ApiError;
 use strato_db::{
-    DbError, Organization, QuotaDefinition, QuotaLimits, QuotaUsage, Space, SpaceQuotaDefinition,
-    UNLIMITED,
+    Organization, QuotaDefinition, QuotaLimits, QuotaUsage, Space, SpaceQuotaDefinition, UNLIMITED,
 };
 
 use crate::access::{Access, Action, Scope};
 use crate::api::{audit, ep, org, parse_json, Endpoint};
 use crate::auth::CurrentUser;
-use crate::cf::{db_err, paginate, resource, CfError, CfResult, ListParams};
+use crate::cf::{db_err, paginate, resource, taken_or_db_err, CfError, CfResult, ListParams};
 use crate::quota::{AppDemand, Level, Quota};
 use crate::Shared;
 
@@ -358,11 +357,10 @@ async fn create_quota(
         .checked_name(Kind::Org)?
         .ok_or_else(|| Kind::Org.invalid("name is required".into()))?;
     let limits = f.apply(Kind::Org, &QuotaLimits::cf_default())?;
-    let q = match c.db.create_quota(&name, &limits).await {
-        Ok(q) => q,
-        Err(DbError::Conflict { .. }) => return Err(Kind::Org.name_taken(&name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let q =
+        c.db.create_quota(&name, &limits)
+            .await
+            .map_err(taken_or_db_err(|| Kind::Org.name_taken(&name)))?;
     audit(
         &c,
         &access.user,
@@ -389,12 +387,11 @@ async fn update_quota(
         q.name = name;
     }
     q.limits = f.apply(Kind::Org, &q.limits)?;
-    let q = match c.db.update_quota(&q).await {
-        Ok(Some(q)) => q,
-        Ok(None) => return Err(quota_not_found(&guid)),
-        Err(DbError::Conflict { .. }) => return Err(Kind::Org.name_taken(&q.name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let q =
+        c.db.update_quota(&q)
+            .await
+            .map_err(taken_or_db_err(|| Kind::Org.name_taken(&q.name)))?
+            .ok_or_else(|| quota_not_found(&guid))?;
     audit(
         &c,
         &access.user,
@@ -541,11 +538,10 @@ async fn create_space_quota(
         .checked_name(Kind::Space)?
         .ok_or_else(|| Kind::Space.invalid("name is required".into()))?;
     let limits = f.apply(Kind::Space, &QuotaLimits::cf_default())?;
-    let q = match c.db.create_space_quota(&o.guid, &name, &limits).await {
-        Ok(q) => q,
-        Err(DbError::Conflict { .. }) => return Err(Kind::Space.name_taken(&name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let q =
+        c.db.create_space_quota(&o.guid, &name, &limits)
+            .await
+            .map_err(taken_or_db_err(|| Kind::Space.name_taken(&name)))?;
     audit(
         &c,
         &access.user,
@@ -577,12 +573,11 @@ async fn update_space_quota(
         q.name = name;
     }
     q.limits = f.apply(Kind::Space, &q.limits)?;
-    let q = match c.db.update_space_quota(&q).await {
-        Ok(Some(q)) => q,
-        Ok(None) => return Err(space_quota_not_found(&guid)),
-        Err(DbError::Conflict { .. }) => return Err(Kind::Space.name_taken(&q.name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let q =
+        c.db.update_space_quota(&q)
+            .await
+            .map_err(taken_or_db_err(|| Kind::Space.name_taken(&q.name)))?
+            .ok_or_else(|| space_quota_not_found(&guid))?;
     audit(
         &c,
         &access.user,

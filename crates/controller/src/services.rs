@@ -27,7 +27,7 @@ use strato_services::osb::{BindRequest, BrokerClient, BrokerError, ProvisionRequ
 use crate::access::{Access, Action};
 use crate::api::{app_for, audit, ep, parse_json, Endpoint};
 use crate::auth::CurrentUser;
-use crate::cf::{db_err, paginate, resource, CfError, CfResult, ListParams};
+use crate::cf::{db_err, paginate, resource, taken_or_db_err, CfError, CfResult, ListParams};
 use crate::Shared;
 
 /// The brokers this controller knows, by broker guid (clients are reused).
@@ -610,13 +610,11 @@ async fn create_instance(
     // Claim the name first (a taken name fails here, before the broker does any work);
     // if the broker then fails, the claim is dropped again.
     let si = strato_db::Db::new_service_instance(&req.name, &s.guid, Some(&m.plan.guid), "{}");
-    match c.db.insert_service_instance(&si).await {
-        Ok(()) => {}
-        Err(strato_db::DbError::Conflict { .. }) => {
-            return Err(ApiError::service_instance_name_taken(&req.name).into())
-        }
-        Err(e) => return Err(db_err(e)),
-    }
+    c.db.insert_service_instance(&si)
+        .await
+        .map_err(taken_or_db_err(|| {
+            ApiError::service_instance_name_taken(&req.name)
+        }))?;
     let provision = ProvisionRequest {
         service_id: m.service.unique_id.clone(),
         plan_id: m.plan.unique_id.clone(),
@@ -692,13 +690,11 @@ async fn update_instance(
         )
         .into());
     }
-    match c.db.update_service_instance(&si).await {
-        Ok(()) => {}
-        Err(strato_db::DbError::Conflict { .. }) => {
-            return Err(ApiError::service_instance_name_taken(&si.name).into())
-        }
-        Err(e) => return Err(db_err(e)),
-    }
+    c.db.update_service_instance(&si)
+        .await
+        .map_err(taken_or_db_err(|| {
+            ApiError::service_instance_name_taken(&si.name)
+        }))?;
     audit(
         &c,
         &user,
@@ -738,13 +734,11 @@ async fn create_user_provided(
         &Value::Object(req.credentials).to_string(),
     );
     si.syslog_drain_url = req.syslog_drain_url.filter(|u| !u.is_empty());
-    match c.db.insert_service_instance(&si).await {
-        Ok(()) => {}
-        Err(strato_db::DbError::Conflict { .. }) => {
-            return Err(ApiError::service_instance_name_taken(&req.name).into())
-        }
-        Err(e) => return Err(db_err(e)),
-    }
+    c.db.insert_service_instance(&si)
+        .await
+        .map_err(taken_or_db_err(|| {
+            ApiError::service_instance_name_taken(&req.name)
+        }))?;
     audit(
         &c,
         &user,
@@ -1072,12 +1066,9 @@ async fn create_binding(
                         .await;
                 }
             }
-            return Err(match e {
-                strato_db::DbError::Conflict { .. } => {
-                    ApiError::binding_taken(&a.name, &si.name).into()
-                }
-                e => db_err(e),
-            });
+            return Err(taken_or_db_err(|| {
+                ApiError::binding_taken(&a.name, &si.name)
+            })(e));
         }
     };
     audit(

@@ -27,7 +27,7 @@ use strato_db::{DbError, Filter, OrgRole, Organization, Space, SpaceRole, User};
 
 use crate::access::{Access, Action, Scope};
 use crate::api::{audit, ep, org, parse_json, Endpoint};
-use crate::cf::{db_err, paginate, resource, CfError, CfResult, ListParams};
+use crate::cf::{db_err, paginate, resource, taken_or_db_err, CfError, CfResult, ListParams};
 use crate::Shared;
 
 /// The feature flags Strato knows, with their defaults.
@@ -553,11 +553,12 @@ async fn create_org(
     }
     let req: NameOnly = parse_json(&body)?;
     check_name("organization", &req.name)?;
-    let o = match c.db.create_org(&req.name).await {
-        Ok(o) => o,
-        Err(DbError::Conflict { .. }) => return Err(name_taken("Organization", 30002, &req.name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let o =
+        c.db.create_org(&req.name)
+            .await
+            .map_err(taken_or_db_err(|| {
+                name_taken("Organization", 30002, &req.name)
+            }))?;
     if !access.is_admin() {
         // Whoever creates an org under the flag manages it.
         for role in [OrgRole::User, OrgRole::Manager] {
@@ -604,12 +605,11 @@ async fn update_org(
         return Ok((StatusCode::CREATED, Json(org_json(&org(&c, &guid).await?))));
     };
     check_name("organization", &name)?;
-    let o = match c.db.rename_org(&o.guid, &name).await {
-        Ok(Some(o)) => o,
-        Ok(None) => return Err(ApiError::not_found("organization", &guid).into()),
-        Err(DbError::Conflict { .. }) => return Err(name_taken("Organization", 30002, &name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let o =
+        c.db.rename_org(&o.guid, &name)
+            .await
+            .map_err(taken_or_db_err(|| name_taken("Organization", 30002, &name)))?
+            .ok_or_else(|| ApiError::not_found("organization", &guid))?;
     audit(
         &c,
         &access.user,
@@ -732,11 +732,10 @@ async fn create_space(
     let o = org(&c, &req.organization_guid).await?;
     access.require(Action::CreateSpace, Scope::Org(&o.guid))?;
     check_name("space", &req.name)?;
-    let s = match c.db.create_space(&o.guid, &req.name).await {
-        Ok(s) => s,
-        Err(DbError::Conflict { .. }) => return Err(name_taken("Space", 40002, &req.name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let s =
+        c.db.create_space(&o.guid, &req.name)
+            .await
+            .map_err(taken_or_db_err(|| name_taken("Space", 40002, &req.name)))?;
     audit(
         &c,
         &access.user,
@@ -759,12 +758,11 @@ async fn update_space(
     let s = access.space(&c, Action::Update, &guid).await?;
     let req: NameOnly = parse_json(&body)?;
     check_name("space", &req.name)?;
-    let s = match c.db.rename_space(&s.guid, &req.name).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return Err(ApiError::not_found("space", &guid).into()),
-        Err(DbError::Conflict { .. }) => return Err(name_taken("Space", 40002, &req.name)),
-        Err(e) => return Err(db_err(e)),
-    };
+    let s =
+        c.db.rename_space(&s.guid, &req.name)
+            .await
+            .map_err(taken_or_db_err(|| name_taken("Space", 40002, &req.name)))?
+            .ok_or_else(|| ApiError::not_found("space", &guid))?;
     audit(
         &c,
         &access.user,
