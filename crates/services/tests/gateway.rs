@@ -2,7 +2,8 @@
 //! node, driven by the controller's own client ([`BrokerClient`]): catalog, provision,
 //! bind, unbind, deprovision, export and import, and the refusals a broker owes its client.
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -30,8 +31,7 @@ impl Drop for Served {
 
 async fn serve(capacity: u64) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let address = strato_services::address::default_route_address()
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let address = common::address();
     let node = Arc::new(
         RedisNode::open(NodeConfig {
             dir: dir.path().to_path_buf(),

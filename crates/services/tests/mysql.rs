@@ -2,30 +2,16 @@
 //! `mariadb` client: provisioning, isolation between tenants, durability across kill -9,
 //! export/import and the quota enforcer. Each test runs its own server in its own temp dir.
 
-use std::net::IpAddr;
+mod common;
+use common::{address, id, plan, uids};
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use strato_services::address::default_route_address;
 use strato_services::mysql::{MysqlNode, QuotaChange};
-use strato_services::{Credentials, InstanceId, NodeConfig, Plan, ServiceError, ServiceNode};
+use strato_services::{Credentials, NodeConfig, ServiceError, ServiceNode};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-fn address() -> IpAddr {
-    default_route_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
-}
-
-fn id(s: &str) -> InstanceId {
-    InstanceId::new(s).unwrap()
-}
-
-fn plan(size_mb: u64) -> Plan {
-    Plan {
-        name: "free".into(),
-        size_mb,
-    }
-}
 
 /// A node in a fresh temp dir; dropping it (also when a test fails) kills the server
 /// before the directory is removed.
@@ -128,15 +114,6 @@ async fn own(creds: &Credentials, sql: &str) -> Result<String, String> {
     client(creds, &creds.name, sql).await
 }
 
-fn uids_of(pid: u32) -> Vec<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace()
-        .skip(1)
-        .map(|u| u.parse().unwrap())
-        .collect()
-}
-
 /// ~`kib` KiB of incompressible rows in table `t` (created when absent).
 async fn fill(creds: &Credentials, kib: u32) {
     own(
@@ -159,7 +136,7 @@ async fn provision_bind_write_read_usage_and_deprovision() {
     let node = test.node();
 
     let pid = node.server_pid().expect("mariadbd runs");
-    let uids = uids_of(pid);
+    let uids = uids(pid);
     assert!(
         uids.iter().all(|u| *u != 0),
         "mariadbd runs as root: {uids:?}"
@@ -340,7 +317,7 @@ async fn an_acknowledged_write_survives_kill_9_of_the_server() {
     };
     eprintln!("mariadbd kill -9 -> serving again: {:?}", killed.elapsed());
     assert_eq!(read, "acknowledged");
-    let uids = uids_of(node.server_pid().unwrap());
+    let uids = uids(node.server_pid().unwrap());
     assert!(uids.iter().all(|u| *u != 0), "restarted as root: {uids:?}");
     test.stop().await;
 }

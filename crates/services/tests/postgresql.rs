@@ -2,13 +2,15 @@
 //! connect with the real `psql` over TCP at the node's reachable address, exactly as apps
 //! would with the credentials from `VCAP_SERVICES`.
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+use common::{address, id, plan, uids};
+
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use strato_services::address::default_route_address;
 use strato_services::postgresql::{PostgresNode, QuotaChange};
-use strato_services::{Credentials, InstanceId, NodeConfig, Plan, ServiceError, ServiceNode};
+use strato_services::{Credentials, NodeConfig, ServiceError, ServiceNode};
 
 /// A node in its own temp dir; dropping it (also on a failed assertion) kills the server
 /// before the directory goes.
@@ -25,7 +27,7 @@ impl TestNode {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let config = NodeConfig {
             dir: dir.path().join("postgresql"),
-            address: default_route_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            address: address(),
             port: 0,
             capacity,
         };
@@ -65,17 +67,6 @@ impl TestNode {
     }
 }
 
-fn id(s: &str) -> InstanceId {
-    InstanceId::new(s).unwrap()
-}
-
-fn plan(size_mb: u64) -> Plan {
-    Plan {
-        name: "free".into(),
-        size_mb,
-    }
-}
-
 /// Runs `sql` with the real psql as `creds` over TCP; Ok(output) or Err(stderr).
 async fn psql(creds: &Credentials, database: &str, sql: &str) -> Result<String, String> {
     let out = tokio::process::Command::new("/usr/bin/psql")
@@ -108,15 +99,9 @@ async fn own(creds: &Credentials, sql: &str) -> Result<String, String> {
 }
 
 fn uid_of(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    let uids: Vec<u32> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|u| u.parse().unwrap())
-        .collect();
-    assert!(uids.iter().all(|u| *u == uids[0]), "{line}");
-    uids[0]
+    let all = uids(pid);
+    assert!(all.iter().all(|u| *u == all[0]), "{all:?}");
+    all[0]
 }
 
 #[tokio::test]

@@ -2,12 +2,14 @@
 //! redis-cli through the credentials the node hands out: provision, bind, isolation
 //! between instances, maxmemory, kill -9 durability, export/import, re-open.
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+use common::{address, id, plan, uids};
+
 use std::time::{Duration, Instant};
 
 use strato_services::redis::RedisNode;
 use strato_services::server::wait_until;
-use strato_services::{Credentials, InstanceId, NodeConfig, Plan, ServiceError, ServiceNode};
+use strato_services::{Credentials, NodeConfig, ServiceError, ServiceNode};
 use tempfile::TempDir;
 
 /// A node in its own temp dir. Field order matters: the node (and its servers, killed on
@@ -15,10 +17,6 @@ use tempfile::TempDir;
 struct TestNode {
     node: RedisNode,
     dir: TempDir,
-}
-
-fn address() -> IpAddr {
-    strato_services::address::default_route_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 fn config(dir: &TempDir, capacity: u64) -> NodeConfig {
@@ -36,17 +34,6 @@ async fn open(capacity: u64) -> TestNode {
     let node = RedisNode::open(config(&dir, capacity)).await.unwrap();
     eprintln!("open (empty): {:?}", started.elapsed());
     TestNode { node, dir }
-}
-
-fn id(name: &str) -> InstanceId {
-    InstanceId::new(name).unwrap()
-}
-
-fn plan(size_mb: u64) -> Plan {
-    Plan {
-        name: format!("p{size_mb}"),
-        size_mb,
-    }
 }
 
 async fn provision(t: &TestNode, name: &str, size_mb: u64) -> Credentials {
@@ -87,16 +74,6 @@ async fn set(creds: &Credentials, key: &str, value: &str) {
 
 async fn pid(t: &TestNode, name: &str) -> u32 {
     t.node.server_pid(&id(name)).await.expect("server running")
-}
-
-fn status_field(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 /// kill -9 of the instance's server, then waits until the supervisor's new one answers.
@@ -151,11 +128,8 @@ async fn provision_gives_working_credentials_and_a_server_that_is_not_root() {
 
     // The server runs as the redis user, with no secret in argv, config private.
     let server = pid(&t, "inst-a").await;
-    let uid = status_field(server, "Uid:");
-    assert!(
-        !uid.starts_with("0\t") && !uid.starts_with("0 "),
-        "uid {uid}"
-    );
+    let uid = uids(server);
+    assert!(uid.iter().all(|u| *u != 0), "uids {uid:?}");
     let cmdline = std::fs::read(format!("/proc/{server}/cmdline")).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains(&creds.password));
     let conf = t.dir.path().join("instances/inst-a/redis.conf");
@@ -163,8 +137,9 @@ async fn provision_gives_working_credentials_and_a_server_that_is_not_root() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(
-        meta.uid().to_string(),
-        uid.split_whitespace().next().unwrap()
+        meta.uid(),
+        uid[0],
+        "the config belongs to the server's user"
     );
 
     // The app cannot change its own limits or persistence, nor stop the server.
