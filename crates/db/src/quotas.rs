@@ -65,11 +65,8 @@ impl Db {
 
     /// Deletes a quota no org uses (see [`Db::orgs_using_quota`]).
     pub async fn delete_quota(&self, guid: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM quota_definitions WHERE guid = $1")
-            .bind(guid)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+        self.delete_by(&[], ("quota_definitions", "guid"), guid)
+            .await
     }
 
     /// The names of the orgs that have quota `guid`.

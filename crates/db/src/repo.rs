@@ -67,6 +67,30 @@ impl Db {
             .await?)
     }
 
+    /// In one transaction, deletes the rows of each `dependents` table whose column is
+    /// `key`, then the row of `table` whose `column` is `key`; true when that row existed.
+    pub(crate) async fn delete_by(
+        &self,
+        dependents: &[(&str, &str)],
+        (table, column): (&str, &str),
+        key: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        for (dep_table, dep_column) in dependents {
+            sqlx::query(&format!("DELETE FROM {dep_table} WHERE {dep_column} = $1"))
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let n = sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
     /// `SELECT COUNT(*)` with an optional `column = value` condition.
     pub(crate) async fn count(&self, table: &str, column: Option<(&str, &str)>) -> Result<i64> {
         use sqlx::Row as _;
@@ -153,11 +177,7 @@ impl Db {
     }
 
     pub async fn delete_session(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+        self.delete_by(&[], ("sessions", "id"), id).await
     }
 
     /// Revokes every login of a user (password change, deletion); returns how many.
@@ -312,18 +332,8 @@ impl Db {
     }
 
     pub async fn delete_route(&self, guid: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM app_routes WHERE route_guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?;
-        let n = sqlx::query("DELETE FROM routes WHERE guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n > 0)
+        self.delete_by(&[("app_routes", "route_guid")], ("routes", "guid"), guid)
+            .await
     }
 
     pub async fn routes_of_app(&self, app_guid: &str) -> Result<Vec<Route>> {
@@ -408,18 +418,8 @@ impl Db {
     }
 
     pub async fn delete_app(&self, guid: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM app_routes WHERE app_guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?;
-        let n = sqlx::query("DELETE FROM apps WHERE guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n > 0)
+        self.delete_by(&[("app_routes", "app_guid")], ("apps", "guid"), guid)
+            .await
     }
 
     /// How many apps and kept releases still use a droplet (so a droplet is deleted only

@@ -211,11 +211,8 @@ impl Db {
     }
 
     pub async fn delete_service_instance(&self, guid: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM service_instances WHERE guid = $1")
-            .bind(guid)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+        self.delete_by(&[], ("service_instances", "guid"), guid)
+            .await
     }
 
     // ---- bindings ----
@@ -261,10 +258,7 @@ impl Db {
     }
 
     pub async fn delete_service_binding(&self, guid: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM service_bindings WHERE guid = $1")
-            .bind(guid)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+        self.delete_by(&[], ("service_bindings", "guid"), guid)
+            .await
     }
 }

@@ -47,20 +47,13 @@ impl Db {
 
     /// Deletes a user with their roles and sessions.
     pub async fn delete_user(&self, user_guid: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        for table in ["organization_roles", "space_roles", "sessions"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE user_guid = $1"))
-                .bind(user_guid)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let n = sqlx::query("DELETE FROM users WHERE guid = $1")
-            .bind(user_guid)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n > 0)
+        let dependents = [
+            ("organization_roles", "user_guid"),
+            ("space_roles", "user_guid"),
+            ("sessions", "user_guid"),
+        ];
+        self.delete_by(&dependents, ("users", "guid"), user_guid)
+            .await
     }
 
     // ---- roles ----
@@ -222,34 +215,18 @@ impl Db {
 
     /// Deletes an empty space (no apps, routes or services left) and its roles.
     pub async fn delete_space(&self, guid: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM space_roles WHERE space_guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?;
-        let n = sqlx::query("DELETE FROM spaces WHERE guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n > 0)
+        self.delete_by(&[("space_roles", "space_guid")], ("spaces", "guid"), guid)
+            .await
     }
 
     /// Deletes an org with no spaces left, and its roles.
     pub async fn delete_org(&self, guid: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM organization_roles WHERE organization_guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?;
-        let n = sqlx::query("DELETE FROM organizations WHERE guid = $1")
-            .bind(guid)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n > 0)
+        self.delete_by(
+            &[("organization_roles", "organization_guid")],
+            ("organizations", "guid"),
+            guid,
+        )
+        .await
     }
 
     // ---- feature flags ----
