@@ -34,40 +34,39 @@ fn values(mc: &MicroCloud, service: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the marketplace offers every type (the service roles start with stratod,
-/// initdb and mariadb-install-db take a few seconds).
-fn wait_for_marketplace(mc: &MicroCloud, dir: &Path) {
+/// Waits until the marketplace offers every one of `labels` (the service roles start
+/// with stratod; initdb and mariadb-install-db take a few seconds).
+fn wait_until_offered(mc: &MicroCloud, dir: &Path, labels: &[&str]) {
     let until = Instant::now() + Duration::from_secs(90);
     let mut last = String::new();
     while Instant::now() < until {
         let out = mc.strato(dir, &["marketplace", "--json"]);
         last = String::from_utf8_lossy(&out.stdout).into_owned();
         if let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&last) {
-            let labels: Vec<&str> = list
+            let offered: Vec<&str> = list
                 .iter()
                 .filter_map(|s| s["entity"]["label"].as_str())
                 .collect();
-            if ["mysql", "postgresql", "redis", "filesystem"]
-                .iter()
-                .all(|l| labels.contains(l))
-            {
+            if labels.iter().all(|l| offered.contains(l)) {
                 return;
             }
         }
         std::thread::sleep(Duration::from_millis(300));
     }
     panic!(
-        "the marketplace never offered all four types; last: {last}\n{}",
+        "the marketplace never offered {labels:?}; last: {last}\n{}",
         mc.log_tail()
     );
 }
+
+const ALL_TYPES: &[&str] = &["mysql", "postgresql", "redis", "filesystem"];
 
 #[test]
 fn services_are_created_bound_used_and_survive_redeploy() {
     let mc = MicroCloud::start_with_roles("micro").expect("micro cloud with services");
     mc.login();
     let here = mc.client_home.path();
-    wait_for_marketplace(&mc, here);
+    wait_until_offered(&mc, here, ALL_TYPES);
 
     // A copy of the fixture we can change for the redeploy.
     let app = tempfile::tempdir().unwrap();
@@ -251,7 +250,7 @@ fn tunnel_dbexport_and_dbshell_work_with_the_real_clients() {
     let mc = MicroCloud::start_with_roles("micro").expect("micro cloud with services");
     mc.login();
     let here = mc.client_home.path();
-    wait_for_marketplace(&mc, here);
+    wait_until_offered(&mc, here, ALL_TYPES);
     for (kind, name) in [
         ("postgresql", "pg1"),
         ("postgresql", "pg2"),
@@ -361,7 +360,7 @@ fn a_name_cache_filesystem_keeps_the_staging_cache_across_delete() {
         "name: cachedapp\nmem: 128M\nservices:\n  ${name}-cache: filesystem\n",
     )
     .unwrap();
-    wait_until_offered(&mc, here, "filesystem");
+    wait_until_offered(&mc, here, &["filesystem"]);
 
     let started = Instant::now();
     let first = mc.strato_ok(app.path(), &["push", "-n"]);
@@ -408,16 +407,4 @@ fn a_name_cache_filesystem_keeps_the_staging_cache_across_delete() {
         second_time.as_secs_f64(),
         first_time.as_secs_f64() - second_time.as_secs_f64()
     );
-}
-
-fn wait_until_offered(mc: &MicroCloud, dir: &Path, label: &str) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < until {
-        let out = mc.strato(dir, &["marketplace"]);
-        if String::from_utf8_lossy(&out.stdout).contains(label) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{label} was never offered\n{}", mc.log_tail());
 }
