@@ -2,84 +2,33 @@
 //! checked the way a CF client sees it: status codes, CF error codes, link shapes.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
-use strato_controller::{api, bootstrap, Controller, ControllerConfig};
+
+mod common;
+use common::Served;
 
 /// `POST /oauth/token` as client `cf` with an empty secret: status and JSON body.
-async fn token(http: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> (u16, Value) {
-    let r = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth("cf", Some(""))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+async fn token(api: &Api, form: &[(&str, &str)]) -> (u16, Value) {
+    api.served.token(form).await
 }
 
 struct Api {
     base: String,
     http: reqwest::Client,
     token: String,
-    _dir: tempfile::TempDir,
-    _cancel: tokio_util::sync::CancellationToken,
+    served: Served,
 }
 
 impl Api {
     async fn start(max_upload_mb: u64) -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = strato_core::home::Layout::new(dir.path().to_path_buf());
-        let db = strato_db::Db::connect(&strato_db::Db::sqlite_url(&dir.path().join("c.sqlite")))
-            .await
-            .unwrap();
-        bootstrap::ensure(
-            &db,
-            "localhost",
-            &layout.admin_password_file(),
-            Some("s3cret".into()),
-        )
-        .await
-        .unwrap();
-        let mut cfg = ControllerConfig::new(
-            "localhost",
-            &layout,
-            b"test-secret-test-secret-test-secret".to_vec(),
-        );
-        cfg.max_upload_mb = max_upload_mb;
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let bus: strato_bus::SharedBus = Arc::new(strato_bus::InProcBus::new());
-        let c = Controller::start(cfg, db, bus, cancel.clone())
-            .await
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = api::router(c);
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .unwrap();
-        });
-        let http = reqwest::Client::new();
-        let (_, tok) = token(
-            &http,
-            &base,
-            &[
-                ("grant_type", "password"),
-                ("username", "admin"),
-                ("password", "s3cret"),
-            ],
-        )
-        .await;
+        let served = Served::start(|cfg| cfg.max_upload_mb = max_upload_mb).await;
+        let token = served.access_token("admin", common::ADMIN_PASSWORD).await;
         Api {
-            base,
-            http,
-            token: tok["access_token"].as_str().unwrap().to_string(),
-            _dir: dir,
-            _cancel: cancel,
+            base: served.base.clone(),
+            http: served.http.clone(),
+            token,
+            served,
         }
     }
 
@@ -135,8 +84,7 @@ async fn authentication_is_required_and_checked() {
         .unwrap();
     assert_eq!(r.status(), 401);
     let (status, v) = token(
-        &api.http,
-        &api.base,
+        &api,
         &[
             ("grant_type", "password"),
             ("username", "admin"),
@@ -148,8 +96,7 @@ async fn authentication_is_required_and_checked() {
     assert_eq!(v["error"], "unauthorized");
     // The refresh grant gives a working access token.
     let (_, tok) = token(
-        &api.http,
-        &api.base,
+        &api,
         &[
             ("grant_type", "password"),
             ("username", "admin"),
@@ -159,8 +106,7 @@ async fn authentication_is_required_and_checked() {
     .await;
     let refresh = tok["refresh_token"].as_str().unwrap();
     let (status, fresh) = token(
-        &api.http,
-        &api.base,
+        &api,
         &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
     )
     .await;
@@ -356,8 +302,7 @@ fn session_of(jwt: &str) -> String {
 
 async fn login(api: &Api) -> Value {
     let (status, tok) = token(
-        &api.http,
-        &api.base,
+        api,
         &[
             ("grant_type", "password"),
             ("username", "admin"),
@@ -399,8 +344,7 @@ async fn logout_revokes_the_session_at_once_and_only_that_one() {
     // The access token is refused now, not when it expires, and so is its refresh token.
     assert_eq!(status_with(&api, access, "/v2/apps").await, 401);
     let (status, body) = token(
-        &api.http,
-        &api.base,
+        &api,
         &[
             ("grant_type", "refresh_token"),
             ("refresh_token", one["refresh_token"].as_str().unwrap()),
@@ -422,7 +366,7 @@ async fn failed_logins_are_throttled_with_retry_after() {
         ("password", "guess"),
     ];
     for _ in 0..5 {
-        let (status, _) = token(&api.http, &api.base, &wrong).await;
+        let (status, _) = token(&api, &wrong).await;
         assert_eq!(status, 401);
     }
     // Even the right password waits now: guessing is slowed for this user.

@@ -2,12 +2,13 @@
 //! quota and space quota definitions, and each enforcement point (create app, start,
 //! scale, create service, create route) refusing with CF's error code and the numbers.
 
-use std::sync::Arc;
-
 use reqwest::Method as M;
 use serde_json::{json, Value};
-use strato_controller::{api, bootstrap, Controller, ControllerConfig, Shared};
+use strato_controller::Shared;
 use strato_db::{package_state, CatalogEntry, Db};
+
+mod common;
+use common::Served;
 
 struct Api {
     base: String,
@@ -16,63 +17,14 @@ struct Api {
     c: Shared,
     org: String,
     space: String,
-    _dir: tempfile::TempDir,
-    _cancel: tokio_util::sync::CancellationToken,
+    _served: Served,
 }
 
 impl Api {
     async fn start() -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = strato_core::home::Layout::new(dir.path().to_path_buf());
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("c.sqlite")))
-            .await
-            .unwrap();
-        bootstrap::ensure(
-            &db,
-            "localhost",
-            &layout.admin_password_file(),
-            Some("s3cret".into()),
-        )
-        .await
-        .unwrap();
-        let cfg = ControllerConfig::new(
-            "localhost",
-            &layout,
-            b"test-secret-test-secret-test-secret".to_vec(),
-        );
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let bus: strato_bus::SharedBus = Arc::new(strato_bus::InProcBus::new());
-        let c = Controller::start(cfg, db, bus, cancel.clone())
-            .await
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = api::router(c.clone());
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .unwrap();
-        });
-        let http = reqwest::Client::new();
-        let tok: Value = http
-            .post(format!("{base}/oauth/token"))
-            .basic_auth("cf", Some(""))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", "admin"),
-                ("password", "s3cret"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let served = Served::start(|_| {}).await;
+        let (base, http, c) = (served.base.clone(), served.http.clone(), served.c.clone());
+        let token = served.access_token("admin", common::ADMIN_PASSWORD).await;
         let org = c.db.list_orgs(&Default::default()).await.unwrap()[0]
             .guid
             .clone();
@@ -82,12 +34,11 @@ impl Api {
         Api {
             base,
             http,
-            token: tok["access_token"].as_str().unwrap().to_string(),
+            token,
             c,
             org,
             space,
-            _dir: dir,
-            _cancel: cancel,
+            _served: served,
         }
     }
 

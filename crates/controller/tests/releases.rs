@@ -4,86 +4,33 @@
 //! the tests see which droplets a rollback keeps alive and which expire.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 use strato_blobs::BlobKind;
 use strato_controller::releases::{self, Actor};
-use strato_controller::{api, bootstrap, Controller, ControllerConfig, Shared};
+use strato_controller::Shared;
+
+mod common;
+use common::Served;
 
 struct Api {
     base: String,
     http: reqwest::Client,
     token: String,
     c: Shared,
-    _dir: tempfile::TempDir,
-    _cancel: tokio_util::sync::CancellationToken,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self._cancel.cancel();
-    }
+    _served: Served,
 }
 
 impl Api {
     async fn start(max_releases: u64) -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = strato_core::home::Layout::new(dir.path().to_path_buf());
-        let db = strato_db::Db::connect(&strato_db::Db::sqlite_url(&dir.path().join("c.sqlite")))
-            .await
-            .unwrap();
-        bootstrap::ensure(
-            &db,
-            "localhost",
-            &layout.admin_password_file(),
-            Some("s3cret".into()),
-        )
-        .await
-        .unwrap();
-        let mut cfg = ControllerConfig::new(
-            "localhost",
-            &layout,
-            b"test-secret-test-secret-test-secret".to_vec(),
-        );
-        cfg.max_releases = max_releases;
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let bus: strato_bus::SharedBus = Arc::new(strato_bus::InProcBus::new());
-        let c = Controller::start(cfg, db, bus, cancel.clone())
-            .await
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = api::router(c.clone());
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .unwrap();
-        });
-        let http = reqwest::Client::new();
-        let tok: Value = http
-            .post(format!("{base}/oauth/token"))
-            .basic_auth("cf", Some(""))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", "admin"),
-                ("password", "s3cret"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let served = Served::start(|cfg| cfg.max_releases = max_releases).await;
+        let token = served.access_token("admin", common::ADMIN_PASSWORD).await;
         Api {
-            base,
-            http,
-            token: tok["access_token"].as_str().unwrap().to_string(),
-            c,
-            _dir: dir,
-            _cancel: cancel,
+            base: served.base.clone(),
+            http: served.http.clone(),
+            token,
+            c: served.c.clone(),
+            _served: served,
         }
     }
 

@@ -17,10 +17,12 @@
 //! administrator (e.g. 400 for an instance of a stopped app: no DEA runs here).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use serde_json::{json, Value};
-use strato_controller::{api, auth, bootstrap, Controller, ControllerConfig, Shared};
+use strato_controller::{api, auth, Shared};
+
+mod common;
+use common::Served;
 use strato_db::{package_state, App, CatalogEntry, Db, OrgRole, QuotaLimits, SpaceRole};
 
 /// (method, path as in the route table, own statuses, other-org statuses)
@@ -876,48 +878,13 @@ struct Fixture {
     /// The user guid of each role.
     guids: HashMap<Role, String>,
     seq: std::sync::atomic::AtomicUsize,
-    _dir: tempfile::TempDir,
-    _cancel: tokio_util::sync::CancellationToken,
+    served: Served,
 }
 
 impl Fixture {
     async fn start() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = strato_core::home::Layout::new(dir.path().to_path_buf());
-        let db = Db::connect(&Db::sqlite_url(&dir.path().join("c.sqlite")))
-            .await
-            .unwrap();
-        bootstrap::ensure(
-            &db,
-            "localhost",
-            &layout.admin_password_file(),
-            Some("s3cret".into()),
-        )
-        .await
-        .unwrap();
-        let cfg = ControllerConfig::new(
-            "localhost",
-            &layout,
-            b"test-secret-test-secret-test-secret".to_vec(),
-        );
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let bus: strato_bus::SharedBus = Arc::new(strato_bus::InProcBus::new());
-        let c = Controller::start(cfg, db, bus, cancel.clone())
-            .await
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = api::router(c.clone());
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .unwrap();
-        });
+        let served = Served::start(|_| {}).await;
+        let (base, c) = (served.base.clone(), served.c.clone());
         let db = &c.db;
         let domain = db.list_domains(&Default::default()).await.unwrap()[0]
             .guid
@@ -951,7 +918,7 @@ impl Fixture {
         let plan = db.list_service_plans(&Default::default()).await.unwrap()[0]
             .guid
             .clone();
-        let http = reqwest::Client::new();
+        let http = served.http.clone();
         let mut tokens = HashMap::new();
         let mut guids = HashMap::new();
         let hash = auth::hash_password("pw").unwrap();
@@ -964,7 +931,7 @@ impl Fixture {
                 (name, "pw")
             };
             let guid = db.user_by_name(&name).await.unwrap().unwrap().guid;
-            tokens.insert(role, login(&http, &base, &name, password).await);
+            tokens.insert(role, served.access_token(&name, password).await);
             guids.insert(role, guid);
         }
         Fixture {
@@ -977,8 +944,7 @@ impl Fixture {
             tokens,
             guids,
             seq: Default::default(),
-            _dir: dir,
-            _cancel: cancel,
+            served,
         }
     }
 
@@ -1185,27 +1151,6 @@ impl Fixture {
         }
         req.send().await.unwrap().status().as_u16()
     }
-}
-
-async fn login(http: &reqwest::Client, base: &str, user: &str, password: &str) -> String {
-    let v: Value = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth("cf", Some(""))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", user),
-            ("password", password),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{user} logs in: {v}"))
-        .to_string()
 }
 
 fn statuses(row: &str) -> Vec<u16> {
@@ -1419,8 +1364,8 @@ async fn users_passwords_memberships_and_org_deletion() {
         )
         .await;
     assert_eq!(s, 409, "a taken name is refused");
-    let first = login(&f.http, &f.base, "bob", "one").await;
-    let second = login(&f.http, &f.base, "bob", "one").await;
+    let first = f.served.access_token("bob", "one").await;
+    let second = f.served.access_token("bob", "one").await;
     let pw = format!("/Users/{bob_guid}/password");
     let (s, v) = f
         .send_with(
@@ -1450,7 +1395,7 @@ async fn users_passwords_memberships_and_org_deletion() {
         200,
         "the login that changed it stays"
     );
-    login(&f.http, &f.base, "bob", "two").await;
+    f.served.access_token("bob", "two").await;
 
     // Bob may not create orgs until the flag is on; then he manages his.
     let (s, _) = f
