@@ -373,10 +373,6 @@ impl ServiceNode for FilesystemNode {
     }
 
     /// Nothing to revoke: the DEA removes the bind mount when it stops the containers.
-    async fn unbind(&self, _id: &InstanceId, _binding: &str) -> Result<(), ServiceError> {
-        Ok(())
-    }
-
     /// A tar of the instance's files (without `lost+found`), read as the apps' user.
     /// Apps keep writing meanwhile: each file is read once, the whole is no snapshot.
     /// Sockets are skipped; symlinks are stored as symlinks.

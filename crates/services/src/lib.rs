@@ -292,7 +292,11 @@ pub trait ServiceNode: Send + Sync {
     /// Credentials for one app binding.
     async fn bind(&self, id: &InstanceId, binding: &str) -> Result<Credentials, ServiceError>;
 
-    async fn unbind(&self, id: &InstanceId, binding: &str) -> Result<(), ServiceError>;
+    /// Ends one app binding. Strato's own types give every binding the instance's
+    /// credentials, so there is nothing to revoke per binding (the default).
+    async fn unbind(&self, _id: &InstanceId, _binding: &str) -> Result<(), ServiceError> {
+        Ok(())
+    }
 
     /// Writes a consistent dump of the instance (SQL text, RDB file, tar) to `out`.
     async fn export(

@@ -451,10 +451,6 @@ impl ServiceNode for MysqlNode {
         Ok(self.credentials(&self.instance(id).await?))
     }
 
-    async fn unbind(&self, _id: &InstanceId, _binding: &str) -> Result<(), ServiceError> {
-        Ok(())
-    }
-
     /// `mysqldump --single-transaction --routines` of the instance's database, without
     /// `CREATE DATABASE`/`USE`, and with the instance user as definer rewritten to
     /// `CURRENT_USER`, so it imports into any instance.

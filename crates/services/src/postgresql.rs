@@ -549,10 +549,6 @@ impl ServiceNode for PostgresNode {
         Ok(self.credentials(id, &record))
     }
 
-    async fn unbind(&self, _id: &InstanceId, _binding: &str) -> Result<(), ServiceError> {
-        Ok(())
-    }
-
     /// `pg_dump --no-owner --no-privileges` of the instance's database (one snapshot).
     async fn export(
         &self,

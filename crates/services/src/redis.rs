@@ -743,10 +743,6 @@ impl ServiceNode for RedisNode {
         Ok(self.credentials(id, &record))
     }
 
-    async fn unbind(&self, _id: &InstanceId, _binding: &str) -> Result<(), ServiceError> {
-        Ok(())
-    }
-
     async fn export(
         &self,
         id: &InstanceId,
