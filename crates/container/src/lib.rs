@@ -6,7 +6,8 @@
 //! - [`RuncDriver`]: an OCI container started with Debian's `runc` on a *stack* rootfs (the
 //!   host's `/usr` read-only, a chosen few `/etc` files, a synthetic `passwd`, a private
 //!   `/tmp`), `/usr/bin/tini -g --` as PID 1, memory/pids/file-descriptor limits, new
-//!   pid/ipc/uts/mount namespaces and the host network.
+//!   pid/ipc/uts/mount namespaces, and either the host network or, with
+//!   [`RuncDriver::with_network`], a network namespace of its own ([`network`]).
 //! - [`ProcessDriver`]: a plain child process with no isolation, for machines where `runc`
 //!   cannot run. [`ContainerDriver::isolated`] says which one you have.
 //!
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 
 pub mod disk;
 mod exec;
+pub mod network;
 mod output;
 mod process;
 mod runc;
@@ -179,6 +181,9 @@ pub struct RunningContainer {
     /// Output lines, in order per stream. Ends when both streams are closed. Dropping the
     /// receiver discards further output without blocking the app.
     pub output: mpsc::Receiver<OutputLine>,
+    /// The container's own address when it has a network namespace of its own; `None`
+    /// when it shares the host's network (reach it at the host's addresses).
+    pub address: Option<std::net::IpAddr>,
     waiter: ChildWaiter,
 }
 
@@ -246,6 +251,7 @@ impl RunningContainer {
             id,
             pid,
             output,
+            address: None,
             waiter,
         }
     }

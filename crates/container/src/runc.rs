@@ -6,14 +6,17 @@
 //! container inherits (runc's pass-through mode); waiting on that `runc run` gives the app's
 //! exit status, and runc removes the container and its cgroups when it exits.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
+use crate::network::{Attachment, IsolatedNetwork};
 use crate::output::spawn_readers;
 use crate::spec::oci_config;
 use crate::stack::Stack;
@@ -26,6 +29,8 @@ use crate::{
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a timed-out exec is killed, how long to wait for runc to notice.
 const EXEC_KILL_GRACE: Duration = Duration::from_secs(5);
+/// In a bundle: the network slot of an isolated container.
+const NETWORK_SLOT_FILE: &str = "network-slot";
 
 /// Runs containers with `runc` (needs root and cgroups).
 pub struct RuncDriver {
@@ -33,6 +38,7 @@ pub struct RuncDriver {
     runc_root: PathBuf,
     bundles: PathBuf,
     stack: Stack,
+    network: Option<Arc<IsolatedNetwork>>,
 }
 
 impl RuncDriver {
@@ -45,7 +51,20 @@ impl RuncDriver {
             runc_root: state_root.join("runc"),
             bundles: state_root.join("bundles"),
             stack,
+            network: None,
         }
+    }
+
+    /// Gives every container a network namespace of its own on `network` instead of the
+    /// host network.
+    pub fn with_network(mut self, network: Arc<IsolatedNetwork>) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    /// The container network, when containers are isolated.
+    pub fn network(&self) -> Option<&Arc<IsolatedNetwork>> {
+        self.network.as_ref()
     }
 
     /// Uses another `runc` binary.
@@ -124,7 +143,12 @@ impl RuncDriver {
         }
     }
 
-    fn prepare_bundle(&self, spec: &ContainerSpec) -> Result<PathBuf, ContainerError> {
+    /// Writes the bundle; with a network, also attaches the container to it (the slot is
+    /// recorded in the bundle so [`delete`](ContainerDriver::delete) can free it).
+    fn prepare_bundle(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<(PathBuf, Option<Attachment>), ContainerError> {
         let bundle = self.bundle(&spec.id);
         if bundle.exists() || self.runc_root.join(&spec.id).exists() {
             return Err(ContainerError::AlreadyExists(spec.id.clone()));
@@ -133,11 +157,21 @@ impl RuncDriver {
         std::fs::create_dir_all(&rootfs)
             .map_err(ContainerError::io(format!("create {}", rootfs.display())))?;
         let prepared = self.stack.prepare_rootfs(&rootfs, spec.uid, spec.gid)?;
-        let config = oci_config(spec, &rootfs, &prepared.mounts)?;
+        let attachment = match &self.network {
+            Some(net) => {
+                let a = net.attach(&spec.id)?;
+                std::fs::write(bundle.join(NETWORK_SLOT_FILE), a.slot.to_string())
+                    .map_err(ContainerError::io("record the network slot"))?;
+                Some(a)
+            }
+            None => None,
+        };
+        let netns = attachment.as_ref().map(|a| a.netns_path.as_path());
+        let config = oci_config(spec, &rootfs, &prepared.mounts, netns)?;
         config
             .save(bundle.join("config.json"))
             .map_err(|e| ContainerError::InvalidSpec(format!("write config.json: {e}")))?;
-        Ok(bundle)
+        Ok((bundle, attachment))
     }
 
     /// Waits for `runc run` to write the init's pid, or fails with what runc said.
@@ -184,7 +218,7 @@ impl RuncDriver {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<RunningContainer, ContainerError> {
-        let bundle = self.prepare_bundle(spec)?;
+        let (bundle, attachment) = self.prepare_bundle(spec)?;
         let pid_file = bundle.join("init.pid");
         let mut child = self
             .command()
@@ -219,12 +253,14 @@ impl RuncDriver {
                 return Err(e);
             }
         };
-        Ok(RunningContainer::new(
+        let mut running = RunningContainer::new(
             spec.id.clone(),
             pid,
             output,
             ChildWaiter::new(child, "wait for runc run"),
-        ))
+        );
+        running.address = attachment.map(|a| IpAddr::V4(a.address));
+        Ok(running)
     }
 
     /// Runs `runc exec`, killing the exec'd process after `timeout`.
@@ -386,6 +422,14 @@ impl ContainerDriver for RuncDriver {
             }
         }
         let bundle = self.bundle(id);
+        if let Some(net) = &self.network {
+            let slot = std::fs::read_to_string(bundle.join(NETWORK_SLOT_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            if let Some(slot) = slot {
+                net.detach(slot);
+            }
+        }
         match std::fs::remove_dir_all(&bundle) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

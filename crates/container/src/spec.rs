@@ -2,7 +2,8 @@
 //!
 //! Kept apart from the runc plumbing so the security-relevant choices are in one place:
 //! read-only root, no capabilities, no new privileges, tini as PID 1, new pid/ipc/uts/mount
-//! namespaces on the host network, memory and pids cgroup limits, `RLIMIT_NOFILE`.
+//! namespaces, the host network or a network namespace of its own (see `network`), memory
+//! and pids cgroup limits, `RLIMIT_NOFILE`.
 
 use std::path::Path;
 
@@ -30,10 +31,13 @@ fn invalid(e: impl std::fmt::Display) -> ContainerError {
 
 /// Builds the OCI config for `spec`; `rootfs` is the prepared root dir, `stack_mounts` the
 /// stack's bind mounts (before the spec's own mounts, so those can shadow them).
+/// `netns` is the network namespace to join (an isolated container); `None` keeps the
+/// host network.
 pub fn oci_config(
     spec: &ContainerSpec,
     rootfs: &Path,
     stack_mounts: &[Mount],
+    netns: Option<&Path>,
 ) -> Result<Spec, ContainerError> {
     check(spec)?;
     let mut config = Spec::default();
@@ -69,7 +73,7 @@ pub fn oci_config(
         mounts.push(bind_mount(m)?);
     }
     config.set_mounts(Some(mounts));
-    config.set_linux(Some(linux(spec)?));
+    config.set_linux(Some(linux(spec, netns)?));
     Ok(config)
 }
 
@@ -144,8 +148,11 @@ fn bind_mount(m: &Mount) -> Result<oci_spec::runtime::Mount, ContainerError> {
         .map_err(invalid)
 }
 
-fn linux(spec: &ContainerSpec) -> Result<oci_spec::runtime::Linux, ContainerError> {
-    let namespaces = [
+fn linux(
+    spec: &ContainerSpec,
+    netns: Option<&Path>,
+) -> Result<oci_spec::runtime::Linux, ContainerError> {
+    let mut namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
@@ -155,6 +162,15 @@ fn linux(spec: &ContainerSpec) -> Result<oci_spec::runtime::Linux, ContainerErro
     .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
     .collect::<Result<Vec<_>, _>>()
     .map_err(invalid)?;
+    if let Some(path) = netns {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
+                .build()
+                .map_err(invalid)?,
+        );
+    }
     let mut resources =
         LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(false)
@@ -203,7 +219,7 @@ mod tests {
     fn config_runs_tini_unprivileged_on_a_read_only_root() {
         let mut spec = ContainerSpec::new("c1", vec!["sleep".into(), "1".into()], 1000, 1000);
         spec.memory_limit_bytes = Some(64 << 20);
-        let config = oci_config(&spec, Path::new("/b/rootfs"), &[]).unwrap();
+        let config = oci_config(&spec, Path::new("/b/rootfs"), &[], None).unwrap();
         let json = serde_json::to_value(&config).unwrap();
         assert_eq!(json["process"]["args"][0], "/usr/bin/tini");
         assert_eq!(json["process"]["args"][3], "sleep");
@@ -233,6 +249,6 @@ mod tests {
             destination: "../etc".into(),
             read_only: false,
         });
-        assert!(oci_config(&spec, Path::new("/r"), &[]).is_err());
+        assert!(oci_config(&spec, Path::new("/r"), &[], None).is_err());
     }
 }

@@ -186,6 +186,7 @@ impl Dea {
             state: InstanceState::Starting,
             state_timestamp: now(),
             port,
+            address: None,
             dir: self.cfg.containers_dir.join(&instance_id),
             running_since: None,
             exit: exit_rx.clone(),
@@ -299,6 +300,11 @@ impl Dea {
         let script = start_script(&command, &info, req.index);
         let spec = self.container_spec(id, req, port, &dir, &script);
         let running = self.driver.run(spec).await?;
+        if let Some(address) = running.address {
+            if let Some(inst) = lock(&self.instances).get_mut(id) {
+                inst.address = Some(address.to_string());
+            }
+        }
         let (output, waiter) = running.into_parts();
         self.tasks.spawn(forward_output(
             self.bus.clone(),
@@ -385,7 +391,11 @@ impl Dea {
                     .join(STARTED_MARKER)
                     .exists()
             } else {
-                probe(port, req.health_check.http_path.as_deref()).await
+                let host = lock(&self.instances)
+                    .get(id)
+                    .and_then(|i| i.address.clone())
+                    .unwrap_or_else(|| "127.0.0.1".to_string());
+                probe(&host, port, req.health_check.http_path.as_deref()).await
             };
             if healthy {
                 return Health::Passed;
@@ -971,10 +981,12 @@ fn start_script(command: &str, info: &droplet::StagingInfo, index: u32) -> Strin
     s
 }
 
-async fn probe(port: u16, http_path: Option<&str>) -> bool {
+/// Whether the instance accepts connections at `host:port` (and answers `http_path` with
+/// a status below 500, when given).
+async fn probe(host: &str, port: u16, http_path: Option<&str>) -> bool {
     let connect = tokio::time::timeout(
         Duration::from_secs(1),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        tokio::net::TcpStream::connect((host, port)),
     )
     .await;
     if !matches!(connect, Ok(Ok(_))) {
@@ -992,7 +1004,7 @@ async fn probe(port: u16, http_path: Option<&str>) -> bool {
         .build();
     let Ok(client) = client else { return false };
     match client
-        .get(format!("http://127.0.0.1:{port}{path}"))
+        .get(format!("http://{host}:{port}{path}"))
         .send()
         .await
     {

@@ -17,6 +17,9 @@ pub struct Instance {
     pub state: InstanceState,
     pub state_timestamp: f64,
     pub port: u16,
+    /// The container's own address when it has a network namespace of its own; routes and
+    /// probes then go there instead of to the DEA's host address.
+    pub address: Option<String>,
     /// The instance dir (`app/` inside).
     pub dir: PathBuf,
     pub running_since: Option<Instant>,
@@ -59,12 +62,17 @@ impl Instance {
         }
     }
 
+    /// Where routers and probes reach the instance: its own address, or the DEA's.
+    pub fn reachable_at<'a>(&'a self, dea_host: &'a str) -> &'a str {
+        self.address.as_deref().unwrap_or(dea_host)
+    }
+
     pub fn route(&self, dea: &str, host: &str) -> RouteRegistration {
         RouteRegistration {
             dea: dea.to_string(),
             app: self.req.droplet.clone(),
             uris: self.req.uris.clone(),
-            host: host.to_string(),
+            host: self.reachable_at(host).to_string(),
             port: self.port,
             tags: Default::default(),
             private_instance_id: self.id.clone(),
@@ -80,7 +88,7 @@ impl Instance {
             index: self.req.index,
             state: self.state,
             state_timestamp: self.state_timestamp,
-            host: host.to_string(),
+            host: self.reachable_at(host).to_string(),
             port: self.port,
             uptime: self
                 .running_since

@@ -147,6 +147,34 @@ impl MicroCloud {
         )
     }
 
+    /// The TCP ports `stratod` itself listens on (the API, the node agent's endpoints,
+    /// service gateways...), from `ss`.
+    pub fn stratod_ports(&self) -> Vec<u16> {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return Vec::new();
+        };
+        let out = Command::new("ss")
+            .args(["-Htlnp"])
+            .output()
+            .expect("run ss (iproute2)");
+        let needle = format!("pid={pid},");
+        let mut ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(3)?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
     pub fn log_tail(&self) -> String {
         let text =
             std::fs::read_to_string(self.home.path().join("stratod.log")).unwrap_or_default();

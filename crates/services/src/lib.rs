@@ -270,6 +270,9 @@ pub struct NodeConfig {
     /// on first start and keeps it (saved under `dir`) across restarts. Types with one
     /// server per instance (redis) pick a port per instance the same way.
     pub port: u16,
+    /// Where ports picked for `port: 0` come from: `None` for any free port, else an
+    /// inclusive range (the one app containers may connect to).
+    pub port_range: Option<(u16, u16)>,
     /// The most instances this node holds (`<type>_node/capacity`).
     pub capacity: u64,
 }

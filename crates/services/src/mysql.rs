@@ -11,7 +11,7 @@
 //! over, as Cloud Foundry's MySQL broker does.
 
 use std::ffi::OsString;
-use std::net::{IpAddr, TcpListener};
+use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -617,7 +617,7 @@ fn choose_port(layout: &Layout, config: &NodeConfig) -> Result<u16, ServiceError
         .filter(|p| *p != 0);
     let port = match (config.port, saved) {
         (0, Some(saved)) => saved,
-        (0, None) => free_port(config.address)?,
+        (0, None) => free_port(config)?,
         (port, _) => port,
     };
     if saved != Some(port) {
@@ -627,16 +627,14 @@ fn choose_port(layout: &Layout, config: &NodeConfig) -> Result<u16, ServiceError
     Ok(port)
 }
 
-fn free_port(address: IpAddr) -> Result<u16, ServiceError> {
-    TcpListener::bind((address, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| {
-            ServiceError::Other(format!(
-                "cannot find a free port on {address} ({e}); is it this host's address? \
+fn free_port(config: &NodeConfig) -> Result<u16, ServiceError> {
+    let address = config.address;
+    crate::address::free_port(address, config.port_range, &[]).map_err(|e| {
+        ServiceError::Other(format!(
+            "cannot find a free port on {address} ({e}); is it this host's address? \
                  set mysql_node/address"
-            ))
-        })
+        ))
+    })
 }
 
 /// A `mariadbd` left running by a node process that died without stopping it holds the
@@ -859,6 +857,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             address: IpAddr::from([127, 0, 0, 1]),
             port: 0,
+            port_range: None,
             capacity: 1,
         };
         let first = choose_port(&layout, &config).unwrap();

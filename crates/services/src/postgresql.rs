@@ -42,7 +42,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::{IpAddr, TcpListener};
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -713,7 +713,7 @@ fn choose_port(config: &NodeConfig, layout: &Layout) -> Result<u16, ServiceError
             ))
         }
     }
-    let port = free_port(config.address)?;
+    let port = free_port(config)?;
     let io = |e| ServiceError::io("cannot save the port", &layout.port_file, e);
     let mut file = std::fs::File::create(&layout.port_file).map_err(io)?;
     writeln!(file, "{port}").map_err(io)?;
@@ -721,10 +721,9 @@ fn choose_port(config: &NodeConfig, layout: &Layout) -> Result<u16, ServiceError
     Ok(port)
 }
 
-fn free_port(address: IpAddr) -> Result<u16, ServiceError> {
-    TcpListener::bind((address, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+fn free_port(config: &NodeConfig) -> Result<u16, ServiceError> {
+    let address = config.address;
+    crate::address::free_port(address, config.port_range, &[])
         .map_err(|e| {
             ServiceError::Other(format!(
                 "cannot find a free port on {address} ({e}); is `postgresql_node/address` an address of this host?"
@@ -1011,6 +1010,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             address: "127.0.0.1".parse().unwrap(),
             port: 0,
+            port_range: None,
             capacity: 1,
         };
         let first = choose_port(&config, &layout).unwrap();

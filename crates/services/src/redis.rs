@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -501,7 +500,7 @@ impl RedisNode {
     }
 
     /// A port free on the node's address and not recorded for another instance: any
-    /// free one when `config.port` is 0, else the first free one from `config.port` up.
+    /// free one (from `config.port_range`) when `config.port` is 0, else one from `config.port` up.
     async fn pick_port(&self) -> Result<u16, ServiceError> {
         let mut used = Vec::new();
         for id in self.table.ids().await {
@@ -509,15 +508,15 @@ impl RedisNode {
                 used.push(record.port);
             }
         }
-        let free = |port: u16| -> Option<u16> {
-            let listener = TcpListener::bind((self.config.address, port)).ok()?;
-            let port = listener.local_addr().ok()?.port();
-            (!used.contains(&port)).then_some(port)
-        };
         let found = if self.config.port == 0 {
-            (0..50).find_map(|_| free(0))
+            crate::address::free_port(self.config.address, self.config.port_range, &used).ok()
         } else {
-            (self.config.port..=u16::MAX).find_map(free)
+            crate::address::free_port(
+                self.config.address,
+                Some((self.config.port, u16::MAX)),
+                &used,
+            )
+            .ok()
         };
         found.ok_or_else(|| {
             ServiceError::Other(format!(
@@ -967,6 +966,7 @@ mod tests {
                 dir: dir.path().to_path_buf(),
                 address: "10.0.0.5".parse().unwrap(),
                 port: 0,
+                port_range: None,
                 capacity: 1,
             },
             user: ServerUser::current(),

@@ -41,6 +41,7 @@ impl Sandbox {
             dir: self.path().join("filesystem"),
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
+            port_range: None,
             capacity,
         }
     }

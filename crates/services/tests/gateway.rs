@@ -37,6 +37,7 @@ async fn serve(capacity: u64) -> Served {
             dir: dir.path().to_path_buf(),
             address,
             port: 0,
+            port_range: None,
             capacity,
         })
         .await

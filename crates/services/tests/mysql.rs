@@ -33,6 +33,7 @@ impl TestNode {
             dir: dir.path().join("mysql"),
             address: address(),
             port: 0,
+            port_range: None,
             capacity,
         };
         let started = Instant::now();

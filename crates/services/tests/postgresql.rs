@@ -29,6 +29,7 @@ impl TestNode {
             dir: dir.path().join("postgresql"),
             address: address(),
             port: 0,
+            port_range: None,
             capacity,
         };
         let started = Instant::now();

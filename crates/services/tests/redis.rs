@@ -24,6 +24,7 @@ fn config(dir: &TempDir, capacity: u64) -> NodeConfig {
         dir: dir.path().to_path_buf(),
         address: address(),
         port: 0,
+        port_range: None,
         capacity,
     }
 }

@@ -53,6 +53,24 @@ pub struct Options {
     /// First port handed to app instances.
     #[arg(long, env = "STRATO_APP_PORT_BASE", default_value_t = 61000)]
     pub app_port_base: u16,
+    /// Give every container a network namespace of its own, so instances reach only the
+    /// router, the data services and the outside (runc driver only).
+    #[arg(long, env = "STRATO_NETWORK_ISOLATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_isolation: bool,
+    /// First of the 1000 ports data-service servers listen on (containers may connect to
+    /// these and to the router, nothing else on this host).
+    #[arg(long, env = "STRATO_SERVICE_PORT_BASE", default_value_t = 30000)]
+    pub service_port_base: u16,
+}
+
+impl Options {
+    /// The ports data services listen on, inclusive.
+    pub fn service_ports(&self) -> (u16, u16) {
+        (
+            self.service_port_base,
+            self.service_port_base.saturating_add(999),
+        )
+    }
 }
 
 /// The node's identity, kept in `node.json`.
@@ -105,6 +123,19 @@ fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
     );
     if !opts.process_driver {
         match runc.check_available() {
+            Ok(()) if opts.network_isolation => {
+                let cfg = strato_container::network::NetworkConfig {
+                    open_ports: vec![(opts.http_port, opts.http_port), opts.service_ports()],
+                    ..Default::default()
+                };
+                match strato_container::network::IsolatedNetwork::setup(cfg) {
+                    Ok(net) => return Arc::new(runc.with_network(Arc::new(net))),
+                    Err(e) => {
+                        tracing::warn!("containers share the host network: cannot set up their own ({e}); set STRATO_NETWORK_ISOLATION=false to silence this");
+                        return Arc::new(runc);
+                    }
+                }
+            }
             Ok(()) => return Arc::new(runc),
             Err(e) => {
                 tracing::warn!("runc cannot run here ({e}); falling back to the process driver")
@@ -366,6 +397,7 @@ impl Node {
                 dir: self.layout.services().join(kind.label()),
                 address,
                 port: 0,
+                port_range: Some(self.opts.service_ports()),
                 capacity,
             },
             plans: vec![strato_services::Plan {
