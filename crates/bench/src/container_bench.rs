@@ -28,6 +28,10 @@ pub struct ContainerOptions {
     /// How many containers to start, one after another.
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Give each container a network namespace of its own (veth pair, nftables), as the
+    /// DEA does with network isolation on.
+    #[arg(long)]
+    network: bool,
 }
 
 /// The times of one container.
@@ -74,7 +78,12 @@ pub fn run(options: &ContainerOptions, as_json: bool) -> anyhow::Result<()> {
         .prefix("strato-bench-runc-")
         .tempdir()
         .context("cannot create a temp dir for runc's state; check that /tmp is writable")?;
-    let driver = RuncDriver::new(state.path().to_path_buf(), Stack::host_default());
+    let mut driver = RuncDriver::new(state.path().to_path_buf(), Stack::host_default());
+    if options.network {
+        let net = strato_container::network::IsolatedNetwork::setup(Default::default())
+            .context("cannot set up the container network")?;
+        driver = driver.with_network(std::sync::Arc::new(net));
+    }
     driver
         .check_available()
         .context("the container benchmark needs the runc driver")?;
@@ -96,7 +105,7 @@ pub fn run(options: &ContainerOptions, as_json: bool) -> anyhow::Result<()> {
     let output = if as_json {
         serde_json::to_string_pretty(&to_json(&timings))?
     } else {
-        table(&timings)
+        table(&timings, options.network)
     };
     println!("{output}");
     Ok(())
@@ -154,12 +163,17 @@ fn summary(mut times: Vec<Duration>) -> [Duration; 4] {
     [at(0.0), at(50.0), at(99.0), at(100.0)]
 }
 
-fn table(timings: &[Timing]) -> String {
+fn table(timings: &[Timing], network: bool) -> String {
     let started = summary(timings.iter().map(|t| t.started).collect());
     let exited = summary(timings.iter().map(|t| t.exited).collect());
     let mut out = format!(
-        "container benchmark: {} runs of /bin/true with the runc driver\n\n",
-        timings.len()
+        "container benchmark: {} runs of /bin/true with the runc driver{}\n\n",
+        timings.len(),
+        if network {
+            ", each in its own network namespace"
+        } else {
+            ""
+        }
     );
     out.push_str(&format!(
         "{:<22} {:>9} {:>9} {:>9} {:>9}\n",

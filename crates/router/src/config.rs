@@ -2,15 +2,51 @@
 //! config store; every timing defaults to `strato_core::timings`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use strato_core::timings;
+use tokio_rustls::rustls::ServerConfig;
+
+/// Largest request head (request line and headers) by default: 64 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Where and how the router also serves HTTPS.
+#[derive(Clone, Debug)]
+pub struct HttpsSettings {
+    /// Where to accept TLS connections (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Certificates (chosen by SNI) and protocols, e.g. from `strato_tls::server_config`.
+    pub tls: Arc<ServerConfig>,
+    /// A client that has not finished the TLS handshake after this is disconnected.
+    pub handshake_timeout: Duration,
+}
+
+impl HttpsSettings {
+    /// HTTPS on `listen` with `tls`, and a 10 s handshake timeout.
+    pub fn new(listen: SocketAddr, tls: Arc<ServerConfig>) -> HttpsSettings {
+        HttpsSettings {
+            listen,
+            tls,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// How a [`crate::Router`] listens, routes and forgets routes.
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
     /// Where to accept HTTP connections (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
+    /// HTTPS beside HTTP, with the same routes; `None` serves HTTP only.
+    pub https: Option<HttpsSettings>,
+    /// A request whose head (request line and headers) is larger than this is answered
+    /// `431 Request Header Fields Too Large` and its connection closed. At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// A client must send a request's whole head within this (a slowloris client that
+    /// trickles headers is cut off); it also bounds how long an idle keep-alive
+    /// connection is kept open.
+    pub header_read_timeout: Duration,
     /// The cloud's domain: requests for `api.<domain>` go to [`RouterConfig::api_backend`].
     pub domain: String,
     /// The API server. Requests whose Host is `api.<domain>`, an IP literal or bare
@@ -48,6 +84,9 @@ impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            https: None,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            header_read_timeout: Duration::from_secs(10),
             domain: "localhost".to_string(),
             api_backend: None,
             route_ttl: timings::ROUTE_TTL,

@@ -5,6 +5,10 @@
 //! round-robin over an app's instances, forwards WebSocket upgrades, and serves the cloud's
 //! API at `api.<domain>` and at the machine's own names. See [`Router`].
 //!
+//! With [`RouterConfig::https`] set it serves HTTPS beside HTTP on a second port, with the
+//! same routes; the TLS handshake runs on the worker that serves the connection, and
+//! backends learn the scheme from `X-Forwarded-Proto`.
+//!
 //! Requests are served by worker threads that each run a current-thread runtime with their
 //! own keep-alive connections to backends (see `worker` and `upstream`), so a request
 //! never crosses threads; the caller's runtime only accepts connections and follows the bus.
@@ -28,10 +32,13 @@ use strato_bus::{BusError, SharedBus, Subscription};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::RouterConfig;
+pub use config::{HttpsSettings, RouterConfig, DEFAULT_MAX_HEADER_BYTES};
 pub use table::{RouteChange, RouteTable};
+/// The rustls the router serves HTTPS with (its `ServerConfig` goes in [`HttpsSettings`]).
+pub use tokio_rustls::rustls;
 
 use table::{Backend, Pool};
+use worker::Scheme;
 
 /// What can stop the router from starting.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,7 @@ pub struct Router {
     bus: SharedBus,
     listener: TcpListener,
     local_addr: SocketAddr,
+    https: Option<(TcpListener, SocketAddr)>,
     routes: Subscription,
     table: Arc<RouteTable>,
 }
@@ -61,12 +69,11 @@ impl Router {
     /// and no registration published from now on is missed.
     pub async fn bind(cfg: RouterConfig, bus: SharedBus) -> Result<Router, RouterError> {
         let routes = bus.subscribe(sync::ROUTE_SUBJECTS).await?;
-        let bind_error = |source| RouterError::Bind {
-            addr: cfg.listen,
-            source,
+        let (listener, local_addr) = listen(cfg.listen).await?;
+        let https = match &cfg.https {
+            Some(https) => Some(listen(https.listen).await?),
+            None => None,
         };
-        let listener = TcpListener::bind(cfg.listen).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Router {
             table: Arc::new(RouteTable::new(cfg.route_ttl, cfg.drain)),
             id: uuid::Uuid::new_v4().to_string(),
@@ -74,13 +81,19 @@ impl Router {
             bus,
             listener,
             local_addr,
+            https,
             routes,
         })
     }
 
-    /// The address the router accepts connections on.
+    /// The address the router accepts HTTP connections on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the router accepts HTTPS connections on, when it serves HTTPS.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The live route table (stays valid after [`serve`](Router::serve) takes the router).
@@ -139,8 +152,15 @@ impl Router {
                 return;
             }
         };
-        tracing::info!(addr = %self.local_addr, id = %self.id, workers = workers.len(), "router listening");
-        accept_loop(self.listener, &workers, &stop).await;
+        tracing::info!(addr = %self.local_addr, https = ?self.https.as_ref().map(|(_, addr)| addr), id = %self.id, workers = workers.len(), "router listening");
+        let http = accept_loop(self.listener, Scheme::Http, &workers, &stop);
+        match self.https {
+            Some((listener, _)) => {
+                let https = accept_loop(listener, Scheme::Https, &workers, &stop);
+                tokio::join!(http, https);
+            }
+            None => http.await,
+        }
         workers.finished().await;
         stop.cancel();
         for task in background {
@@ -149,8 +169,22 @@ impl Router {
     }
 }
 
-/// Accepts connections until `stop` and hands each to a worker; then closes the listener.
-async fn accept_loop(listener: TcpListener, workers: &worker::Workers, stop: &CancellationToken) {
+/// Binds a listener, naming the address when that fails.
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RouterError> {
+    let bind_error = |source| RouterError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local_addr))
+}
+
+/// Accepts connections until `stop` and hands each to a worker, to be served as `scheme`;
+/// then closes the listener.
+async fn accept_loop(
+    listener: TcpListener,
+    scheme: Scheme,
+    workers: &worker::Workers,
+    stop: &CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -165,7 +199,7 @@ async fn accept_loop(listener: TcpListener, workers: &worker::Workers, stop: &Ca
             },
         };
         let _ = stream.set_nodelay(true);
-        workers.dispatch(stream, peer);
+        workers.dispatch(stream, peer, scheme);
     }
 }
 

@@ -56,13 +56,19 @@ pub(crate) struct Peer {
     ip: IpAddr,
     /// `X-Forwarded-For` for a request that brings none.
     forwarded_for: HeaderValue,
+    /// The connection came over TLS.
+    https: bool,
 }
 
 impl Peer {
-    pub(crate) fn new(ip: IpAddr) -> Peer {
+    pub(crate) fn new(ip: IpAddr, https: bool) -> Peer {
         let forwarded_for = HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { ip, forwarded_for }
+        Peer {
+            ip,
+            forwarded_for,
+            https,
+        }
     }
 }
 
@@ -239,7 +245,11 @@ fn prepare_request_headers(
     } else {
         headers.insert(X_FORWARDED_FOR.clone(), peer.forwarded_for.clone());
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    // The router ends TLS itself, so over TLS it knows the scheme; over plain HTTP a value
+    // from a proxy in front of it is kept.
+    if peer.https {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if !headers.contains_key(&X_FORWARDED_HOST) {
@@ -390,7 +400,7 @@ mod tests {
         prepare_request_headers(
             &mut h,
             &HeaderValue::from_static("a.x"),
-            &Peer::new("127.0.0.1".parse().unwrap()),
+            &Peer::new("127.0.0.1".parse().unwrap(), false),
             5,
             false,
         );
@@ -399,5 +409,14 @@ mod tests {
         assert_eq!(h[HOST], "a.x");
         assert_eq!(h[&X_FORWARDED_HOST], "a.x");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn tls_connections_are_forwarded_as_https_whatever_the_client_says() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let peer = Peer::new("127.0.0.1".parse().unwrap(), true);
+        prepare_request_headers(&mut h, &HeaderValue::from_static("a.x"), &peer, 5, false);
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }
 }

@@ -6,20 +6,24 @@
 //! The router's acceptor hands each new client connection to the worker with the fewest
 //! open connections ([`Workers::dispatch`]); that one cross-thread step per connection keeps
 //! long-lived keep-alive connections evenly spread, which `SO_REUSEPORT`'s hashing does not.
+//! HTTPS connections are handed over before their TLS handshake, which the worker then does
+//! itself, so the acceptor never spends CPU on cryptography.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{Peer, Proxy};
@@ -37,8 +41,19 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
 }
 
+/// How a client connection is spoken to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    /// TLS first (handshake on the worker), then HTTP.
+    Https,
+}
+
 /// A client connection on its way to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr);
+type Handoff = (std::net::TcpStream, SocketAddr, Scheme);
+
+/// hyper refuses a smaller read buffer than this.
+const MIN_MAX_BUF_SIZE: usize = 8192;
 
 /// One running worker, as the acceptor sees it.
 struct Handle {
@@ -75,7 +90,7 @@ impl Workers {
     }
 
     /// Hands an accepted connection to the worker with the fewest open connections.
-    pub(crate) fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+    pub(crate) fn dispatch(&self, stream: TcpStream, peer: SocketAddr, scheme: Scheme) {
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => {
@@ -83,7 +98,7 @@ impl Workers {
                 return;
             }
         };
-        let mut handoff = (stream, peer);
+        let mut handoff = (stream, peer, scheme);
         let mut order: Vec<&Handle> = self.handles.iter().collect();
         order.sort_by_key(|handle| handle.open.load(Ordering::Relaxed));
         for handle in order {
@@ -155,8 +170,85 @@ async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>,
         stop: shared.stop.clone(),
     });
     let sweeper = tokio::spawn(sweep(upstream, shared.stop.clone()));
-    serve_connections(incoming, open, proxy, &shared.stop, cfg.shutdown_grace).await;
+    let tls = cfg.https.as_ref().map(|https| Tls {
+        acceptor: TlsAcceptor::from(https.tls.clone()),
+        handshake_timeout: https.handshake_timeout,
+    });
+    serve_connections(incoming, open, proxy, tls, &shared).await;
     let _ = sweeper.await;
+}
+
+/// One client connection and what serving it needs.
+struct Connection {
+    server: Arc<auto::Builder<TokioExecutor>>,
+    proxy: Arc<Proxy>,
+    client: Arc<Peer>,
+    watcher: Watcher,
+    peer: SocketAddr,
+    /// A connection that has not brought a whole request by then is closed: hyper's own
+    /// header timeout only starts once it knows the protocol, so a client that sends
+    /// nothing (or dribbles an HTTP/2 preface) would otherwise be kept forever.
+    first_request_timeout: Duration,
+}
+
+impl Connection {
+    /// Serves HTTP/1 (with upgrades) or HTTP/2 requests on `io` until it closes.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            server,
+            proxy,
+            client,
+            watcher,
+            peer,
+            first_request_timeout,
+        } = self;
+        let requested = Arc::new(AtomicBool::new(false));
+        let seen = requested.clone();
+        let service = service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
+            let proxy = proxy.clone();
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+        });
+        let connection = server.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = watcher.watch(connection);
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = &mut connection => ended,
+            () = tokio::time::sleep(first_request_timeout) => {
+                if !requested.load(Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request within the header read timeout; closing");
+                    return;
+                }
+                connection.await
+            }
+        };
+        if let Err(error) = ended {
+            tracing::debug!(%error, %peer, "client connection ended with an error");
+        }
+    }
+}
+
+/// The TLS handshake of an HTTPS client, given up after the handshake timeout.
+async fn handshake(
+    tls: &Tls,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, %peer, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Closes this worker's stale idle backend connections now and then, until `stop`.
@@ -180,23 +272,45 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Serves the connections handed to this worker until `stop`, then waits (up to `grace`)
-/// for open connections to end and drops the rest.
+/// How this worker accepts TLS.
+#[derive(Clone)]
+struct Tls {
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+/// The HTTP/1 and HTTP/2 server every connection of a worker is served by, with the
+/// router's limits on request heads.
+fn http_server(cfg: &RouterConfig) -> auto::Builder<TokioExecutor> {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(MIN_MAX_BUF_SIZE));
+    server
+        .http2()
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    server
+}
+
+/// Serves the connections handed to this worker until `stop`, then waits (up to the
+/// shutdown grace) for open connections to end and drops the rest.
 async fn serve_connections(
     mut incoming: mpsc::UnboundedReceiver<Handoff>,
     open: Arc<AtomicUsize>,
     proxy: Arc<Proxy>,
-    stop: &CancellationToken,
-    grace: Duration,
+    tls: Option<Tls>,
+    shared: &Shared,
 ) {
-    let mut server = auto::Builder::new(TokioExecutor::new());
-    server.http1().timer(TokioTimer::new());
-    let server = Arc::new(server);
+    let stop = &shared.stop;
+    let grace = shared.cfg.shutdown_grace;
+    let server = Arc::new(http_server(&shared.cfg));
     let graceful = GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, scheme) = tokio::select! {
             _ = stop.cancelled() => break,
             handed = incoming.recv() => match handed {
                 Some(handed) => handed,
@@ -211,22 +325,35 @@ async fn serve_connections(
                 continue;
             }
         };
-        let client = Arc::new(Peer::new(peer.ip().to_canonical()));
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
-        });
-        let server = server.clone();
-        let watcher = graceful.watcher();
-        connections.spawn(async move {
-            let _guard = guard;
-            let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, %peer, "client connection ended with an error");
+        let client = Arc::new(Peer::new(peer.ip().to_canonical(), scheme == Scheme::Https));
+        let connection = Connection {
+            server: server.clone(),
+            proxy: proxy.clone(),
+            client,
+            watcher: graceful.watcher(),
+            peer,
+            first_request_timeout: shared.cfg.header_read_timeout,
+        };
+        match (scheme, &tls) {
+            (Scheme::Http, _) => {
+                connections.spawn(async move {
+                    let _guard = guard;
+                    connection.serve(stream).await;
+                });
             }
-        });
+            (Scheme::Https, Some(tls)) => {
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    let _guard = guard;
+                    if let Some(stream) = handshake(&tls, stream, peer).await {
+                        connection.serve(stream).await;
+                    }
+                });
+            }
+            (Scheme::Https, None) => {
+                tracing::warn!(%peer, "an HTTPS connection reached a worker without TLS settings");
+            }
+        }
     }
     // Connections handed over but not started yet are closed with the channel.
     drop(incoming);

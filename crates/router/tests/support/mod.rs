@@ -174,6 +174,8 @@ pub async fn closed_port() -> SocketAddr {
 /// A router serving on an in-process bus; shut down when dropped.
 pub struct TestRouter {
     pub addr: SocketAddr,
+    /// Where HTTPS is served, when the config asked for it.
+    pub https_addr: Option<SocketAddr>,
     pub table: Arc<RouteTable>,
     pub bus: SharedBus,
     pub shutdown: CancellationToken,
@@ -198,6 +200,7 @@ impl TestRouter {
         let shutdown = CancellationToken::new();
         TestRouter {
             addr: router.local_addr(),
+            https_addr: router.https_addr(),
             table: router.table(),
             bus,
             task: Some(tokio::spawn(router.serve(shutdown.clone()))),
