@@ -86,4 +86,13 @@ impl Layout {
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// The node's certificate authority (`ca.crt`, `ca.key`), which signs the router's
+    /// per-host certificates.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.root.join("tls/ca")
+    }
+    /// Operator-installed certificates (`kato op custom_ssl_cert`), chosen by SNI.
+    pub fn tls_custom(&self) -> PathBuf {
+        self.root.join("tls/custom")
+    }
 }

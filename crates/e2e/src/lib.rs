@@ -45,6 +45,8 @@ pub struct MicroCloud {
     pub home: tempfile::TempDir,
     pub client_home: tempfile::TempDir,
     pub port: u16,
+    /// The router's HTTPS port.
+    pub https_port: u16,
     pub password: String,
     pub app_port_base: u16,
     roles: String,
@@ -87,6 +89,7 @@ impl MicroCloud {
             home,
             client_home,
             port,
+            https_port: strato_testkit::free_port(),
             password,
             app_port_base: random_port_base(),
             roles: roles.to_string(),
@@ -104,6 +107,7 @@ impl MicroCloud {
         let child = Command::new(bin("stratod"))
             .env("STRATO_HOME", self.home.path())
             .env("STRATO_HTTP_PORT", self.port.to_string())
+            .env("STRATO_HTTPS_PORT", self.https_port.to_string())
             .env("STRATO_HTTP_ADDR", "127.0.0.1")
             .env("STRATO_ADMIN_PASSWORD", &self.password)
             .env("STRATO_APP_PORT_BASE", self.app_port_base.to_string())

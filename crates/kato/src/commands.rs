@@ -55,7 +55,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Operations: `regenerate token-signing-secret`, `max_client_upload [MB]`.
+    /// Operations: `regenerate token-signing-secret`, `max_client_upload [MB]`,
+    /// `custom_ssl_cert install|remove|list`.
     Op {
         #[command(subcommand)]
         cmd: OpCmd,
@@ -69,6 +70,27 @@ enum OpCmd {
     /// Show or set the largest app upload the API accepts, in MB.
     #[command(name = "max_client_upload", visible_alias = "max-client-upload")]
     MaxClientUpload { mb: Option<u64> },
+    /// Per-domain certificates the router presents by SNI instead of the CA's.
+    #[command(name = "custom_ssl_cert", visible_alias = "custom-ssl-cert")]
+    CustomSslCert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCmd {
+    /// `install DOMAIN CERT-FILE KEY-FILE`: PEM files; the chain may follow the
+    /// certificate. DOMAIN may be a wildcard (`*.example.com`, quoted).
+    Install {
+        domain: String,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// `remove DOMAIN`.
+    Remove { domain: String },
+    /// The installed certificates.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +156,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("home:       {}", s["home"].as_str().unwrap_or("?"));
                 println!("endpoint:   {}", s["api_url"].as_str().unwrap_or("?"));
                 println!("domain:     {}", s["domain"].as_str().unwrap_or("?"));
+                if let Some(fp) = s["ca_fingerprint"].as_str() {
+                    println!("https port: {}", s["https_port"]);
+                    println!("CA SHA-256: {fp}");
+                }
                 println!("bus:        {}", s["bus"].as_str().unwrap_or("?"));
                 let roles: Vec<&str> = s["roles"].as_array().map(|a| a.iter().filter_map(|r| r["role"].as_str()).collect()).unwrap_or_default();
                 println!("assigned roles: {}", roles.join(", "));
@@ -193,11 +219,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown setup '{other}'; this version supports: micro, firstuser (core and load_balancer come with the cluster)"),
         },
         Cmd::Config { cmd } => config(&ctl, cmd, cli.json).await,
-        Cmd::Op { cmd } => op(&ctl, cmd).await,
+        Cmd::Op { cmd } => op(&ctl, cmd, cli.json).await,
     }
 }
 
-async fn op(ctl: &Control, cmd: &OpCmd) -> anyhow::Result<()> {
+async fn op(ctl: &Control, cmd: &OpCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
         OpCmd::Regenerate { what } if what == "token-signing-secret" => {
             let r = ctl
@@ -227,6 +253,7 @@ async fn op(ctl: &Control, cmd: &OpCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        OpCmd::CustomSslCert { cmd } => custom_ssl_cert(ctl, cmd, json_out).await,
         OpCmd::MaxClientUpload { mb: Some(mb) } => {
             if *mb == 0 || *mb > 1024 * 1024 {
                 anyhow::bail!("max_client_upload is in MB, from 1 to 1048576");
@@ -243,6 +270,61 @@ async fn op(ctl: &Control, cmd: &OpCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn custom_ssl_cert(ctl: &Control, cmd: &CertCmd, json_out: bool) -> anyhow::Result<()> {
+    // Domains go into a URL path: only what a domain may hold gets through.
+    let path = |domain: &str| -> anyhow::Result<String> {
+        let ok = !domain.is_empty()
+            && domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*'));
+        anyhow::ensure!(
+            ok,
+            "'{domain}' is not a domain name (letters, digits, '-', '.', a leading '*.')"
+        );
+        Ok(format!("/tls/custom/{}", domain.replace('*', "%2A")))
+    };
+    match cmd {
+        CertCmd::Install { domain, cert, key } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let body = json!({"cert": read(cert)?, "key": read(key)?});
+            let v = ctl.call("PUT", &path(domain)?, Some(&body)).await?;
+            println!(
+                "installed the certificate for {} ({}, valid until {}); the router uses it now",
+                v["domain"].as_str().unwrap_or(domain),
+                join(&v["names"]),
+                v["not_after"].as_str().unwrap_or("?")
+            );
+        }
+        CertCmd::Remove { domain } => {
+            ctl.call("DELETE", &path(domain)?, None).await?;
+            println!("removed the certificate for {domain}; the router issues its own again");
+        }
+        CertCmd::List => {
+            let v = ctl.call("GET", "/tls/custom", None).await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if v.as_array().is_none_or(|a| a.is_empty()) {
+                println!(
+                    "no custom certificates; the router presents certificates from this node's CA"
+                );
+            } else {
+                println!("{:<30} {:<26} SHA-256 FINGERPRINT", "DOMAIN", "VALID UNTIL");
+                for c in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<30} {:<26} {}",
+                        c["domain"].as_str().unwrap_or(""),
+                        c["not_after"].as_str().unwrap_or(""),
+                        c["fingerprint"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn join(v: &Value) -> String {

@@ -45,6 +45,12 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
             get(config_get).put(config_set).delete(config_del),
         )
         .route("/history", get(history))
+        .route("/tls/ca", get(tls_ca))
+        .route("/tls/custom", get(tls_custom_list))
+        .route(
+            "/tls/custom/{domain}",
+            axum::routing::put(tls_custom_install).delete(tls_custom_remove),
+        )
         .with_state(node.clone());
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -88,6 +94,8 @@ async fn status(State(node): State<S>) -> Json<Value> {
         "home": node.layout.root,
         "domain": node.opts.domain,
         "http_port": node.opts.http_port,
+        "https_port": node.opts.https_port,
+        "ca_fingerprint": node.authority().ok().map(|a| a.fingerprint()),
         "api_url": format!("http://127.0.0.1:{}", node.opts.http_port),
         "bus": if node.opts.nats_url.is_some() { "nats" } else { "in-process" },
         "container_driver": node.driver.name(),
@@ -272,4 +280,71 @@ async fn history(State(node): State<S>) -> Json<Value> {
         .collect();
     lines.reverse();
     Json(Value::Array(lines))
+}
+
+type Refusal = (StatusCode, Json<Value>);
+
+fn tls_refusal(e: strato_tls::TlsError) -> Refusal {
+    let status = match e {
+        strato_tls::TlsError::NotFound { .. } => StatusCode::NOT_FOUND,
+        strato_tls::TlsError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    err(status, e.to_string())
+}
+
+/// The node's CA: what clients are asked to trust.
+async fn tls_ca(State(node): State<S>) -> Result<Json<Value>, Refusal> {
+    let ca = node
+        .authority()
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    Ok(Json(json!({
+        "fingerprint": ca.fingerprint(),
+        "pem": ca.ca_pem(),
+        "path": node.layout.tls_ca().join(strato_tls::CA_CERT_FILE),
+    })))
+}
+
+fn cert_json(c: &strato_tls::CustomCertInfo) -> Value {
+    json!({
+        "domain": c.domain,
+        "subject": c.subject,
+        "issuer": c.issuer,
+        "names": c.names,
+        "not_after": c.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "fingerprint": c.fingerprint,
+    })
+}
+
+async fn tls_custom_list(State(node): State<S>) -> Result<Json<Value>, Refusal> {
+    let list = node.custom_certs().list().map_err(tls_refusal)?;
+    Ok(Json(Value::Array(list.iter().map(cert_json).collect())))
+}
+
+#[derive(serde::Deserialize)]
+struct CertUpload {
+    cert: String,
+    key: String,
+}
+
+async fn tls_custom_install(
+    State(node): State<S>,
+    Path(domain): Path<String>,
+    Json(body): Json<CertUpload>,
+) -> Result<Json<Value>, Refusal> {
+    let info = node
+        .custom_certs()
+        .install(&domain, &body.cert, &body.key)
+        .map_err(tls_refusal)?;
+    record(&node, &format!("custom_ssl_cert install {domain}"));
+    Ok(Json(cert_json(&info)))
+}
+
+async fn tls_custom_remove(
+    State(node): State<S>,
+    Path(domain): Path<String>,
+) -> Result<StatusCode, Refusal> {
+    node.custom_certs().remove(&domain).map_err(tls_refusal)?;
+    record(&node, &format!("custom_ssl_cert remove {domain}"));
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -32,6 +32,10 @@ pub struct Options {
     /// Port of the router (apps and the API).
     #[arg(long, env = "STRATO_HTTP_PORT", default_value_t = 8080)]
     pub http_port: u16,
+    /// Port of the router's HTTPS listener (certificates from this node's CA, or custom
+    /// ones installed with `kato op custom_ssl_cert`); 0 turns HTTPS off.
+    #[arg(long, env = "STRATO_HTTPS_PORT", default_value_t = 8443)]
+    pub https_port: u16,
     /// Address the router listens on.
     #[arg(long, env = "STRATO_HTTP_ADDR", default_value = "0.0.0.0")]
     pub http_addr: std::net::IpAddr,
@@ -125,7 +129,11 @@ fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
         match runc.check_available() {
             Ok(()) if opts.network_isolation => {
                 let cfg = strato_container::network::NetworkConfig {
-                    open_ports: vec![(opts.http_port, opts.http_port), opts.service_ports()],
+                    open_ports: vec![
+                        (opts.http_port, opts.http_port),
+                        (opts.https_port, opts.https_port),
+                        opts.service_ports(),
+                    ],
                     ..Default::default()
                 };
                 match strato_container::network::IsolatedNetwork::setup(cfg) {
@@ -245,6 +253,7 @@ impl Node {
                         listen: SocketAddr::new(node.opts.http_addr, node.opts.http_port),
                         domain: node.opts.domain.clone(),
                         api_backend: Some(node.api_listener.local_addr()?),
+                        https: node.https_settings()?,
                         ..Default::default()
                     };
                     let c = Role::Router.component();
@@ -255,7 +264,7 @@ impl Node {
                         .await;
                     let router = strato_router::Router::bind(cfg, node.bus.clone())
                         .await
-                        .with_context(|| format!("the router cannot listen on port {}; set STRATO_HTTP_PORT to a free port", node.opts.http_port))?;
+                        .with_context(|| format!("the router cannot listen on port {} or {}; set STRATO_HTTP_PORT and STRATO_HTTPS_PORT to free ports", node.opts.http_port, node.opts.https_port))?;
                     router.serve(cancel).await;
                     Ok(())
                 })
@@ -356,6 +365,36 @@ impl Node {
             }
             default
         })
+    }
+
+    /// The node's certificate authority, created on first use.
+    pub fn authority(&self) -> anyhow::Result<strato_tls::Authority> {
+        let short: String = self.identity.id.chars().take(8).collect();
+        strato_tls::Authority::load_or_create(&self.layout.tls_ca(), &format!("Strato CA {short}"))
+            .context("the node's certificate authority")
+    }
+
+    /// The certificates operators installed (`kato op custom_ssl_cert`).
+    pub fn custom_certs(&self) -> strato_tls::CustomCerts {
+        strato_tls::CustomCerts::new(self.layout.tls_custom())
+    }
+
+    /// The router's HTTPS listener, unless `STRATO_HTTPS_PORT` is 0. Clients that send no
+    /// server name (an address as the target) get a certificate for 127.0.0.1.
+    fn https_settings(&self) -> anyhow::Result<Option<strato_router::HttpsSettings>> {
+        if self.opts.https_port == 0 {
+            return Ok(None);
+        }
+        let resolver = strato_tls::CertResolver::new(
+            Arc::new(self.authority()?),
+            self.custom_certs(),
+            "127.0.0.1",
+        )?;
+        let tls = strato_tls::server_config(Arc::new(resolver))?;
+        Ok(Some(strato_router::HttpsSettings::new(
+            SocketAddr::new(self.opts.http_addr, self.opts.https_port),
+            tls,
+        )))
     }
 
     /// A number from the config store (`component/key`), or `default`.
@@ -579,6 +618,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         shutdown: CancellationToken::new(),
         started_at: strato_core::now_rfc3339(),
     });
+    let ca = node.authority()?;
+    tracing::info!(fingerprint = %ca.fingerprint(), "certificate authority at {}", node.layout.tls_ca().display());
     let control = crate::control::serve(node.clone()).await?;
     let roles = node.start_roles().await?;
     tracing::info!(node = %node.identity.id, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), driver = node.driver.name(), "stratod running; router on port {}", opts.http_port);
