@@ -91,7 +91,7 @@ async fn ssh(
 ) -> CfResult<Response> {
     crate::api::app_for(&c, &access, Action::Develop, &guid).await?;
     let mut req = session_request(query.as_deref())?;
-    let (name, inst) = instance(&c, &guid, index, false).await?;
+    let (name, inst) = instance(&c, &guid, index, true).await?;
     req.instance = inst.instance.clone();
     let reply: SessionReply = strato_bus::request_json(
         c.bus.as_ref(),

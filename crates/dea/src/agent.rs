@@ -191,6 +191,7 @@ impl Dea {
             running_since: None,
             exit: exit_rx.clone(),
             cpu_sample: None,
+            inspection: None,
         };
         lock(&self.instances).insert(instance_id.clone(), instance);
         self.heartbeat().await;
@@ -474,11 +475,11 @@ impl Dea {
                 _ = tokio::time::sleep(dea.cfg.crash_retention) => {}
                 _ = dea.shutdown.cancelled() => {}
             }
-            dea.forget_crashed(&id);
+            dea.forget_crashed(&id).await;
         });
     }
 
-    fn forget_crashed(&self, id: &str) {
+    async fn forget_crashed(&self, id: &str) {
         let removed = {
             let mut instances = lock(&self.instances);
             match instances.get(id) {
@@ -487,7 +488,64 @@ impl Dea {
             }
         };
         if let Some(inst) = removed {
+            if let Some(container) = &inst.inspection {
+                let _ = self.driver.delete(container).await;
+            }
             remove_instance_dir(&inst.dir);
+        }
+    }
+
+    /// The container for looking at a crashed instance: the app's own container spec on
+    /// its kept files, running a shell that waits, started at the first `run`/`ssh` and
+    /// removed with the files when the retention period ends (Stackato let users ssh into
+    /// a crashed instance this way).
+    async fn inspection(self: &Arc<Self>, id: &str) -> anyhow::Result<String> {
+        let (req, port, dir, existing) = {
+            let instances = lock(&self.instances);
+            let inst = instances
+                .get(id)
+                .ok_or_else(|| anyhow::anyhow!("it is gone"))?;
+            (
+                inst.req.clone(),
+                inst.port,
+                inst.dir.clone(),
+                inst.inspection.clone(),
+            )
+        };
+        if let Some(container) = existing {
+            return Ok(container);
+        }
+        anyhow::ensure!(dir.join("app").is_dir(), "its files are gone");
+        let wait = self.cfg.crash_retention.as_secs().max(1);
+        let mut spec = self.container_spec(
+            &format!("{id}-inspect"),
+            &req,
+            port,
+            &dir,
+            &format!("exec sleep {wait}"),
+        );
+        spec.memory_limit_bytes = spec.memory_limit_bytes.map(|m| m.max(64 * 1024 * 1024));
+        let running = self.driver.run(spec).await?;
+        let container = running.id.clone();
+        let (_output, mut waiter) = running.into_parts();
+        self.tasks.spawn(async move {
+            let _ = waiter.wait().await;
+        });
+        let mut instances = lock(&self.instances);
+        match instances.get_mut(id) {
+            Some(inst) => {
+                inst.inspection = Some(container.clone());
+                Ok(container)
+            }
+            None => {
+                // Forgotten meanwhile: nothing keeps the container.
+                let driver = self.driver.clone();
+                let stale = container.clone();
+                self.tasks.spawn(async move {
+                    let _ = driver.delete(&stale).await;
+                });
+                anyhow::bail!("it was just removed")
+            }
         }
     }
 
@@ -574,6 +632,9 @@ impl Dea {
         futures::future::join_all(stops).await;
         let leftovers: Vec<Instance> = lock(&self.instances).drain().map(|(_, i)| i).collect();
         for inst in leftovers {
+            if let Some(inspection) = &inst.inspection {
+                let _ = self.driver.delete(inspection).await;
+            }
             let _ = self.driver.delete(&inst.container_id).await;
             remove_instance_dir(&inst.dir);
         }
@@ -707,18 +768,21 @@ impl Dea {
         let _ = reply_json(self.bus.as_ref(), &msg, &reply).await;
     }
 
-    async fn open_session(&self, req: &SessionRequest) -> SessionReply {
+    async fn open_session(self: &Arc<Self>, req: &SessionRequest) -> SessionReply {
         let container = lock(&self.instances)
             .get(&req.instance)
             .map(|i| (i.state, i.container_id.clone()));
         let container = match container {
             Some((InstanceState::Starting | InstanceState::Running, id)) => id,
-            Some((InstanceState::Crashed, _)) => {
-                return session_error(format!(
-                    "instance {} has crashed and its container is gone; its files stay readable with `strato files` for a while",
-                    req.instance
-                ))
-            }
+            Some((InstanceState::Crashed, _)) => match self.inspection(&req.instance).await {
+                Ok(id) => id,
+                Err(e) => {
+                    return session_error(format!(
+                        "instance {} has crashed and cannot be inspected: {e:#}; its files stay readable with `strato files` for a while",
+                        req.instance
+                    ))
+                }
+            },
             _ => {
                 return session_error(format!(
                     "instance {} is not running on DEA {}",

@@ -27,6 +27,9 @@ pub struct Instance {
     pub exit: watch::Receiver<Option<i32>>,
     /// The last CPU sample, for `cpu_percent`.
     pub cpu_sample: Option<(Instant, u64)>,
+    /// After a crash: the container started on the kept files so `run`/`ssh` can look at
+    /// them, until the retention period ends.
+    pub inspection: Option<String>,
 }
 
 /// Seconds since the epoch, as CF timestamps are.

@@ -257,3 +257,39 @@ fn the_disk_quota_is_enforced_inside_the_instance() {
         mounted()
     );
 }
+
+/// As Stackato allowed: `run` (and `ssh`) reach a crashed instance's files in a container
+/// of their own while the DEA keeps them, to find out why it crashed.
+#[test]
+fn run_inspects_a_crashed_instance() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("Procfile"),
+        "web: echo 'why it crashed' > crash-note.txt; exit 3\n",
+    )
+    .unwrap();
+    std::fs::write(app.path().join("stackato.yml"), "name: crasher\nmem: 64M\n").unwrap();
+    // The push reports the failed start; the instance is kept as crashed.
+    let _ = mc.strato(app.path(), &["push", "-n"]);
+    let here = mc.client_home.path();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = mc.strato(here, &["run", "crasher", "cat", "crash-note.txt"]);
+        if out.status.success() {
+            assert_eq!(text(&out.stdout), "why it crashed\n");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "never reached the crashed instance: {}\n{}",
+            text(&out.stderr),
+            mc.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // It is an inspection container: the app's command is not running there.
+    let out = mc.strato_ok(here, &["run", "crasher", "ps", "-e", "-o", "comm="]);
+    assert!(out.contains("sleep"), "{out}");
+}
