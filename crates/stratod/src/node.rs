@@ -385,11 +385,21 @@ impl Node {
         if self.opts.https_port == 0 {
             return Ok(None);
         }
+        // The CA signs for the cloud's own names and addresses only, so a client cannot
+        // make it sign for every name it invents; other domains need a custom certificate.
+        let domain = self.opts.domain.to_ascii_lowercase();
         let resolver = strato_tls::CertResolver::new(
             Arc::new(self.authority()?),
             self.custom_certs(),
             "127.0.0.1",
-        )?;
+        )?
+        .issuing_only_for(Box::new(move |name| {
+            name == domain
+                || name
+                    .strip_suffix(domain.as_str())
+                    .is_some_and(|p| p.ends_with('.'))
+                || name.parse::<std::net::IpAddr>().is_ok()
+        }));
         let tls = strato_tls::server_config(Arc::new(resolver))?;
         Ok(Some(strato_router::HttpsSettings::new(
             SocketAddr::new(self.opts.http_addr, self.opts.https_port),

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub use authority::{Authority, CA_CERT_FILE, CA_KEY_FILE};
 pub use custom::{CustomCertInfo, CustomCerts};
 pub use error::TlsError;
-pub use resolver::{CertResolver, MAX_ISSUED};
+pub use resolver::{CertResolver, NameFilter, MAX_ISSUED};
 
 /// The protocols offered in ALPN: the router's server speaks both.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

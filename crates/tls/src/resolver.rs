@@ -33,7 +33,12 @@ pub struct CertResolver {
     issued: Mutex<HashMap<String, Issued>>,
     /// Milliseconds since the epoch before which the directory is not looked at again.
     next_check_ms: AtomicU64,
+    /// Which names the CA signs for (all valid names when `None`).
+    issue_for: Option<NameFilter>,
 }
+
+/// Decides whether the CA signs a certificate for a name a client asked for.
+pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The custom certificates as last read, and when.
 struct Installed {
@@ -86,9 +91,18 @@ impl CertResolver {
             }),
             issued: Mutex::new(HashMap::new()),
             next_check_ms: AtomicU64::new(0),
+            issue_for: None,
         };
         resolver.reload();
         Ok(resolver)
+    }
+
+    /// Signs certificates only for names `filter` accepts (and the default name), so a
+    /// client cannot make the CA sign one for every name it invents. Installed custom
+    /// certificates are served whatever the filter says.
+    pub fn issuing_only_for(mut self, filter: NameFilter) -> CertResolver {
+        self.issue_for = Some(filter);
+        self
     }
 
     /// Reads the custom certificate directory again now.
@@ -129,6 +143,11 @@ impl CertResolver {
     }
 
     fn issued_for(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(filter) = &self.issue_for {
+            if name != self.default_name && !filter(name) {
+                return None;
+            }
+        }
         if let Some(issued) = self.issued.lock().ok()?.get(name) {
             if issued.at.elapsed() < REISSUE_AFTER {
                 return Some(issued.certified.clone());

@@ -332,6 +332,33 @@ fn resolver_prefers_custom_exact_then_wildcard_then_issues() {
 }
 
 #[test]
+fn a_name_filter_limits_what_the_ca_signs_but_not_custom_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = authority(tmp.path());
+    let store = CustomCerts::new(tmp.path().join("custom"));
+    let (chain, key, leaf) = OtherCa::new().valid_leaf(&["shop.example.org"]);
+    store.install("shop.example.org", &chain, &key).unwrap();
+    let resolver = CertResolver::new(ca.clone(), store, "127.0.0.1")
+        .unwrap()
+        .issuing_only_for(Box::new(|name| name.ends_with(".example.test")));
+    assert!(resolver.resolve_name(Some("app.example.test")).is_some());
+    assert!(
+        resolver
+            .resolve_name(Some("invented.example.net"))
+            .is_none(),
+        "no certificate for a name outside the filter"
+    );
+    assert_eq!(
+        leaf_of(&resolver.resolve_name(Some("shop.example.org")).unwrap()),
+        &leaf
+    );
+    assert!(
+        resolver.resolve_name(None).is_some(),
+        "the default name stays"
+    );
+}
+
+#[test]
 fn resolver_picks_up_installs_and_removals_without_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = authority(tmp.path());
