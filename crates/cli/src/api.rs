@@ -94,32 +94,46 @@ struct Tokens {
 /// A connection to one target, optionally logged in.
 pub struct Api {
     http: Client,
+    trust: crate::trust::Trust,
     target: String,
     tokens: Mutex<Tokens>,
     store: Option<ConfigFile>,
 }
 
-/// Builds the HTTP client; `STRATO_SKIP_SSL_VALIDATION`/`STACKATO_SKIP_SSL_VALIDATION`
-/// accept self-signed certificates.
-fn http_client() -> Result<Client, ClientError> {
-    let skip_tls =
-        crate::config::env_pair("SKIP_SSL_VALIDATION").is_some_and(|v| v != "0" && v != "false");
-    Client::builder()
+/// Builds the HTTP client with `trust` (see [`crate::trust`]).
+fn http_client(trust: &crate::trust::Trust) -> Result<Client, ClientError> {
+    let builder = Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .danger_accept_invalid_certs(skip_tls)
-        .user_agent(concat!("strato/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| ClientError::Transport {
-            url: String::new(),
-            detail: error_chain(&e),
-        })
+        .user_agent(concat!("strato/", env!("CARGO_PKG_VERSION")));
+    let builder = trust.apply(builder).map_err(|e| ClientError::Transport {
+        url: String::new(),
+        detail: format!("{e:#}"),
+    })?;
+    builder.build().map_err(|e| ClientError::Transport {
+        url: String::new(),
+        detail: error_chain(&e),
+    })
 }
 
+/// A WebSocket over TCP or TLS.
+pub type WsStream = tokio_tungstenite::WebSocketStream<Box<dyn WsIo>>;
+
+/// The byte streams a [`WsStream`] runs on.
+pub trait WsIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> WsIo for T {}
+
 impl Api {
-    /// A client for `target` without a session.
-    pub fn anonymous(target: &str) -> Result<Self, ClientError> {
+    /// A client for `target` without a session, trusting what `session` (the target's
+    /// saved state, possibly empty) trusts.
+    pub fn anonymous(target: &str, session: &Session) -> Result<Self, ClientError> {
+        Self::with_trust(target, crate::trust::Trust::of(session))
+    }
+
+    /// A client for `target` without a session, trusting `trust`.
+    pub fn with_trust(target: &str, trust: crate::trust::Trust) -> Result<Self, ClientError> {
         Ok(Api {
-            http: http_client()?,
+            http: http_client(&trust)?,
+            trust,
             target: crate::config::trim_url(target),
             tokens: Mutex::new(Tokens::default()),
             store: None,
@@ -132,7 +146,7 @@ impl Api {
         session: &Session,
         store: ConfigFile,
     ) -> Result<Self, ClientError> {
-        let api = Self::anonymous(target)?;
+        let api = Self::anonymous(target, session)?;
         *api.lock_tokens() = Tokens {
             access: session.access_token.clone(),
             refresh: session.refresh_token.clone(),
@@ -192,6 +206,50 @@ impl Api {
             .map_err(|_| ClientError::NotLoggedIn(self.target.clone()))?;
         request.headers_mut().insert(AUTHORIZATION, value);
         Ok(request)
+    }
+
+    /// Opens a WebSocket for `request` (from [`websocket_request`](Self::websocket_request)),
+    /// over TLS for `wss://` with this target's trust.
+    pub async fn websocket_connect(
+        &self,
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<
+        (
+            WsStream,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let uri = request.uri().clone();
+        let tls = uri.scheme_str() == Some("wss");
+        let host = uri
+            .host()
+            .ok_or(WsError::Url(
+                tokio_tungstenite::tungstenite::error::UrlError::NoHostName,
+            ))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn WsIo> = if tls {
+            let config = self
+                .trust
+                .rustls_config()
+                .map_err(|e| WsError::Io(std::io::Error::other(format!("{e:#}"))))?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| WsError::Io(std::io::Error::other(e.to_string())))?;
+            Box::new(
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?,
+            )
+        } else {
+            Box::new(tcp)
+        };
+        tokio_tungstenite::client_async(request, stream).await
     }
 
     /// Sends a request built by `build` with the bearer token; on a 401 it refreshes the token
@@ -538,7 +596,7 @@ mod tests {
 
     #[test]
     fn paths_join_the_target() {
-        let api = Api::anonymous("http://h:8080/").unwrap();
+        let api = Api::anonymous("http://h:8080/", &Session::default()).unwrap();
         assert_eq!(api.url("/v2/info"), "http://h:8080/v2/info");
         assert_eq!(api.url("v2/info"), "http://h:8080/v2/info");
         assert_eq!(api.url("https://other/x"), "https://other/x");

@@ -27,7 +27,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show or set the API endpoint (host without scheme: https, then http).
-    Target { url: Option<String> },
+    Target {
+        url: Option<String>,
+        /// Accept the server's certificate authority if its SHA-256 fingerprint is this
+        /// (`kato info` shows it on the server).
+        #[arg(long, value_name = "SHA256")]
+        ca_fingerprint: Option<String>,
+        /// Do not check this target's TLS certificates at all.
+        #[arg(long)]
+        skip_ssl_validation: bool,
+    },
     /// List the saved targets.
     Targets,
     /// Log in to the target.

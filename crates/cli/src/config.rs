@@ -25,6 +25,13 @@ pub struct Session {
     pub space_guid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space_name: Option<String>,
+    /// The target's own certificate authority (PEM), accepted at `strato target` after the
+    /// user compared its fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// `strato target --skip-ssl-validation`: accept any certificate from this target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_ssl_validation: bool,
 }
 
 impl Session {

@@ -5,13 +5,13 @@ mod cf;
 mod cli;
 mod commands;
 mod config;
-mod error;
-mod manifest;
 mod output;
 mod prompt;
+mod trust;
 mod upload;
 
 use clap::Parser;
+use strato_cli::{error, manifest};
 
 fn main() {
     let cli = cli::Cli::parse();

@@ -81,7 +81,37 @@ pub struct LoadOptions<'a> {
 /// empty when there are none. With `only`, just that app (or the single app, which
 /// `strato push NAME` may rename).
 pub fn load_all(dir: &Path, opts: &LoadOptions, only: Option<&str>) -> Result<Vec<Manifest>> {
-    let docs = load_docs(dir)?;
+    let apps = resolve_all(load_docs(dir)?, opts, only)?;
+    for app in &apps {
+        print_warnings(&app.warnings);
+    }
+    Ok(apps)
+}
+
+/// As [`load_all`], from the texts of `manifest.yml` and `stackato.yml` (either may be
+/// absent) instead of a directory, and without printing the warnings (they are in each
+/// [`Manifest::warnings`]). The `manifest` fuzz target drives the reader through this.
+pub fn parse_texts(
+    manifest_yml: Option<&str>,
+    stackato_yml: Option<&str>,
+    opts: &LoadOptions,
+    only: Option<&str>,
+) -> Result<Vec<Manifest>> {
+    let source = |name: &str, text: &str| {
+        Arc::new(SourceFile {
+            name: name.into(),
+            text: text.into(),
+        })
+    };
+    let docs = docs_from(
+        manifest_yml.map(|t| source("manifest.yml", t)),
+        stackato_yml.map(|t| source("stackato.yml", t)),
+    )?;
+    resolve_all(docs, opts, only)
+}
+
+/// The apps of `docs` in push order, or just `only`.
+fn resolve_all(docs: Vec<AppDoc>, opts: &LoadOptions, only: Option<&str>) -> Result<Vec<Manifest>> {
     if docs.is_empty() {
         return Ok(vec![]);
     }
@@ -104,14 +134,7 @@ pub fn load_all(dir: &Path, opts: &LoadOptions, only: Option<&str>) -> Result<Ve
         },
         None => push_order(&docs, &names)?,
     };
-    let apps: Vec<Manifest> = chosen
-        .into_iter()
-        .map(|i| docs[i].resolve(opts))
-        .collect::<Result<_>>()?;
-    for app in &apps {
-        print_warnings(&app.warnings);
-    }
-    Ok(apps)
+    chosen.into_iter().map(|i| docs[i].resolve(opts)).collect()
 }
 
 /// The app name the manifest files in `dir` give, if they describe exactly one app (for
@@ -272,12 +295,23 @@ impl AppDoc {
 
 /// Reads both files; an empty list when neither exists.
 fn load_docs(dir: &Path) -> Result<Vec<AppDoc>> {
+    docs_from(
+        read_file(&dir.join("manifest.yml"))?,
+        read_file(&dir.join("stackato.yml"))?,
+    )
+}
+
+/// The app documents of both files (either may be absent).
+fn docs_from(
+    manifest_yml: Option<Arc<SourceFile>>,
+    stackato_yml: Option<Arc<SourceFile>>,
+) -> Result<Vec<AppDoc>> {
     let mut docs = Vec::new();
-    if let Some(file) = read_file(&dir.join("manifest.yml"))? {
+    if let Some(file) = manifest_yml {
         let value = parse_yaml(&file)?;
         add_manifest_yml(&mut docs, file, value)?;
     }
-    if let Some(file) = read_file(&dir.join("stackato.yml"))? {
+    if let Some(file) = stackato_yml {
         let value = parse_yaml(&file)?;
         add_stackato(&mut docs, file, value)?;
     }

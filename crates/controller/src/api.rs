@@ -91,6 +91,7 @@ fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
     v.extend(crate::tenancy::endpoints());
     v.extend(crate::quotas::endpoints());
     v.extend(crate::uaa::endpoints());
+    v.extend(crate::clients::endpoints());
     v.extend(crate::services::endpoints());
     v.extend(crate::tunnel::endpoints());
     v.extend(crate::exec::endpoints());
@@ -134,16 +135,12 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("{proto}://{host}")
 }
 
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> CfResult<T> {
-    if body.len() > 1024 * 1024 {
-        return Err(CfError(ApiError::new(
-            413,
-            1,
-            "CF-RequestTooLarge",
-            "the request body is larger than 1 MB",
-        )));
-    }
-    serde_json::from_slice(body).map_err(|e| CfError(ApiError::message_parse(e.to_string())))
+pub(crate) use crate::body::parse_json;
+
+/// Reads and checks the fields of an app create or update (the `api_body` fuzz target
+/// calls it through [`crate::body::parse_as_each_request_type`]).
+pub(crate) fn parse_app_fields(body: &[u8]) -> CfResult<()> {
+    validate(&parse_json::<AppFields>(body)?)
 }
 
 // ---------------------------------------------------------------- root, info, tokens
@@ -415,7 +412,7 @@ async fn list_routes(
 }
 
 #[derive(Deserialize)]
-struct NewRoute {
+pub(crate) struct NewRoute {
     host: String,
     domain_guid: String,
     space_guid: String,
@@ -644,7 +641,7 @@ async fn list_apps(
 /// Fields a client may set on create and update.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct AppFields {
+pub(crate) struct AppFields {
     name: Option<String>,
     space_guid: Option<String>,
     instances: Option<i64>,
@@ -1154,6 +1151,7 @@ async fn upload_bits(
                     .text()
                     .await
                     .map_err(|e| mp_err(e, c.cfg.max_upload_mb))?;
+                crate::body::check_depth(text.as_bytes())?;
                 matched = serde_json::from_str(&text).map_err(|e| {
                     ApiError::app_bits_upload_invalid(format!(
                         "'resources' is not a JSON list of {{fn, sha1, size}}: {e}"
@@ -1196,6 +1194,7 @@ async fn upload_bits(
             &matched,
             &res_dir,
             &blobs,
+            crate::bits::MAX_EXPANDED_BYTES,
         )
     })
     .await

@@ -1,5 +1,6 @@
 //! Passwords and tokens: argon2id hashes, HS256 JWT access and refresh tokens (UAA shapes),
-//! and the extractor that turns a bearer header into the signed-in user.
+//! and the extractor that turns a bearer header into the signed-in user — or, for a
+//! `client_credentials` token, into the registered client acting as an administrator.
 
 use std::time::Duration;
 
@@ -47,9 +48,33 @@ pub struct Claims {
     pub exp: i64,
     /// `access` or `refresh`.
     pub typ: String,
-    /// The login session both tokens belong to; revoked sessions fail every check.
+    /// The login session both tokens belong to; revoked sessions fail every check. For a
+    /// `client_credentials` token: the guid of the registered client.
     #[serde(default)]
     pub sid: String,
+    /// UAA's claim: `client_credentials` for a client's own token; empty for users'.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grant_type: String,
+}
+
+/// The `grant_type` claim of a registered client's token.
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+
+/// The authority that makes a registered client an administrator (the only kind allowed).
+pub const ADMIN_AUTHORITY: &str = "cloud_controller.admin";
+
+/// Longest life of a client's token (shorter when the access token TTL is shorter); it
+/// has no refresh token: the client authenticates again.
+const CLIENT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// What `/oauth/token` returns for the `client_credentials` grant: no refresh token.
+#[derive(Debug, Serialize)]
+pub struct ClientTokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub scope: String,
+    pub jti: String,
 }
 
 /// Issues and checks tokens.
@@ -109,10 +134,46 @@ impl Tokens {
             exp: now + ttl.as_secs() as i64,
             typ: typ.to_string(),
             sid: sid.to_string(),
+            grant_type: String::new(),
         };
-        let tok = jsonwebtoken::encode(&Header::default(), &claims, &self.enc)
-            .map_err(|e| ApiError::server(format!("signing token: {e}")))?;
-        Ok((tok, jti))
+        Ok((self.encode(&claims)?, jti))
+    }
+
+    fn encode(&self, claims: &Claims) -> Result<String, ApiError> {
+        jsonwebtoken::encode(&Header::default(), claims, &self.enc)
+            .map_err(|e| ApiError::server(format!("signing token: {e}")))
+    }
+
+    /// A short-lived access token for registered client `client_id` (row `client_guid`)
+    /// with its authorities as scopes.
+    pub fn issue_client(
+        &self,
+        client_guid: &str,
+        client_id: &str,
+        authorities: &[String],
+    ) -> Result<ClientTokenResponse, ApiError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let ttl = self.ttl.min(CLIENT_TOKEN_TTL);
+        let claims = Claims {
+            jti: strato_core::new_guid(),
+            sub: client_id.to_string(),
+            user_id: String::new(),
+            user_name: String::new(),
+            client_id: client_id.to_string(),
+            scope: authorities.to_vec(),
+            iat: now,
+            exp: now + ttl.as_secs() as i64,
+            typ: "access".to_string(),
+            sid: client_guid.to_string(),
+            grant_type: CLIENT_CREDENTIALS.to_string(),
+        };
+        Ok(ClientTokenResponse {
+            access_token: self.encode(&claims)?,
+            token_type: "bearer",
+            expires_in: ttl.as_secs(),
+            scope: authorities.join(" "),
+            jti: claims.jti,
+        })
     }
 
     /// A fresh access + refresh token pair for login session `sid`.
@@ -193,6 +254,9 @@ impl FromRequestParts<Shared> for CurrentUser {
             .or_else(|| header.strip_prefix("Bearer "))
             .ok_or_else(|| CfError(ApiError::not_authenticated()))?;
         let claims = state.auth.verify(token.trim(), "access")?;
+        if claims.grant_type == CLIENT_CREDENTIALS {
+            return client_of(state, &claims).await;
+        }
         let live = state
             .db
             .session_is_live(&claims.sid, &claims.user_id)
@@ -219,6 +283,32 @@ impl FromRequestParts<Shared> for CurrentUser {
             session: claims.sid,
         })
     }
+}
+
+/// The registered client a `client_credentials` token names, acting as an administrator
+/// (its guid stands for the user's, its id for the user name). A deleted client — or one
+/// that lost the admin authority — fails every request at once.
+async fn client_of(state: &Shared, claims: &Claims) -> Result<CurrentUser, CfError> {
+    let client = state
+        .db
+        .oauth_client_by_guid(&claims.sid)
+        .await
+        .map_err(crate::cf::db_err)?
+        .filter(|c| c.client_id == claims.client_id && c.has_authority(ADMIN_AUTHORITY))
+        .ok_or_else(|| {
+            CfError(ApiError::new(
+                401,
+                1000,
+                "CF-InvalidAuthToken",
+                "Invalid Auth Token: the OAuth client of this token was deleted; register it again and get a new token",
+            ))
+        })?;
+    Ok(CurrentUser {
+        guid: client.guid.clone(),
+        username: client.client_id,
+        admin: true,
+        session: client.guid,
+    })
 }
 
 /// The user if the request carries a valid token, else `None` (for `/v2/info`).
@@ -263,5 +353,20 @@ mod tests {
         assert!(t.verify(&r.refresh_token, "refresh").is_ok());
         let other = Tokens::new(b"k2", Duration::from_secs(60));
         assert!(other.verify(&r.access_token, "access").is_err());
+        assert!(c.grant_type.is_empty(), "a user's token is not a client's");
+    }
+
+    #[test]
+    fn client_tokens_are_short_lived_and_name_their_client() {
+        let t = Tokens::new(b"k1", Duration::from_secs(7 * 24 * 3600));
+        let r = t
+            .issue_client("guid-1", "ci", &[ADMIN_AUTHORITY.to_string()])
+            .unwrap();
+        assert_eq!(r.expires_in, CLIENT_TOKEN_TTL.as_secs());
+        assert_eq!(r.scope, ADMIN_AUTHORITY);
+        let c = t.verify(&r.access_token, "access").unwrap();
+        assert_eq!(c.grant_type, CLIENT_CREDENTIALS);
+        assert_eq!((c.sid.as_str(), c.client_id.as_str()), ("guid-1", "ci"));
+        assert!(t.verify(&r.access_token, "refresh").is_err());
     }
 }

@@ -2,9 +2,11 @@
 //! an upload plus matched resources into one package zip, content-addressed by sha256.
 //!
 //! Uploads are checked entry by entry: absolute paths, `..` and symlinks that lead out of
-//! the app are refused before anything is stored.
+//! the app are refused before anything is stored. Entries are streamed through a temp
+//! file, never held in memory, and the whole upload may expand to at most a limit, so a
+//! small zip of a huge file (a zip bomb) is refused after reading just past the limit.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -78,20 +80,72 @@ fn io(e: std::io::Error) -> ApiError {
     ApiError::server(format!("writing the package: {e}"))
 }
 
+/// How far an upload may expand (the stager's default `max_app_bytes`).
+pub const MAX_EXPANDED_BYTES: u64 = 2 << 30;
+
+/// The longest symlink target read from an upload.
+const MAX_LINK_TARGET: u64 = 4096;
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::app_bits_upload_invalid(format!(
+        "the upload expands to more than {} MB; make the app smaller",
+        limit / (1024 * 1024)
+    ))
+}
+
+/// An upload entry spooled to a temp file in the resource cache dir, with its SHA1.
+struct Spooled {
+    file: tempfile::NamedTempFile,
+    sha1: String,
+}
+
+/// Copies `entry` into a temp file in `dir`, counting against `budget` (bytes left).
+fn spool(
+    entry: &mut impl Read,
+    dir: &Path,
+    budget: &mut u64,
+    limit: u64,
+) -> Result<Spooled, ApiError> {
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut hasher = sha1::Sha1::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = entry.read(&mut buf).map_err(bad_zip)?;
+        if n == 0 {
+            break;
+        }
+        if n as u64 > *budget {
+            return Err(too_large(limit));
+        }
+        *budget -= n as u64;
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(io)?;
+    }
+    file.rewind().map_err(io)?;
+    Ok(Spooled {
+        file,
+        sha1: hex::encode(hasher.finalize()),
+    })
+}
+
 /// Builds the package from an uploaded zip (may be absent when every file matched) and
-/// the matched resources; returns its sha256. Blocking: call from `spawn_blocking`.
+/// the matched resources; returns its sha256. The upload may expand to at most
+/// `max_expanded` bytes. Blocking: call from `spawn_blocking`.
 pub fn build_package(
     upload: Option<&Path>,
     matched: &[WireResource],
     resources_dir: &Path,
     blobs: &BlobStore,
+    max_expanded: u64,
 ) -> Result<String, ApiError> {
     let tmp = tempfile::NamedTempFile::new_in(blobs.root()).map_err(io)?;
     let mut out = zip::ZipWriter::new(tmp.reopen().map_err(io)?);
     let mut seen = std::collections::HashSet::new();
     if let Some(upload) = upload {
+        std::fs::create_dir_all(resources_dir).map_err(io)?;
         let file = std::fs::File::open(upload).map_err(io)?;
         let mut zin = zip::ZipArchive::new(file).map_err(bad_zip)?;
+        let mut budget = max_expanded;
         for i in 0..zin.len() {
             let mut entry = zin.by_index(i).map_err(bad_zip)?;
             let name = entry.name().to_string();
@@ -103,20 +157,24 @@ pub fn build_package(
                     .map_err(bad_zip)?;
                 continue;
             }
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(bad_zip)?;
             if mode & 0o170000 == 0o120000 {
-                let target = String::from_utf8_lossy(&data).to_string();
+                let mut target = Vec::new();
+                (&mut entry)
+                    .take(MAX_LINK_TARGET)
+                    .read_to_end(&mut target)
+                    .map_err(bad_zip)?;
+                let target = String::from_utf8_lossy(&target).to_string();
                 check_symlink(&path, &target)?;
                 out.add_symlink(rel.clone(), target, zip_opts(0o777))
                     .map_err(bad_zip)?;
                 seen.insert(rel);
                 continue;
             }
-            cache_resource(resources_dir, &data)?;
+            let mut spooled = spool(&mut entry, resources_dir, &mut budget, max_expanded)?;
             out.start_file(rel.clone(), zip_opts(mode & 0o777))
                 .map_err(bad_zip)?;
-            out.write_all(&data).map_err(io)?;
+            std::io::copy(&mut spooled.file, &mut out).map_err(io)?;
+            cache_resource(resources_dir, spooled)?;
             seen.insert(rel);
         }
     }
@@ -163,9 +221,9 @@ fn zip_opts(mode: u32) -> zip::write::SimpleFileOptions {
         .unix_permissions(mode)
 }
 
-fn cache_resource(dir: &Path, data: &[u8]) -> Result<(), ApiError> {
-    let sha = hex::encode(sha1::Sha1::digest(data));
-    let Some(path) = cache_path(dir, &sha) else {
+/// Keeps a spooled file in the resource cache under its SHA1 (unless it is there already).
+fn cache_resource(dir: &Path, spooled: Spooled) -> Result<(), ApiError> {
+    let Some(path) = cache_path(dir, &spooled.sha1) else {
         return Ok(());
     };
     if path.exists() {
@@ -174,9 +232,7 @@ fn cache_resource(dir: &Path, data: &[u8]) -> Result<(), ApiError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, data).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    spooled.file.persist(&path).map_err(|e| io(e.error))?;
     Ok(())
 }
 
@@ -218,7 +274,8 @@ mod tests {
             ("app.py", b"print(1)", 0o755),
             ("lib/x.txt", b"hello", 0o644),
         ]);
-        let sha = build_package(Some(up.path()), &[], res.path(), &store).unwrap();
+        let sha =
+            build_package(Some(up.path()), &[], res.path(), &store, MAX_EXPANDED_BYTES).unwrap();
         assert!(pkgs.path().join(format!("{sha}.zip")).exists());
         // The second push sends nothing: both files match.
         let wanted = vec![
@@ -237,7 +294,7 @@ mod tests {
         ];
         let matched = resource_match(res.path(), &wanted);
         assert_eq!(matched.len(), 2);
-        let sha2 = build_package(None, &matched, res.path(), &store).unwrap();
+        let sha2 = build_package(None, &matched, res.path(), &store, MAX_EXPANDED_BYTES).unwrap();
         let mut z = zip::ZipArchive::new(
             std::fs::File::open(pkgs.path().join(format!("{sha2}.zip"))).unwrap(),
         )
@@ -248,16 +305,58 @@ mod tests {
         );
 
         let evil = zip_with(&[("../../evil", b"x", 0o644)]);
-        assert!(build_package(Some(evil.path()), &[], res.path(), &store)
-            .unwrap_err()
-            .description
-            .contains("outside"));
+        assert!(build_package(
+            Some(evil.path()),
+            &[],
+            res.path(),
+            &store,
+            MAX_EXPANDED_BYTES
+        )
+        .unwrap_err()
+        .description
+        .contains("outside"));
         let link = zip_with(&[("a/link", b"../../etc/passwd", 0o120777)]);
-        assert!(build_package(Some(link.path()), &[], res.path(), &store)
-            .unwrap_err()
-            .description
-            .contains("outside"));
+        assert!(build_package(
+            Some(link.path()),
+            &[],
+            res.path(),
+            &store,
+            MAX_EXPANDED_BYTES
+        )
+        .unwrap_err()
+        .description
+        .contains("outside"));
         let ok_link = zip_with(&[("a/link", b"../app.py", 0o120777)]);
-        assert!(build_package(Some(ok_link.path()), &[], res.path(), &store).is_ok());
+        assert!(build_package(
+            Some(ok_link.path()),
+            &[],
+            res.path(),
+            &store,
+            MAX_EXPANDED_BYTES
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_upload_expanding_past_the_limit_is_refused_without_reading_it_all() {
+        let res = tempfile::tempdir().unwrap();
+        let pkgs = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(pkgs.path()).unwrap();
+        // 8 MB of zeros compress to a few KB.
+        let zeros = vec![0u8; 8 << 20];
+        let bomb = zip_with(&[("a", &zeros[..], 0o644), ("b", b"small", 0o644)]);
+        assert!(std::fs::metadata(bomb.path()).unwrap().len() < 100_000);
+        let err = build_package(Some(bomb.path()), &[], res.path(), &store, 1 << 20).unwrap_err();
+        assert!(
+            err.description.contains("expands to more than 1 MB"),
+            "{err:?}"
+        );
+        assert!(build_package(Some(bomb.path()), &[], res.path(), &store, 16 << 20).is_ok());
+        let cached = cache_path(res.path(), &hex::encode(sha1::Sha1::digest(&zeros))).unwrap();
+        assert_eq!(
+            std::fs::metadata(cached).unwrap().len(),
+            8 << 20,
+            "files land in the cache"
+        );
     }
 }

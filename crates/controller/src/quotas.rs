@@ -192,7 +192,7 @@ fn space_quota_json(q: &SpaceQuotaDefinition) -> Value {
 /// The fields a client may send on create and update (others, e.g. CF's
 /// `total_private_domains`, are ignored).
 #[derive(Deserialize, Default)]
-struct QuotaFields {
+pub(crate) struct QuotaFields {
     name: Option<String>,
     organization_guid: Option<String>,
     non_basic_services_allowed: Option<bool>,

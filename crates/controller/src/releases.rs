@@ -172,7 +172,7 @@ async fn list_releases(
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RollbackBody {
+pub(crate) struct RollbackBody {
     release: Option<i64>,
 }
 
@@ -310,7 +310,7 @@ async fn rollback(
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RestartBody {
+pub(crate) struct RestartBody {
     strategy: Option<String>,
 }
 

@@ -583,7 +583,7 @@ async fn get_instance(
 }
 
 #[derive(Deserialize)]
-struct NewInstance {
+pub(crate) struct NewInstance {
     name: String,
     service_plan_guid: String,
     space_guid: String,
@@ -639,7 +639,7 @@ async fn create_instance(
 }
 
 #[derive(Deserialize)]
-struct InstanceUpdate {
+pub(crate) struct InstanceUpdate {
     name: Option<String>,
     credentials: Option<Map<String, Value>>,
     syslog_drain_url: Option<String>,
@@ -709,7 +709,7 @@ async fn update_instance(
 }
 
 #[derive(Deserialize)]
-struct NewUserProvided {
+pub(crate) struct NewUserProvided {
     name: String,
     space_guid: String,
     #[serde(default)]
@@ -991,7 +991,7 @@ async fn get_binding(
 }
 
 #[derive(Deserialize)]
-struct NewBinding {
+pub(crate) struct NewBinding {
     app_guid: String,
     service_instance_guid: String,
 }

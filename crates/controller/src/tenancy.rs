@@ -278,7 +278,7 @@ async fn get_user(
 }
 
 #[derive(Deserialize)]
-struct UserUpdate {
+pub(crate) struct UserUpdate {
     admin: Option<bool>,
 }
 
@@ -392,7 +392,7 @@ async fn user_spaces(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct NewUser {
+pub(crate) struct NewUser {
     user_name: String,
     password: String,
     #[serde(default)]
@@ -464,7 +464,7 @@ fn check_password(password: &str) -> CfResult<()> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PasswordChange {
+pub(crate) struct PasswordChange {
     #[serde(default)]
     old_password: Option<String>,
     password: String,
@@ -525,14 +525,14 @@ async fn change_password(
 // ---------------------------------------------------------------- organizations
 
 #[derive(Deserialize)]
-struct NameOnly {
+pub(crate) struct NameOnly {
     name: String,
 }
 
 /// `PUT /v2/organizations/{guid}`: a new name (org managers) and/or a quota
 /// (administrators).
 #[derive(Deserialize)]
-struct OrgUpdate {
+pub(crate) struct OrgUpdate {
     name: Option<String>,
     quota_definition_guid: Option<String>,
 }
@@ -718,7 +718,7 @@ async fn space_contents(c: &Shared, s: &Space) -> CfResult<Vec<String>> {
 // ---------------------------------------------------------------- spaces
 
 #[derive(Deserialize)]
-struct NewSpace {
+pub(crate) struct NewSpace {
     name: String,
     organization_guid: String,
 }
@@ -811,7 +811,7 @@ async fn delete_space(
 // ---------------------------------------------------------------- members
 
 #[derive(Deserialize)]
-struct ByName {
+pub(crate) struct ByName {
     username: String,
 }
 
@@ -1087,7 +1087,7 @@ async fn get_flag(
 }
 
 #[derive(Deserialize)]
-struct FlagUpdate {
+pub(crate) struct FlagUpdate {
     enabled: bool,
 }
 

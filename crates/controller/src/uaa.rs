@@ -1,5 +1,6 @@
 //! The UAA side of the API: `POST /oauth/token` (password and refresh_token grants for
-//! client `cf`), `GET /userinfo`, and `DELETE /oauth/token/revoke/{session}`.
+//! client `cf`; the client_credentials grant for clients an administrator registered, see
+//! [`crate::clients`]), `GET /userinfo`, and `DELETE /oauth/token/revoke/{session}`.
 //!
 //! Every password login opens a session (a row in the database); both tokens name it, and
 //! a request is only accepted while its session exists — so logout, a password change or
@@ -65,9 +66,11 @@ struct TokenForm {
     password: Option<String>,
     refresh_token: Option<String>,
     client_id: Option<String>,
+    client_secret: Option<String>,
 }
 
-fn uaa_error(status: StatusCode, error: &str, desc: &str) -> Response {
+/// An error in UAA's shape (`{error, error_description}`).
+pub(crate) fn uaa_error(status: StatusCode, error: &str, desc: &str) -> Response {
     (
         status,
         Json(json!({"error": error, "error_description": desc})),
@@ -83,39 +86,55 @@ fn base64_decode(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// `(id, secret)` of an `Authorization: Basic` header (the secret may contain ':').
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64_decode(encoded)?;
+    Some(match decoded.split_once(':') {
+        Some((id, secret)) => (id.to_string(), secret.to_string()),
+        None => (decoded, String::new()),
+    })
+}
+
 async fn token(
     State(c): State<Shared>,
     ClientAddress(addr): ClientAddress,
     headers: HeaderMap,
     Form(f): Form<TokenForm>,
 ) -> Response {
-    // Client `cf` with an empty secret, by Basic auth or form field.
-    let client = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .and_then(base64_decode)
-        .map(|s| s.split(':').next().unwrap_or("").to_string())
-        .or(f.client_id.clone())
-        .unwrap_or_else(|| "cf".into());
-    if client != "cf" {
+    // The client's id and secret: HTTP Basic auth, else the form fields.
+    let (client, secret) = match basic_credentials(&headers) {
+        Some((id, secret)) => (Some(id), Some(secret)),
+        None => (f.client_id.clone(), f.client_secret.clone()),
+    };
+    let address = addr.map(|a| a.to_string()).unwrap_or_default();
+    if f.grant_type == crate::auth::CLIENT_CREDENTIALS {
+        return crate::clients::client_credentials_grant(
+            &c,
+            client.as_deref(),
+            secret.as_deref(),
+            &address,
+        )
+        .await;
+    }
+    // Users log in through client `cf`, whose secret is empty.
+    if client.as_deref().unwrap_or("cf") != "cf" {
         return uaa_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            "unknown client; use client 'cf' with an empty secret",
+            "unknown client; use client 'cf' with an empty secret (registered clients only use the client_credentials grant)",
         );
     }
-    let address = addr.map(|a| a.to_string()).unwrap_or_default();
     match f.grant_type.as_str() {
         "password" => password_grant(&c, &f, &address).await,
         "refresh_token" => refresh_grant(&c, &f).await,
         other => uaa_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            &format!("grant type '{other}' is not supported; use password or refresh_token"),
+            &format!("grant type '{other}' is not supported; use password, refresh_token or client_credentials"),
         ),
     }
 }
@@ -233,5 +252,17 @@ mod tests {
     fn basic_auth_decodes() {
         assert_eq!(base64_decode("Y2Y6").as_deref(), Some("cf:"));
         assert!(base64_decode("!!!").is_none());
+    }
+
+    #[test]
+    fn basic_credentials_keep_colons_in_the_secret() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic Y2k6YTpi"),
+        );
+        assert_eq!(basic_credentials(&h), Some(("ci".into(), "a:b".into())));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(basic_credentials(&h), None);
     }
 }

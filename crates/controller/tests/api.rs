@@ -396,3 +396,266 @@ async fn failed_logins_are_throttled_with_retry_after() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     login(&api).await;
 }
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_before_parsing_and_the_server_carries_on() {
+    let api = Api::start(10).await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for path in ["/v2/apps", "/v2/organizations", "/v2/routes"] {
+        let r = api
+            .req(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .body(deep.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error_code"], "CF-MessageParseError", "{path}: {v}");
+        assert!(
+            v["description"]
+                .as_str()
+                .unwrap()
+                .contains("limit of 32 levels"),
+            "{path}: {v}"
+        );
+    }
+    // Deep inside a field too; brackets inside strings do not count.
+    let space = api.space().await;
+    let r = api
+        .req(reqwest::Method::POST, "/v2/apps")
+        .body(format!(
+            r#"{{"name": "web", "space_guid": "{space}", "environment_json": {{"A": {}}}}}"#,
+            deep
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = api
+        .req(reqwest::Method::POST, "/v2/apps")
+        .json(&json!({"name": "web", "space_guid": space, "environment_json": {"A": "[[[[[[".repeat(100)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "a string full of brackets is not nesting");
+    // Not JSON at all is still a clear parse error, and the server still answers.
+    let r = api
+        .req(reqwest::Method::POST, "/v2/organizations")
+        .body("name=acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error_code"], "CF-MessageParseError", "{v}");
+    let (status, _) = api.create_app("after").await;
+    assert_eq!(status, 201);
+}
+
+/// `POST /oauth/token` with the client_credentials grant and HTTP Basic auth.
+async fn client_token(api: &Api, id: &str, secret: &str) -> (u16, Value) {
+    let r = api
+        .http
+        .post(format!("{}/oauth/token", api.base))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn send_as(
+    api: &Api,
+    token: &str,
+    m: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = api
+        .http
+        .request(m, format!("{}{path}", api.base))
+        .header("authorization", format!("bearer {token}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+const CLIENT_SECRET: &str = "ci:top-secret";
+
+fn ci_client() -> Value {
+    json!({
+        "client_id": "ci-bot", "client_secret": CLIENT_SECRET,
+        "authorized_grant_types": ["client_credentials"],
+        "authorities": ["cloud_controller.admin"], "scope": ["uaa.none"],
+    })
+}
+
+#[tokio::test]
+async fn admin_clients_get_tokens_that_act_as_admin_until_deleted() {
+    use reqwest::Method as M;
+    let api = Api::start(10).await;
+    let admin = api.token.clone();
+    let (status, created) =
+        send_as(&api, &admin, M::POST, "/oauth/clients", Some(ci_client())).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["client_id"], "ci-bot");
+    assert_eq!(created["authorities"], json!(["cloud_controller.admin"]));
+    assert!(!created.to_string().contains(CLIENT_SECRET), "{created}");
+    let (status, _) = send_as(&api, &admin, M::POST, "/oauth/clients", Some(ci_client())).await;
+    assert_eq!(status, 409, "a client id is registered once");
+    let mut reader = ci_client();
+    reader["client_id"] = json!("reader");
+    reader["authorities"] = json!(["cloud_controller.read"]);
+    let (status, v) = send_as(&api, &admin, M::POST, "/oauth/clients", Some(reader)).await;
+    assert_eq!(status, 400);
+    assert!(
+        v["description"]
+            .as_str()
+            .unwrap()
+            .contains("cloud_controller.admin"),
+        "{v}"
+    );
+    let (status, list) = send_as(&api, &admin, M::GET, "/oauth/clients", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["totalResults"], 1);
+    assert_eq!(list["resources"][0]["client_id"], "ci-bot");
+    assert!(!list.to_string().contains("top-secret"));
+
+    // The client's token: short-lived, no refresh token, an administrator's rights.
+    let (status, tok) = client_token(&api, "ci-bot", CLIENT_SECRET).await;
+    assert_eq!(status, 200, "{tok}");
+    assert!(tok.get("refresh_token").is_none(), "{tok}");
+    assert!(tok["expires_in"].as_u64().unwrap() <= 3600);
+    let bot = tok["access_token"].as_str().unwrap().to_string();
+    let (status, _) = send_as(&api, &bot, M::GET, "/v2/organizations", None).await;
+    assert_eq!(status, 200);
+    let (status, org) = send_as(
+        &api,
+        &bot,
+        M::POST,
+        "/v2/organizations",
+        Some(json!({"name": "from-ci"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{org}");
+    // The form fields work as well as Basic auth.
+    let r = api
+        .http
+        .post(format!("{}/oauth/token", api.base))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "ci-bot"),
+            ("client_secret", CLIENT_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Wrong secret, unknown client: 401 invalid_client.
+    for (id, secret) in [("ci-bot", "ci:wrong"), ("nobody", CLIENT_SECRET)] {
+        let (status, v) = client_token(&api, id, secret).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{id}: {v}"
+        );
+    }
+
+    // Only administrators manage clients.
+    let (status, _) = send_as(
+        &api,
+        &admin,
+        M::POST,
+        "/Users",
+        Some(json!({"userName": "bob", "password": "pw"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let bob = api.served.access_token("bob", "pw").await;
+    let mut other = ci_client();
+    other["client_id"] = json!("bobs-bot");
+    let (status, _) = send_as(&api, &bob, M::POST, "/oauth/clients", Some(other.clone())).await;
+    assert_eq!(status, 403);
+    let (status, _) = send_as(&api, &bob, M::GET, "/oauth/clients", None).await;
+    assert_eq!(status, 403);
+    let (status, _) = send_as(&api, &bob, M::DELETE, "/oauth/clients/ci-bot", None).await;
+    assert_eq!(status, 403);
+    let r = api
+        .http
+        .post(format!("{}/oauth/clients", api.base))
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Deleting the client revokes its tokens at once; registering the id again does
+    // not bring them back.
+    let (status, gone) = send_as(&api, &admin, M::DELETE, "/oauth/clients/ci-bot", None).await;
+    assert_eq!((status, gone["client_id"].as_str()), (200, Some("ci-bot")));
+    let (status, v) = send_as(&api, &bot, M::GET, "/v2/organizations", None).await;
+    assert_eq!(status, 401, "{v}");
+    let (status, _) = client_token(&api, "ci-bot", CLIENT_SECRET).await;
+    assert_eq!(status, 401);
+    let (status, _) = send_as(&api, &admin, M::DELETE, "/oauth/clients/ci-bot", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = send_as(&api, &admin, M::POST, "/oauth/clients", Some(ci_client())).await;
+    assert_eq!(status, 201);
+    let (status, _) = send_as(&api, &bot, M::GET, "/v2/organizations", None).await;
+    assert_eq!(status, 401, "the old token names the deleted registration");
+
+    // Both changes are audited, with the admin as actor.
+    let (_, events) = send_as(&api, &admin, M::GET, "/v2/events", None).await;
+    let kinds: Vec<&str> = events["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["entity"]["actee_name"] == "ci-bot")
+        .map(|e| e["entity"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "audit.oauth_client.create")
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"audit.oauth_client.delete"), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn failed_client_authentications_are_throttled() {
+    let api = Api::start(10).await;
+    let (status, _) = send_as(
+        &api,
+        &api.token.clone(),
+        reqwest::Method::POST,
+        "/oauth/clients",
+        Some(ci_client()),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for _ in 0..5 {
+        let (status, _) = client_token(&api, "ci-bot", "guess").await;
+        assert_eq!(status, 401);
+    }
+    let r = api
+        .http
+        .post(format!("{}/oauth/token", api.base))
+        .basic_auth("ci-bot", Some(CLIENT_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "even the right secret waits now");
+    assert!(r.headers().contains_key("retry-after"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _) = client_token(&api, "ci-bot", CLIENT_SECRET).await;
+    assert_eq!(status, 200);
+}

@@ -23,7 +23,9 @@ use strato_controller::{api, auth, Shared};
 
 mod common;
 use common::Served;
-use strato_db::{package_state, App, CatalogEntry, Db, OrgRole, QuotaLimits, SpaceRole};
+use strato_db::{
+    package_state, App, CatalogEntry, Db, NewOAuthClient, OrgRole, QuotaLimits, SpaceRole,
+};
 
 /// (method, path as in the route table, own statuses, other-org statuses)
 const MATRIX: &[(&str, &str, &str, &str)] = &[
@@ -57,6 +59,25 @@ const MATRIX: &[(&str, &str, &str, &str)] = &[
         "/oauth/token/revoke/{session}",
         "204 403 403 403 403 403 403 403",
         "204 403 403 403 403 403 403 403",
+    ),
+    // ---- OAuth clients (UAA: administrators only)
+    (
+        "POST",
+        "/oauth/clients",
+        "201 403 403 403 403 403 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "GET",
+        "/oauth/clients",
+        "200 403 403 403 403 403 403 403",
+        "200 403 403 403 403 403 403 403",
+    ),
+    (
+        "DELETE",
+        "/oauth/clients/{client_id}",
+        "200 403 403 403 403 403 403 403",
+        "200 403 403 403 403 403 403 403",
     ),
     (
         "PUT",
@@ -865,6 +886,8 @@ struct World {
     quota: String,
     /// A space quota of `org`.
     space_quota: String,
+    /// The id of a registered OAuth client.
+    client: String,
 }
 
 struct Fixture {
@@ -1017,7 +1040,18 @@ impl Fixture {
             .create_space_quota(&org.guid, &self.unique("sq"), &limits)
             .await
             .unwrap();
+        let client = db
+            .create_oauth_client(&NewOAuthClient {
+                client_id: self.unique("client"),
+                secret_hash: "x".into(),
+                authorized_grant_types: vec!["client_credentials".into()],
+                authorities: vec!["cloud_controller.admin".into()],
+                created_by: self.guids[&Role::Admin].clone(),
+            })
+            .await
+            .unwrap();
         World {
+            client: client.client_id,
             org: org.guid,
             space: space.guid,
             app: app.guid,
@@ -1074,7 +1108,8 @@ impl Fixture {
             .replace("{task}", "no-such-task")
             .replace("{index}", "0")
             .replace("{*path}", "app/index.html")
-            .replace("{session}", &w.session);
+            .replace("{session}", &w.session)
+            .replace("{client_id}", &w.client);
         if template == "/v2/organizations/{guid}" || template == "/v2/spaces/{guid}" {
             p.push_str("?recursive=true");
         }
@@ -1105,6 +1140,10 @@ impl Fixture {
                 json!({"app_guid": w.app, "service_instance_guid": w.instance})
             }
             ("POST", "/Users") => json!({"userName": name, "password": "pw"}),
+            ("POST", "/oauth/clients") => json!({
+                "client_id": name, "client_secret": "s",
+                "authorities": ["cloud_controller.admin"],
+            }),
             ("PUT", "/Users/{guid}/password") => json!({"password": "new"}),
             ("PUT", "/v2/users/{guid}") => json!({"admin": false}),
             ("POST", "/v2/organizations") => json!({"name": name}),

@@ -5,6 +5,7 @@
 //! `strato_migrations`, so a database made by an older Strato is brought forward at start.
 //! Repositories are plain async methods on [`Db`]; the controller never writes SQL itself.
 
+mod clients;
 mod migrations;
 mod models;
 mod quotas;
@@ -13,6 +14,7 @@ mod repo;
 mod services;
 mod tenancy;
 
+pub use clients::NewOAuthClient;
 pub use models::*;
 pub use releases::NewRelease;
 pub use repo::Filter;

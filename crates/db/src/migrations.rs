@@ -249,6 +249,22 @@ CREATE TABLE app_releases (
 CREATE INDEX app_releases_droplet ON app_releases (droplet_hash)
 "#;
 
+/// OAuth clients an administrator registered for the `client_credentials` grant. Their
+/// tokens name the row's guid, so deleting the row revokes them (a new client with the
+/// same id gets a new guid).
+const OAUTH_CLIENTS: &str = r#"
+CREATE TABLE oauth_clients (
+    guid TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL UNIQUE,
+    secret_hash TEXT NOT NULL,
+    authorized_grant_types TEXT NOT NULL,
+    authorities TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)
+"#;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -285,6 +301,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "releases: app releases, health check type and endpoint",
         sqlite: RELEASES,
         postgres: RELEASES,
+    },
+    Migration {
+        version: 7,
+        name: "oauth clients: client_credentials grant for administrators' tools",
+        sqlite: OAUTH_CLIENTS,
+        postgres: OAUTH_CLIENTS,
     },
 ];
 

@@ -423,3 +423,32 @@ pub struct QuotaUsage {
     pub services: i64,
     pub routes: i64,
 }
+
+/// An OAuth client registered for the `client_credentials` grant. The secret is only
+/// stored as an argon2id hash; the lists are JSON arrays of strings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct OAuthClient {
+    pub guid: String,
+    pub client_id: String,
+    pub secret_hash: String,
+    pub authorized_grant_types: String,
+    pub authorities: String,
+    /// The guid of the administrator who registered it.
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl OAuthClient {
+    pub fn grant_types(&self) -> Vec<String> {
+        serde_json::from_str(&self.authorized_grant_types).unwrap_or_default()
+    }
+
+    pub fn authority_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.authorities).unwrap_or_default()
+    }
+
+    pub fn has_authority(&self, authority: &str) -> bool {
+        self.authority_list().iter().any(|a| a == authority)
+    }
+}

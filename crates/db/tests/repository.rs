@@ -2,12 +2,12 @@
 //! PostgreSQL cluster started from the Debian binaries.
 
 use strato_db::{
-    health_check_type, package_state, App, Db, DbError, Filter, NewRelease, OrgRole, QuotaLimits,
-    SpaceRole,
+    health_check_type, package_state, App, Db, DbError, Filter, NewOAuthClient, NewRelease,
+    OrgRole, QuotaLimits, SpaceRole,
 };
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 6);
+    assert_eq!(db.schema_version().await.unwrap(), 7);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -329,6 +329,7 @@ async fn suite(db: &Db) {
     assert_eq!(db.list_users().await.unwrap().len(), 1);
 
     quotas(db, &org.guid, &space.guid, &app).await;
+    oauth_clients(db, &u.guid).await;
 
     // delete cascades the mapping and the releases, not the route
     assert!(db.delete_app(&app.guid).await.unwrap());
@@ -349,7 +350,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 6);
+    assert_eq!(db.schema_version().await.unwrap(), 7);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -360,7 +361,7 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 6);
+    assert_eq!(db.schema_version().await.unwrap(), 7);
 }
 
 #[tokio::test]
@@ -484,4 +485,51 @@ async fn releases(db: &Db, app: &str) {
     let mut held = db.release_droplets_of_app(app).await.unwrap();
     held.sort();
     assert_eq!(held, vec!["d2", "d3"]);
+}
+
+/// OAuth clients: registered once per id, looked up by id and by guid, listed, deleted.
+async fn oauth_clients(db: &Db, admin: &str) {
+    let new = NewOAuthClient {
+        client_id: "ci-bot".into(),
+        secret_hash: "$argon2id$hash".into(),
+        authorized_grant_types: vec!["client_credentials".into()],
+        authorities: vec!["cloud_controller.admin".into()],
+        created_by: admin.into(),
+    };
+    let c = db.create_oauth_client(&new).await.unwrap();
+    assert!(matches!(
+        db.create_oauth_client(&new).await,
+        Err(DbError::Conflict { .. })
+    ));
+    let found = db.oauth_client_by_id("ci-bot").await.unwrap().unwrap();
+    assert_eq!(found, c);
+    assert!(found.has_authority("cloud_controller.admin"));
+    assert_eq!(found.grant_types(), vec!["client_credentials"]);
+    assert_eq!(
+        db.oauth_client_by_guid(&c.guid).await.unwrap(),
+        Some(c.clone())
+    );
+    let other = db
+        .create_oauth_client(&NewOAuthClient {
+            client_id: "another".into(),
+            ..new.clone()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<String> = db
+        .list_oauth_clients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.client_id)
+        .collect();
+    assert_eq!(ids, vec!["another", "ci-bot"]);
+    assert!(db.delete_oauth_client("ci-bot").await.unwrap());
+    assert!(!db.delete_oauth_client("ci-bot").await.unwrap());
+    assert!(db.oauth_client_by_guid(&c.guid).await.unwrap().is_none());
+    // The same id registered again is a new client: old tokens name the old guid.
+    let again = db.create_oauth_client(&new).await.unwrap();
+    assert_ne!(again.guid, c.guid);
+    assert!(db.delete_oauth_client("ci-bot").await.unwrap());
+    assert!(db.delete_oauth_client(&other.client_id).await.unwrap());
 }

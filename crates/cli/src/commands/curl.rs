@@ -27,7 +27,7 @@ pub async fn curl(ctx: &Ctx, method: &str, path: &str, body: Option<&str>) -> Re
     let api = if session.logged_in() {
         Api::with_session(&target.url, &session, ctx.store.clone())?
     } else {
-        Api::anonymous(&target.url)?
+        Api::anonymous(&target.url, &session)?
     };
     let url = api.url(path);
     let build = |c: &reqwest::Client| {

@@ -22,8 +22,7 @@ use super::{Ctx, Scope};
 use crate::cli::{FilesArgs, RunArgs, ScpArgs, SshArgs};
 use crate::error::usage;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = crate::api::WsStream;
 
 /// What goes up to the instance.
 enum Input {
@@ -369,7 +368,7 @@ async fn open(
         }
     }
     let request = scope.api.websocket_request(url.as_str())?;
-    match tokio_tungstenite::connect_async(request).await {
+    match scope.api.websocket_connect(request).await {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let body = response.body().as_deref().unwrap_or_default();

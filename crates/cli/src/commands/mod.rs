@@ -143,7 +143,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         store: ConfigFile::from_env()?,
     };
     match cli.command {
-        Command::Target { url } => session::target(&ctx, url).await,
+        Command::Target {
+            url,
+            ca_fingerprint,
+            skip_ssl_validation,
+        } => {
+            let tls = session::TlsChoice {
+                ca_fingerprint,
+                skip_validation: skip_ssl_validation,
+            };
+            session::target(&ctx, url, tls).await
+        }
         Command::Targets => session::targets(&ctx),
         Command::Login(args) => session::login(&ctx, args).await,
         Command::Logout => session::logout(&ctx).await,

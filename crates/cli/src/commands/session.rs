@@ -7,6 +7,7 @@ use crate::cli::LoginArgs;
 use crate::config::{env_pair, trim_url, Session, TargetSource};
 use crate::error::usage;
 use crate::prompt;
+use crate::trust::Trust;
 use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 
@@ -20,11 +21,20 @@ pub fn candidate_urls(input: &str) -> Vec<String> {
     }
 }
 
+/// How `strato target URL` treats an HTTPS certificate this machine does not trust.
+#[derive(Clone, Debug, Default)]
+pub struct TlsChoice {
+    /// Accept the server's certificate authority if its SHA-256 fingerprint is this.
+    pub ca_fingerprint: Option<String>,
+    /// Accept any certificate from this target from now on.
+    pub skip_validation: bool,
+}
+
 /// `strato target [URL]`.
-pub async fn target(ctx: &Ctx, url: Option<String>) -> Result<()> {
+pub async fn target(ctx: &Ctx, url: Option<String>, tls: TlsChoice) -> Result<()> {
     match url {
         None => show_target(ctx),
-        Some(url) => set_target(ctx, &url).await,
+        Some(url) => set_target(ctx, &url, &tls).await,
     }
 }
 
@@ -72,9 +82,15 @@ fn print_session(session: &Session) {
     }
 }
 
-async fn set_target(ctx: &Ctx, input: &str) -> Result<()> {
-    let (url, info) = probe(input).await?;
-    ctx.store.update(|c| c.target = Some(url.clone()))?;
+async fn set_target(ctx: &Ctx, input: &str, tls: &TlsChoice) -> Result<()> {
+    let config = ctx.store.load()?;
+    let (url, info, trust) = probe(ctx, &config, input, tls).await?;
+    ctx.store.update(|c| {
+        c.target = Some(url.clone());
+        let session = c.targets.entry(url.clone()).or_default();
+        session.ca_pem = trust.ca_pem.clone();
+        session.skip_ssl_validation = tls.skip_validation;
+    })?;
     println!("Target set to {url}{}", describe_server(&info));
     let env_var = crate::config::TARGET_VARS.iter().find_map(|v| {
         std::env::var(v)
@@ -103,16 +119,33 @@ fn describe_server(info: &Info) -> String {
     }
 }
 
-/// Finds the URL among the candidates whose `GET /v2/info` answers.
-async fn probe(input: &str) -> Result<(String, Info)> {
+/// Finds the URL among the candidates whose `GET /v2/info` answers. An HTTPS target whose
+/// certificate this machine does not trust gets a chance: its certificate authority is
+/// shown and accepted when the user says so (or `--ca-fingerprint` matches it).
+async fn probe(
+    ctx: &Ctx,
+    config: &crate::config::Config,
+    input: &str,
+    tls: &TlsChoice,
+) -> Result<(String, Info, Trust)> {
     if input.trim().is_empty() {
         return usage("the target URL is empty; run `strato target https://api.example.com`");
     }
     let mut failures = Vec::new();
     for url in candidate_urls(input) {
-        let attempt = async { Api::anonymous(&url)?.info().await };
-        match attempt.await {
-            Ok(info) => return Ok((url, info)),
+        let mut trust = Trust::of(&config.targets.get(&url).cloned().unwrap_or_default());
+        trust.skip |= tls.skip_validation;
+        let error = match Api::with_trust(&url, trust.clone())?.info().await {
+            Ok(info) => return Ok((url, info, trust)),
+            Err(e) => e.to_string(),
+        };
+        if !(url.starts_with("https://") && crate::trust::is_untrusted_certificate(&error)) {
+            failures.push(format!("{url}: {error}"));
+            continue;
+        }
+        trust.ca_pem = Some(accept_authority(ctx, &url, tls).await?);
+        match Api::with_trust(&url, trust.clone())?.info().await {
+            Ok(info) => return Ok((url, info, trust)),
             Err(e) => failures.push(format!("{url}: {e}")),
         }
     }
@@ -120,6 +153,49 @@ async fn probe(input: &str) -> Result<(String, Info)> {
         "{input} does not answer as a Strato API (GET /v2/info):\n  {}",
         failures.join("\n  ")
     )
+}
+
+/// Shows the certificate authority `url` presents and returns it (PEM) once accepted.
+async fn accept_authority(ctx: &Ctx, url: &str, tls: &TlsChoice) -> Result<String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow!("{url}: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| anyhow!("{url} names no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let chain = crate::trust::presented_chain(&host, port).await?;
+    // The last certificate sent is the authority (a lone certificate is its own).
+    let ca = chain.last().expect("presented_chain returns at least one");
+    let fingerprint = crate::trust::fingerprint(ca);
+    eprintln!(
+        "The certificate of {host}:{port} is signed by an authority this machine does not trust.\n  \
+         SHA-256 fingerprint: {fingerprint}\n\
+         Compare it with `kato info` (CA SHA-256) on the server before you accept it."
+    );
+    let accepted = match &tls.ca_fingerprint {
+        Some(expected) if crate::trust::same_fingerprint(expected, &fingerprint) => {
+            eprintln!("It matches --ca-fingerprint: accepted.");
+            true
+        }
+        Some(expected) => bail!(
+            "the server's certificate authority is not the one you named (--ca-fingerprint {expected}); \
+             someone may be intercepting the connection, or the server has a new authority: check `kato info` there"
+        ),
+        None if crate::prompt::interactive(ctx.no_prompt) => {
+            crate::prompt::confirm("Trust this certificate authority for this target?")?
+        }
+        None => bail!(
+            "refusing a certificate this machine does not trust; after checking the fingerprint \
+             run `strato target {url} --ca-fingerprint {fingerprint}` (or --skip-ssl-validation \
+             to not check certificates at all)"
+        ),
+    };
+    if !accepted {
+        bail!("not trusted; the target was not changed");
+    }
+    Ok(crate::trust::to_pem(ca))
 }
 
 /// `strato targets`.
@@ -191,7 +267,8 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<()> {
             )
         }
     };
-    let api = Api::anonymous(&target.url)?;
+    let saved = config_session(ctx, &target.url)?;
+    let api = Api::anonymous(&target.url, &saved)?;
     let tokens = api.password_grant(&user, &password).await?;
     let wanted_org = args.organization.or_else(|| env_pair("ORG"));
     let org = match wanted_org.filter(|o| !o.is_empty()) {
@@ -218,6 +295,8 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<()> {
         org_name: org.as_ref().map(|o| o.entity.name.clone()),
         space_guid: space.as_ref().map(|s| s.metadata.guid.clone()),
         space_name: space.as_ref().map(|s| s.entity.name.clone()),
+        ca_pem: saved.ca_pem.clone(),
+        skip_ssl_validation: saved.skip_ssl_validation,
     };
     ctx.store.update(|c| {
         c.targets.insert(target.url.clone(), session.clone());
@@ -279,6 +358,17 @@ async fn pick(
     }
 }
 
+/// What is saved for `url` (trust included), or nothing.
+fn config_session(ctx: &Ctx, url: &str) -> Result<Session> {
+    Ok(ctx
+        .store
+        .load()?
+        .targets
+        .get(url)
+        .cloned()
+        .unwrap_or_default())
+}
+
 /// `strato logout`.
 pub async fn logout(ctx: &Ctx) -> Result<()> {
     let target = ctx.target()?;
@@ -324,8 +414,8 @@ fn session_id(jwt: &str) -> Option<String> {
 /// `strato info`.
 pub async fn info(ctx: &Ctx) -> Result<()> {
     let target = ctx.target()?;
-    let info = Api::anonymous(&target.url)?.info().await?;
     let session = ctx.saved_session(&target)?;
+    let info = Api::anonymous(&target.url, &session)?.info().await?;
     let user = session.user.clone().filter(|_| session.logged_in());
     if ctx.out.json {
         return ctx.out.print_json(&json!({

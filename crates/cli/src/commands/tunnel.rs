@@ -17,8 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = crate::api::WsStream;
 
 /// What the API says about the tunnel's service when the WebSocket opens.
 #[derive(Clone, Debug)]
@@ -32,12 +31,9 @@ async fn open(scope: &Scope, guid: &str) -> Result<(Ws, Hello)> {
     let request = scope
         .api
         .websocket_request(&format!("/v2/service_instances/{guid}/tunnel"))?;
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| {
-            refused(&e)
-                .unwrap_or_else(|| anyhow!("cannot open a tunnel through {}: {e}", scope.target))
-        })?;
+    let (mut ws, _) = scope.api.websocket_connect(request).await.map_err(|e| {
+        refused(&e).unwrap_or_else(|| anyhow!("cannot open a tunnel through {}: {e}", scope.target))
+    })?;
     let first = match ws.next().await {
         Some(Ok(Message::Text(t))) => t,
         other => bail!("the API closed the tunnel before saying where it goes ({other:?})"),

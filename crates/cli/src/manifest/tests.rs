@@ -409,3 +409,25 @@ fn unknown_keys_warn_naming_the_key() {
     assert!(all.contains("`worker:` is ignored"), "{all}");
     assert!(all.contains("`cpan:` are not supported"), "{all}");
 }
+
+#[test]
+fn texts_read_as_the_files_of_a_directory() {
+    let manifest = "applications:\n- name: web\n  depends-on: [db]\n  memory: 128M\n- name: db\n";
+    let stackato = "name: web\ninstances: 3\n";
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "manifest.yml", manifest);
+    write(dir.path(), "stackato.yml", stackato);
+    let given = BTreeSet::new();
+    let b = builtins();
+    let opts = LoadOptions {
+        builtins: &b,
+        ask: None,
+        env_given: &given,
+    };
+    let from_texts = parse_texts(Some(manifest), Some(stackato), &opts, None).unwrap();
+    assert_eq!(from_texts, load(dir.path(), None).unwrap());
+    assert_eq!(from_texts[1].instances, Some(3));
+    assert!(parse_texts(None, None, &opts, None).unwrap().is_empty());
+    let err = parse_texts(None, Some("name: [unclosed\n"), &opts, None).unwrap_err();
+    assert!(err.to_string().contains("stackato.yml:"), "{err}");
+}
