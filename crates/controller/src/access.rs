@@ -250,6 +250,7 @@ mod tests {
             username: "u".into(),
             admin,
             session: "s".into(),
+            origin: None,
         }
     }
 

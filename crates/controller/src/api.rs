@@ -1454,7 +1454,7 @@ pub(crate) async fn audit(
             actee_type,
             actee_name,
             space,
-            &json!({}),
+            &json!({"request": {"ip": user.origin.map(|ip| ip.to_string())}}),
         )
         .await
     {

@@ -228,6 +228,8 @@ pub struct CurrentUser {
     pub admin: bool,
     /// The login session of the request's token.
     pub session: String,
+    /// Where the request came from (the client's address), for audit events.
+    pub origin: Option<std::net::IpAddr>,
 }
 
 impl FromRequestParts<Shared> for CurrentUser {
@@ -254,8 +256,12 @@ impl FromRequestParts<Shared> for CurrentUser {
             .or_else(|| header.strip_prefix("Bearer "))
             .ok_or_else(|| CfError(ApiError::not_authenticated()))?;
         let claims = state.auth.verify(token.trim(), "access")?;
+        let Ok(crate::uaa::ClientAddress(origin)) =
+            crate::uaa::ClientAddress::from_request_parts(parts, state).await;
         if claims.grant_type == CLIENT_CREDENTIALS {
-            return client_of(state, &claims).await;
+            return client_of(state, &claims)
+                .await
+                .map(|user| CurrentUser { origin, ..user });
         }
         let live = state
             .db
@@ -281,6 +287,7 @@ impl FromRequestParts<Shared> for CurrentUser {
             username: user.username.clone(),
             admin: user.is_admin(),
             session: claims.sid,
+            origin,
         })
     }
 }
@@ -308,6 +315,7 @@ async fn client_of(state: &Shared, claims: &Claims) -> Result<CurrentUser, CfErr
         username: client.client_id,
         admin: true,
         session: client.guid,
+        origin: None,
     })
 }
 

@@ -627,6 +627,19 @@ async fn admin_clients_get_tokens_that_act_as_admin_until_deleted() {
         "{kinds:?}"
     );
     assert!(kinds.contains(&"audit.oauth_client.delete"), "{kinds:?}");
+    // Who, what, when, and from where.
+    let created = events["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"]["type"] == "audit.oauth_client.create")
+        .unwrap();
+    assert_eq!(created["entity"]["actor_name"], "admin", "{created}");
+    assert!(created["entity"]["timestamp"].is_string(), "{created}");
+    assert_eq!(
+        created["entity"]["metadata"]["request"]["ip"], "127.0.0.1",
+        "{created}"
+    );
 }
 
 #[tokio::test]
