@@ -263,8 +263,18 @@ async fn delete_kills_a_running_container() {
     let spec = fx.spec("kill", "trap '' TERM; echo up; sleep 1000");
     let id = spec.id.clone();
     let mut running = fx.driver.run(spec).await.expect("container starts");
-    let up = tokio::time::timeout(Duration::from_secs(10), running.output.recv()).await;
-    assert_eq!(up.unwrap().unwrap().text, "up");
+    // The first stdout line (tini may say something on stderr first).
+    let up = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match running.output.recv().await {
+                Some(line) if line.stream == OutputStream::Stdout => return Some(line.text),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(up.unwrap().as_deref(), Some("up"));
     fx.driver.delete(&id).await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), running.wait())
         .await
