@@ -481,4 +481,112 @@ mod tests {
         assert!(t.lookup("b.x").is_none());
         assert!(t.lock().hosts.is_empty());
     }
+
+    mod properties {
+        //! Whatever sequence of registrations, unregistrations and time passing the bus
+        //! brings, the table never loses a live backend, never routes to one that expired
+        //! or finished draining, and never sends to a draining one while a live one exists.
+
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const HOSTS: [&str; 3] = ["a.x", "b.x", "c.x"];
+        const TTL: u64 = 20;
+        const DRAIN: u64 = 5;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Register(usize, u16),
+            Unregister(usize, u16),
+            /// Seconds pass, then the periodic prune runs.
+            Wait(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0..HOSTS.len(), 1u16..5).prop_map(|(h, p)| Op::Register(h, p)),
+                2 => (0..HOSTS.len(), 1u16..5).prop_map(|(h, p)| Op::Unregister(h, p)),
+                1 => (0u64..30).prop_map(Op::Wait),
+            ]
+        }
+
+        /// What the bus said about one backend of one host, and when.
+        #[derive(Default, Clone, Copy)]
+        struct Seen {
+            registered: Option<u64>,
+            unregistered: Option<u64>,
+        }
+
+        proptest! {
+            #[test]
+            fn live_backends_stay_dead_ones_go(ops in proptest::collection::vec(op(), 1..60)) {
+                let t = RouteTable::new(Duration::from_secs(TTL), Duration::from_secs(DRAIN));
+                let start = Instant::now();
+                let mut now = 0u64;
+                let mut seen: HashMap<(usize, u16), Seen> = HashMap::new();
+                for op in ops {
+                    let at = start + Duration::from_secs(now);
+                    match op {
+                        Op::Register(h, p) => {
+                            t.apply_at([RouteChange::Register(reg(&[HOSTS[h]], p))], at);
+                            let s = seen.entry((h, p)).or_default();
+                            s.registered = Some(now);
+                            s.unregistered = None;
+                        }
+                        Op::Unregister(h, p) => {
+                            t.apply_at([RouteChange::Unregister(reg(&[HOSTS[h]], p))], at);
+                            let s = seen.entry((h, p)).or_default();
+                            if s.registered.is_some() && s.unregistered.is_none() {
+                                s.unregistered = Some(now);
+                            }
+                        }
+                        Op::Wait(secs) => {
+                            now += secs;
+                            t.prune_at(start + Duration::from_secs(now));
+                        }
+                    }
+                    for (h, host) in HOSTS.iter().enumerate() {
+                        let routed = t.lookup(host).unwrap_or_default();
+                        let mut unique = routed.clone();
+                        unique.sort();
+                        unique.dedup();
+                        prop_assert_eq!(unique.len(), routed.len(), "duplicates for {}", host);
+                        let state = |p: u16| seen.get(&(h, p)).copied().unwrap_or_default();
+                        let live: Vec<u16> = (1u16..5)
+                            .filter(|&p| {
+                                let s = state(p);
+                                s.unregistered.is_none()
+                                    && s.registered.is_some_and(|r| now - r < TTL)
+                            })
+                            .collect();
+                        for p in &live {
+                            prop_assert!(
+                                routed.contains(&format!("127.0.0.1:{p}")),
+                                "live backend {} of {} lost: {:?}", p, host, routed
+                            );
+                        }
+                        for addr in &routed {
+                            let p: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+                            let s = state(p);
+                            prop_assert!(s.registered.is_some(), "{} never registered", addr);
+                            match s.unregistered {
+                                None => prop_assert!(live.contains(&p), "{} expired", addr),
+                                Some(u) => {
+                                    prop_assert!(now - u < DRAIN, "{} drained too long", addr);
+                                    prop_assert!(live.is_empty(), "draining {} while live", addr);
+                                }
+                            }
+                        }
+                        prop_assert_eq!(
+                            t.hosts().contains(&host.to_string()),
+                            !routed.is_empty()
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
