@@ -410,6 +410,34 @@ fn tree_mentions(pid: &str, hint: &str) -> bool {
 }
 
 /// A plain HTTP/1.1 GET to 127.0.0.1:port with the given Host.
+/// `strato ARGS` in `dir` as another user of this machine: HOME `home` (their own
+/// `~/.strato`), none of the target/org/space/TLS variables, no terminal.
+pub fn strato_as(home: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("strato"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env_remove("STRATO_TARGET")
+        .env_remove("STACKATO_TARGET")
+        .env_remove("STRATO_ORG")
+        .env_remove("STRATO_SPACE")
+        .env_remove("STRATO_SKIP_SSL_VALIDATION")
+        .env_remove("STACKATO_SKIP_SSL_VALIDATION")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run strato")
+}
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn http_get(port: u16, host: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {

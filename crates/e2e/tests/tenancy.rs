@@ -4,33 +4,13 @@
 //! login.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use strato_e2e::{bin, fixture, MicroCloud};
-
-/// `strato ARGS` in `dir` with HOME `home` (each user has their own `~/.strato`).
-fn strato_as(home: &Path, dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin("strato"))
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", home)
-        .env_remove("STRATO_TARGET")
-        .env_remove("STACKATO_TARGET")
-        .env_remove("STRATO_ORG")
-        .env_remove("STRATO_SPACE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run strato")
-}
+use strato_e2e::{fixture, output_text, strato_as, MicroCloud};
 
 fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(out)
 }
 
 fn ok(mc: &MicroCloud, home: &Path, dir: &Path, args: &[&str]) -> String {

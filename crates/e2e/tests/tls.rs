@@ -5,33 +5,18 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use strato_e2e::{bin, fixture, MicroCloud};
+use strato_e2e::{fixture, output_text, strato_as, MicroCloud};
 
-/// `strato ARGS` with HOME `home` (a client of its own), no terminal.
-fn strato_as(home: &Path, args: &[&str]) -> Output {
-    Command::new(bin("strato"))
-        .args(args)
-        .current_dir(home)
-        .env("HOME", home)
-        .env_remove("STRATO_TARGET")
-        .env_remove("STACKATO_TARGET")
-        .env_remove("STRATO_SKIP_SSL_VALIDATION")
-        .env_remove("STACKATO_SKIP_SSL_VALIDATION")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run strato")
+/// `strato ARGS` as a user whose HOME (and working dir) is `home`.
+fn strato_in(home: &Path, args: &[&str]) -> Output {
+    strato_as(home, home, args)
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(out)
 }
 
 /// A client trusting only `root`, reaching `host` at the router's HTTPS port.
@@ -79,7 +64,7 @@ fn https_with_the_node_ca_a_checked_target_and_a_custom_certificate() {
 
     // A new client is shown the CA and, without a terminal, refuses it.
     let home = tempfile::tempdir().unwrap();
-    let out = strato_as(home.path(), &["target", &https]);
+    let out = strato_in(home.path(), &["target", &https]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -97,27 +82,27 @@ fn https_with_the_node_ca_a_checked_target_and_a_custom_certificate() {
 
     // A wrong fingerprint is refused; the right one is saved and used from then on.
     let wrong = "00:".repeat(31) + "00";
-    let out = strato_as(home.path(), &["target", &https, "--ca-fingerprint", &wrong]);
+    let out = strato_in(home.path(), &["target", &https, "--ca-fingerprint", &wrong]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not the one you named"));
-    let out = strato_as(
+    let out = strato_in(
         home.path(),
         &["target", &https, "--ca-fingerprint", &fingerprint],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = strato_as(home.path(), &["login", "admin", "--password", &mc.password]);
+    let out = strato_in(home.path(), &["login", "admin", "--password", &mc.password]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = strato_as(home.path(), &["apps"]);
+    let out = strato_in(home.path(), &["apps"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("staticfixture"));
     // `run` goes over wss:// with the same trust.
-    let out = strato_as(home.path(), &["run", "staticfixture", "echo", "over-tls"]);
+    let out = strato_in(home.path(), &["run", "staticfixture", "echo", "over-tls"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls\n");
 
     // --skip-ssl-validation: no question asked, nothing checked.
     let skip = tempfile::tempdir().unwrap();
-    let out = strato_as(skip.path(), &["target", &https, "--skip-ssl-validation"]);
+    let out = strato_in(skip.path(), &["target", &https, "--skip-ssl-validation"]);
     assert!(out.status.success(), "{}", text(&out));
 
     // A custom certificate for a domain: presented by SNI once installed, gone once removed.
@@ -138,14 +123,17 @@ fn https_with_the_node_ca_a_checked_target_and_a_custom_certificate() {
         shop().get(&url).send().is_err(),
         "the CA's own certificate before install"
     );
-    let out = mc.kato(&[
-        "op",
-        "custom_ssl_cert",
-        "install",
-        "shop.example.test",
-        cert_file.to_str().unwrap(),
-        key_file.to_str().unwrap(),
-    ]);
+    let install = || {
+        mc.kato(&[
+            "op",
+            "custom_ssl_cert",
+            "install",
+            "shop.example.test",
+            cert_file.to_str().unwrap(),
+            key_file.to_str().unwrap(),
+        ])
+    };
+    let out = install();
     assert!(out.status.success(), "{}", text(&out));
     let listed = mc.kato(&["op", "custom_ssl_cert", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("shop.example.test"));
@@ -166,14 +154,7 @@ fn https_with_the_node_ca_a_checked_target_and_a_custom_certificate() {
     // A key that does not match is refused, and nothing changes.
     let other = rcgen::KeyPair::generate().unwrap();
     std::fs::write(&key_file, other.serialize_pem()).unwrap();
-    let out = mc.kato(&[
-        "op",
-        "custom_ssl_cert",
-        "install",
-        "shop.example.test",
-        cert_file.to_str().unwrap(),
-        key_file.to_str().unwrap(),
-    ]);
+    let out = install();
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         shop().get(&url).send().is_ok(),
