@@ -87,6 +87,16 @@ pub enum Command {
     Unmap { name: String, url: String },
     /// List the domains apps can use.
     Domains,
+    /// Add a private domain to the current organization (or --org), for app URLs.
+    #[command(name = "create-domain", visible_alias = "map-domain")]
+    CreateDomain {
+        name: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Delete a private domain (refused while routes use it).
+    #[command(name = "delete-domain", visible_alias = "unmap-domain")]
+    DeleteDomain { name: String },
     /// List the routes of the current space.
     Routes,
     /// Show an app's log.

@@ -92,6 +92,7 @@ fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
     v.extend(crate::quotas::endpoints());
     v.extend(crate::uaa::endpoints());
     v.extend(crate::clients::endpoints());
+    v.extend(crate::domains::endpoints());
     v.extend(crate::services::endpoints());
     v.extend(crate::tunnel::endpoints());
     v.extend(crate::exec::endpoints());
@@ -185,16 +186,6 @@ async fn info(
 }
 
 // ---------------------------------------------------------------- orgs, spaces, domains
-
-fn domain_json(d: &Domain) -> Value {
-    resource(
-        "shared_domains",
-        &d.guid,
-        &d.created_at,
-        &d.updated_at,
-        json!({"name": d.name, "router_group_guid": null}),
-    )
-}
 
 async fn list_orgs(
     State(c): State<Shared>,
@@ -338,7 +329,8 @@ async fn space_summary(
 
 async fn list_domains(
     State(c): State<Shared>,
-    _user: CurrentUser,
+    access: Access,
+    uri: axum::http::Uri,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
     let p = ListParams::parse(q.as_deref())?;
@@ -346,11 +338,21 @@ async fn list_domains(
         c.db.list_domains(&p.db_filter(&["name"])?)
             .await
             .map_err(db_err)?;
-    Ok(Json(paginate(
-        "/v2/shared_domains",
-        &p,
-        ds.iter().map(domain_json).collect(),
-    )))
+    // `/v2/shared_domains` lists the shared ones; `/v2/domains` also the private ones the
+    // user can see.
+    let shared_only = uri.path().starts_with("/v2/shared_domains");
+    let items = ds
+        .iter()
+        .filter(|d| {
+            if shared_only {
+                d.owning_organization_guid.is_none()
+            } else {
+                crate::domains::visible(&access, d)
+            }
+        })
+        .map(crate::domains::domain_json)
+        .collect();
+    Ok(Json(paginate(uri.path(), &p, items)))
 }
 
 async fn get_domain(
@@ -362,8 +364,9 @@ async fn get_domain(
         c.db.domain_by_guid(&guid)
             .await
             .map_err(db_err)?
+            .filter(|d| d.owning_organization_guid.is_none())
             .ok_or_else(|| ApiError::not_found("domain", &guid))?;
-    Ok(Json(domain_json(&d)))
+    Ok(Json(crate::domains::domain_json(&d)))
 }
 
 // ---------------------------------------------------------------- routes
@@ -382,7 +385,7 @@ fn route_json(r: &Route, domain: Option<&Domain>) -> Value {
         }),
     );
     if let Some(d) = domain {
-        v["entity"]["domain"] = domain_json(d);
+        v["entity"]["domain"] = crate::domains::domain_json(d);
     }
     v
 }
@@ -425,7 +428,7 @@ async fn create_route(
 ) -> CfResult<(StatusCode, Json<Value>)> {
     let user = access.user.clone();
     let r: NewRoute = parse_json(&body)?;
-    access.space(&c, Action::Develop, &r.space_guid).await?;
+    let space = access.space(&c, Action::Develop, &r.space_guid).await?;
     let host = r.host.to_ascii_lowercase();
     names::check_host(&host).map_err(ApiError::route_invalid)?;
     let d =
@@ -433,6 +436,20 @@ async fn create_route(
             .await
             .map_err(db_err)?
             .ok_or_else(|| ApiError::not_found("domain", &r.domain_guid))?;
+    if let Some(owner) = &d.owning_organization_guid {
+        if *owner != space.organization_guid {
+            return Err(ApiError::new(
+                400,
+                210003,
+                "CF-DomainInvalid",
+                format!(
+                    "the domain {} belongs to another organization; create one of your own with `strato create-domain`",
+                    d.name
+                ),
+            )
+            .into());
+        }
+    }
     if host == "api" {
         return Err(ApiError::route_host_taken(&format!(
             "{host}.{} (reserved for the API)",

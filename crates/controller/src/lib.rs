@@ -13,6 +13,7 @@ pub mod body;
 pub mod bootstrap;
 pub mod cf;
 pub mod clients;
+pub mod domains;
 pub mod exec;
 pub mod logs;
 pub mod quota;

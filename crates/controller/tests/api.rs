@@ -672,3 +672,64 @@ async fn failed_client_authentications_are_throttled() {
     let (status, _) = client_token(&api, "ci-bot", CLIENT_SECRET).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_private_domain_serves_only_its_own_organization() {
+    use reqwest::Method as M;
+    let api = Api::start(10).await;
+    let admin = api.token.clone();
+    let (_, orgs) = send_as(&api, &admin, M::GET, "/v2/organizations", None).await;
+    let own_org = orgs["resources"][0]["metadata"]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, domain) = send_as(
+        &api,
+        &admin,
+        M::POST,
+        "/v2/private_domains",
+        Some(json!({"name": "Shop.Example.Test", "owning_organization_guid": own_org})),
+    )
+    .await;
+    assert_eq!(status, 201, "{domain}");
+    assert_eq!(domain["entity"]["name"], "shop.example.test");
+    let domain_guid = domain["metadata"]["guid"].as_str().unwrap().to_string();
+    // Listed with the others in /v2/domains, not among the shared ones.
+    let (_, all) = send_as(&api, &admin, M::GET, "/v2/domains", None).await;
+    assert!(all.to_string().contains("shop.example.test"), "{all}");
+    let (_, shared) = send_as(&api, &admin, M::GET, "/v2/shared_domains", None).await;
+    assert!(
+        !shared.to_string().contains("shop.example.test"),
+        "{shared}"
+    );
+
+    // Another organization's space cannot route in it.
+    let (_, other) = send_as(
+        &api,
+        &admin,
+        M::POST,
+        "/v2/organizations",
+        Some(json!({"name": "other"})),
+    )
+    .await;
+    let other_org = other["metadata"]["guid"].as_str().unwrap();
+    let (_, space) = send_as(
+        &api,
+        &admin,
+        M::POST,
+        "/v2/spaces",
+        Some(json!({"name": "s", "organization_guid": other_org})),
+    )
+    .await;
+    let space_guid = space["metadata"]["guid"].as_str().unwrap();
+    let (status, refused) = send_as(
+        &api,
+        &admin,
+        M::POST,
+        "/v2/routes",
+        Some(json!({"host": "www", "domain_guid": domain_guid, "space_guid": space_guid})),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error_code"], "CF-DomainInvalid", "{refused}");
+}

@@ -431,6 +431,30 @@ const MATRIX: &[(&str, &str, &str, &str)] = &[
         "200 200 200 200 200 200 200 200",
         "200 200 200 200 200 200 200 200",
     ),
+    (
+        "POST",
+        "/v2/private_domains",
+        "201 201 403 403 403 403 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "GET",
+        "/v2/private_domains",
+        "200 200 200 200 200 200 200 200",
+        "200 200 200 200 200 200 200 200",
+    ),
+    (
+        "GET",
+        "/v2/private_domains/{guid}",
+        "200 200 200 200 200 200 200 403",
+        "200 403 403 403 403 403 403 403",
+    ),
+    (
+        "DELETE",
+        "/v2/private_domains/{guid}",
+        "204 204 403 403 403 403 403 403",
+        "204 403 403 403 403 403 403 403",
+    ),
     // ---- routes
     (
         "GET",
@@ -888,6 +912,8 @@ struct World {
     space_quota: String,
     /// The id of a registered OAuth client.
     client: String,
+    /// A private domain of `org` with no routes.
+    private_domain: String,
 }
 
 struct Fixture {
@@ -1050,7 +1076,12 @@ impl Fixture {
             })
             .await
             .unwrap();
+        let private_domain = db
+            .create_private_domain(&format!("{}.example.test", self.unique("pd")), &org.guid)
+            .await
+            .unwrap();
         World {
+            private_domain: private_domain.guid,
             client: client.client_id,
             org: org.guid,
             space: space.guid,
@@ -1087,6 +1118,8 @@ impl Fixture {
             &w.binding
         } else if template.starts_with("/v2/users/") || template.starts_with("/Users/") {
             &w.user
+        } else if template.starts_with("/v2/private_domains/") {
+            &w.private_domain
         } else if template.starts_with("/v2/shared_domains/") {
             &self.domain
         } else if template.starts_with("/v2/services/") {
@@ -1124,6 +1157,9 @@ impl Fixture {
                 json!({"host": name, "domain_guid": self.domain, "space_guid": w.space})
             }
             ("POST", "/v2/apps") => json!({"name": name, "space_guid": w.space}),
+            ("POST", "/v2/private_domains") => {
+                json!({"name": format!("{name}.example.test"), "owning_organization_guid": w.org})
+            }
             ("PUT", "/v2/apps/{guid}") => json!({"instances": 1}),
             ("PUT", "/v2/resource_match") => json!([]),
             ("POST", "/v2/service_instances") => {

@@ -265,12 +265,22 @@ impl Db {
     // ---- domains ----
 
     pub async fn create_shared_domain(&self, name: &str) -> Result<Domain> {
+        self.insert_domain(name, None).await
+    }
+
+    /// A domain owned by one organization (CF's private domain): only its spaces may make
+    /// routes on it.
+    pub async fn create_private_domain(&self, name: &str, org_guid: &str) -> Result<Domain> {
+        self.insert_domain(name, Some(org_guid)).await
+    }
+
+    async fn insert_domain(&self, name: &str, owner: Option<&str>) -> Result<Domain> {
         let now = now_rfc3339();
         let d = Domain {
             guid: new_guid(),
             name: name.to_ascii_lowercase(),
-            shared: 1,
-            owning_organization_guid: None,
+            shared: i64::from(owner.is_none()),
+            owning_organization_guid: owner.map(str::to_string),
             created_at: now.clone(),
             updated_at: now,
         };
@@ -288,6 +298,16 @@ impl Db {
 
     pub async fn domain_by_guid(&self, guid: &str) -> Result<Option<Domain>> {
         self.by_guid("domains", guid).await
+    }
+
+    /// How many routes use the domain.
+    pub async fn count_routes_of_domain(&self, guid: &str) -> Result<i64> {
+        self.count("routes", Some(("domain_guid", guid))).await
+    }
+
+    /// Deletes a domain (callers refuse while routes use it).
+    pub async fn delete_domain(&self, guid: &str) -> Result<bool> {
+        self.delete_by(&[], ("domains", "guid"), guid).await
     }
 
     // ---- routes ----

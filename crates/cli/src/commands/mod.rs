@@ -179,6 +179,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Map { name, url } => routes::map_cmd(&ctx, &name, &url).await,
         Command::Unmap { name, url } => routes::unmap_cmd(&ctx, &name, &url).await,
         Command::Domains => routes::domains_cmd(&ctx).await,
+        Command::CreateDomain { name, org } => {
+            routes::create_domain_cmd(&ctx, &name, org.as_deref()).await
+        }
+        Command::DeleteDomain { name } => routes::delete_domain_cmd(&ctx, &name).await,
         Command::Routes => routes::routes_cmd(&ctx).await,
         Command::Logs(args) => logs::logs(&ctx, args).await,
         Command::Marketplace => services::marketplace(&ctx).await,

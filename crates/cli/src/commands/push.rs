@@ -277,7 +277,7 @@ async fn deploy(
     config: Option<&str>,
 ) -> Result<()> {
     let name = &settings.name;
-    let domains = routes::shared_domains(&scope.api).await?;
+    let domains = routes::usable_domains(&scope.api).await?;
     let (guid, was_started, mapped) = match scope.find_app(name).await? {
         Some(app) => {
             println!("Updating {name}...");

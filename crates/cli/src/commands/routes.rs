@@ -13,6 +13,14 @@ pub async fn shared_domains(api: &Api) -> Result<Vec<Resource<Named>>> {
     Ok(api.list::<Named>("/v2/shared_domains", &[]).await?)
 }
 
+/// Every domain apps can get URLs in: the shared ones first (so [`app_domain`] stays the
+/// shared one), then the private domains the user can see.
+pub async fn usable_domains(api: &Api) -> Result<Vec<Resource<Named>>> {
+    let mut domains = shared_domains(api).await?;
+    domains.extend(api.list::<Named>("/v2/private_domains", &[]).await?);
+    Ok(domains)
+}
+
 /// The domain new apps get (the first shared one).
 pub fn app_domain(domains: &[Resource<Named>]) -> Result<&Resource<Named>> {
     domains
@@ -142,7 +150,7 @@ pub async fn map_url(
 pub async fn map_cmd(ctx: &Ctx, name: &str, url: &str) -> Result<()> {
     let scope = ctx.scope()?;
     let app = scope.require_app(name).await?;
-    let domains = shared_domains(&scope.api).await?;
+    let domains = usable_domains(&scope.api).await?;
     let mapped = map_url(&scope, &app.metadata.guid, url, &domains).await?;
     println!("Mapped {} to {name}", public_url(&scope.target, &mapped));
     Ok(())
@@ -152,7 +160,7 @@ pub async fn map_cmd(ctx: &Ctx, name: &str, url: &str) -> Result<()> {
 pub async fn unmap_cmd(ctx: &Ctx, name: &str, url: &str) -> Result<()> {
     let scope = ctx.scope()?;
     let app = scope.require_app(name).await?;
-    let domains = shared_domains(&scope.api).await?;
+    let domains = usable_domains(&scope.api).await?;
     let (host, domain) = split_url(url, &domains)?;
     let full = fqdn(&host, &domain.entity.name);
     let route = find_route(&scope.api, &host, &domain.metadata.guid)
@@ -176,23 +184,90 @@ pub async fn unmap_cmd(ctx: &Ctx, name: &str, url: &str) -> Result<()> {
 /// `strato domains`.
 pub async fn domains_cmd(ctx: &Ctx) -> Result<()> {
     let (api, _, _) = ctx.api()?;
-    let domains = shared_domains(&api).await?;
+    let shared = shared_domains(&api).await?;
+    let private = api
+        .list::<PrivateDomain>("/v2/private_domains", &[])
+        .await?;
     if ctx.out.json {
-        return ctx.out.print_json(&domains);
+        let mut all: Vec<serde_json::Value> = shared
+            .iter()
+            .map(|d| serde_json::json!({"name": d.entity.name, "type": "shared"}))
+            .collect();
+        all.extend(private.iter().map(|d| {
+            serde_json::json!({"name": d.entity.name, "type": "private", "owning_organization_guid": d.entity.owning_organization_guid})
+        }));
+        return ctx.out.print_json(&all);
     }
-    let rows: Vec<Vec<String>> = domains
+    let mut rows: Vec<Vec<String>> = shared
         .iter()
         .map(|d| vec![d.entity.name.clone(), "shared".into()])
         .collect();
+    rows.extend(
+        private
+            .iter()
+            .map(|d| vec![d.entity.name.clone(), "private".into()]),
+    );
     ctx.out
         .print_table(&["Domain", "Type"], &rows, "No domains.");
+    Ok(())
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct PrivateDomain {
+    name: String,
+    #[serde(default)]
+    owning_organization_guid: Option<String>,
+}
+
+/// `strato create-domain NAME` (also `map-domain`): a private domain of the current (or
+/// `--org`) organization, so apps there can have URLs in it.
+pub async fn create_domain_cmd(ctx: &Ctx, name: &str, org: Option<&str>) -> Result<()> {
+    let (api, _, session) = ctx.api()?;
+    let org_guid = match org {
+        Some(o) => {
+            let found = api
+                .list::<Named>("/v2/organizations", &[("q", format!("name:{o}"))])
+                .await?;
+            found
+                .first()
+                .map(|r| r.metadata.guid.clone())
+                .ok_or_else(|| anyhow!("no organization named {o:?}; see `strato orgs`"))?
+        }
+        None => session.org_guid.clone().ok_or_else(|| {
+            anyhow!("no current organization; pass --org ORG or `strato switch-org`")
+        })?,
+    };
+    api.post::<serde_json::Value>(
+        "/v2/private_domains",
+        &serde_json::json!({"name": name, "owning_organization_guid": org_guid}),
+    )
+    .await?;
+    println!("Created domain {name}; map app URLs in it with `strato map APP HOST.{name}`");
+    Ok(())
+}
+
+/// `strato delete-domain NAME` (also `unmap-domain`).
+pub async fn delete_domain_cmd(ctx: &Ctx, name: &str) -> Result<()> {
+    let (api, _, _) = ctx.api()?;
+    let found = api
+        .list::<Named>(
+            "/v2/private_domains",
+            &[("q", format!("name:{}", name.to_ascii_lowercase()))],
+        )
+        .await?;
+    let Some(d) = found.first() else {
+        bail!("no private domain named {name:?}; see `strato domains`");
+    };
+    api.delete(&format!("/v2/private_domains/{}", d.metadata.guid))
+        .await?;
+    println!("Deleted domain {name}");
     Ok(())
 }
 
 /// `strato routes`: the routes of the current space.
 pub async fn routes_cmd(ctx: &Ctx) -> Result<()> {
     let scope = ctx.scope()?;
-    let domains = shared_domains(&scope.api).await?;
+    let domains = usable_domains(&scope.api).await?;
     let routes: Vec<_> = scope
         .api
         .list::<RouteEntity>("/v2/routes", &[])
