@@ -480,6 +480,28 @@ pub struct PushArgs {
     /// Do not stream the staging log.
     #[arg(long)]
     pub no_tail: bool,
+    /// How the new version replaces a running one: `rolling` (new instances first, no
+    /// downtime; the default) or `recreate` (the old ones stop first, for apps that must
+    /// never run twice at once).
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+}
+
+/// How a new version replaces a running one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    Rolling,
+    Recreate,
+}
+
+impl Strategy {
+    /// The API's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Rolling => "rolling",
+            Strategy::Recreate => "recreate",
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -117,6 +117,15 @@ pub fn router(c: Shared) -> Router {
     r.fallback(not_found).with_state(c)
 }
 
+/// The `strategy` query parameter (`rolling` when absent).
+fn swap_param(query: Option<&str>) -> CfResult<crate::runner::Swap> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("strategy="));
+    Ok(value.unwrap_or("rolling").parse()?)
+}
+
 async fn not_found() -> CfError {
     CfError(ApiError::new(404, 10000, "CF-NotFound", "Unknown request"))
 }
@@ -856,13 +865,17 @@ async fn app_summary(
     Ok(Json(v))
 }
 
+/// `PUT /v2/apps/{guid}[?strategy=rolling|recreate]`: how a new version (new bits, env,
+/// memory...) replaces the running one; rolling (no downtime) unless asked.
 async fn update_app(
     State(c): State<Shared>,
     access: Access,
     headers: HeaderMap,
     Path(guid): Path<String>,
+    RawQuery(query): RawQuery,
     body: axum::body::Bytes,
 ) -> CfResult<Response> {
+    let swap = swap_param(query.as_deref())?;
     let user = access.user.clone();
     let before = app_for(&c, &access, Action::Develop, &guid).await?;
     let f: AppFields = parse_json(&body)?;
@@ -950,7 +963,7 @@ async fn update_app(
             })
             .await?;
     } else if needs_staging {
-        let task = crate::staging::begin(&c, &a.guid, &user).await?;
+        let task = crate::staging::begin(&c, &a.guid, &user, swap).await?;
         let url = format!(
             "{}/v2/apps/{}/staging_log/{}",
             base_url(&headers),
@@ -962,8 +975,8 @@ async fn update_app(
         }
     } else if a.state == "STARTED" {
         if a.version != before.version && before.state == "STARTED" {
-            // New instances first; the old version stops once they run.
-            crate::runner::roll_over(&c, &a, &before.version).await?;
+            // Rolling: new instances first; the old version stops once they run.
+            crate::runner::swap(&c, &a, &before.version, swap).await?;
         }
         if a.instances < before.instances && a.version == before.version {
             let extra: Vec<u32> = (a.instances as u32..before.instances as u32).collect();
@@ -1242,7 +1255,8 @@ async fn restage(
     Path(guid): Path<String>,
 ) -> CfResult<Response> {
     let a = app_for(&c, &access, Action::Develop, &guid).await?;
-    let task = crate::staging::begin(&c, &a.guid, &access.user).await?;
+    let task =
+        crate::staging::begin(&c, &a.guid, &access.user, crate::runner::Swap::Rolling).await?;
     let url = format!(
         "{}/v2/apps/{}/staging_log/{}",
         base_url(&headers),

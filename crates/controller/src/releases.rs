@@ -13,7 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use strato_blobs::BlobKind;
-use strato_core::messages::{InstanceState, StopRequest};
+use strato_core::messages::InstanceState;
 use strato_core::ApiError;
 use strato_db::{health_check_type, package_state, App, NewRelease, Release};
 
@@ -329,13 +329,7 @@ async fn restart(
     } else {
         parse_json(&body)?
     };
-    let strategy = want.strategy.as_deref().unwrap_or("rolling");
-    if strategy != "rolling" && strategy != "recreate" {
-        return Err(ApiError::invalid_request(format!(
-            "strategy must be rolling or recreate, not '{strategy}'"
-        ))
-        .into());
-    }
+    let strategy: crate::runner::Swap = want.strategy.as_deref().unwrap_or("rolling").parse()?;
     check_staged(&before)?;
     if before.state != "STARTED" {
         return Err(ApiError::app_invalid(format!(
@@ -347,18 +341,7 @@ async fn restart(
     let mut a = before.clone();
     a.version = strato_core::new_guid();
     let a = c.db.update_app(&a).await.map_err(db_err)?;
-    if strategy == "rolling" {
-        crate::runner::roll_over(&c, &a, &before.version).await?;
-    } else {
-        c.runner
-            .stop(&StopRequest {
-                droplet: a.guid.clone(),
-                version: Some(before.version.clone()),
-                ..Default::default()
-            })
-            .await?;
-        crate::runner::start_all(&c, &a).await?;
-    }
+    crate::runner::swap(&c, &a, &before.version, strategy).await?;
     audit(
         &c,
         &access.user,

@@ -418,6 +418,46 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
     }
 }
 
+/// How a new version replaces the running one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Swap {
+    /// New instances first; the old ones stop once the new ones run (no downtime).
+    #[default]
+    Rolling,
+    /// The old instances stop first (for apps that must never run twice at once).
+    Recreate,
+}
+
+impl std::str::FromStr for Swap {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Swap, ApiError> {
+        match s {
+            "rolling" => Ok(Swap::Rolling),
+            "recreate" => Ok(Swap::Recreate),
+            other => Err(ApiError::invalid_request(format!(
+                "strategy must be rolling or recreate, not '{other}'"
+            ))),
+        }
+    }
+}
+
+/// Replaces the instances of `old_version` by the app's current version, as `swap` says.
+pub async fn swap(c: &Shared, app: &App, old_version: &str, swap: Swap) -> Result<(), ApiError> {
+    match swap {
+        Swap::Rolling => roll_over(c, app, old_version).await,
+        Swap::Recreate => {
+            c.runner
+                .stop(&StopRequest {
+                    droplet: app.guid.clone(),
+                    version: Some(old_version.to_string()),
+                    ..Default::default()
+                })
+                .await?;
+            start_all(c, app).await
+        }
+    }
+}
+
 /// How often a rolling replacement checks on the new version.
 const ROLL_POLL: Duration = Duration::from_millis(250);
 

@@ -90,6 +90,7 @@ pub async fn begin(
     c: &Shared,
     app_guid: &str,
     actor: &crate::auth::CurrentUser,
+    swap: crate::runner::Swap,
 ) -> Result<String, strato_core::ApiError> {
     let mut app =
         c.db.app_by_guid(app_guid)
@@ -178,7 +179,7 @@ pub async fn begin(
                 log_tail: vec![],
             },
         };
-        finish(&c2, &req.app_id, &task2, result, &log, &actor).await;
+        finish(&c2, &req.app_id, &task2, result, &log, &actor, swap).await;
         log.finish();
     });
     Ok(task)
@@ -200,6 +201,7 @@ async fn finish(
     result: StagingResult,
     log: &TaskLog,
     actor: &crate::releases::Actor,
+    swap: crate::runner::Swap,
 ) {
     let Ok(Some(mut app)) = c.db.app_by_guid(app_guid).await else {
         return;
@@ -235,7 +237,7 @@ async fn finish(
             }
             if app.state == "STARTED" {
                 // The previous droplet keeps serving until the new one runs.
-                if let Err(e) = crate::runner::roll_over(c, &app, &old_version).await {
+                if let Err(e) = crate::runner::swap(c, &app, &old_version, swap).await {
                     log.push(format!(
                         "-----> could not start instances: {}",
                         e.description

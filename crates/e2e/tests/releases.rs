@@ -125,3 +125,73 @@ fn push_twice_rollback_without_a_failed_request_and_health_round_trips() {
     assert!(out.contains("RUNNING"), "{out}");
     assert!(only(&mc, "rel.localhost", "version one"));
 }
+
+/// The order in which versions of `swapper` started and stopped, from its log.
+fn lifecycle_lines(mc: &MicroCloud) -> Vec<String> {
+    let log = mc.strato_ok(mc.client_home.path(), &["logs", "swapper", "--num", "200"]);
+    log.lines()
+        .filter_map(|l| l.find("LIFE ").map(|i| l[i + 5..].trim().to_string()))
+        .collect()
+}
+
+/// `push --strategy recreate` stops the old version before the new one starts (for apps
+/// that must never run twice); the default rolling push starts the new one first.
+#[test]
+fn push_strategy_recreate_stops_the_old_version_first() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = tempfile::tempdir().unwrap();
+    write(app.path(), "stackato.yml", "name: swapper\nmem: 64M\n");
+    write(app.path(), "index.html", "swapper\n");
+    write(
+        app.path(),
+        "Procfile",
+        "web: sh -c 'echo LIFE started $V; trap \"echo LIFE stopped $V; exit 0\" TERM; /usr/bin/python3 -m http.server $PORT & wait'\n",
+    );
+    mc.strato_ok(app.path(), &["push", "-n", "--env", "V=1"]);
+    mc.wait_for("swapper.localhost", "/", "swapper", Duration::from_secs(60));
+
+    // Rolling (the default): v2 starts before v1 stops.
+    mc.strato_ok(app.path(), &["push", "-n", "--env", "V=2"]);
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while Instant::now() < until {
+        lines = lifecycle_lines(&mc);
+        if lines.iter().any(|l| l == "stopped 1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let at = |needle: &str, lines: &[String]| lines.iter().position(|l| l == needle);
+    assert!(
+        at("started 2", &lines).is_some() && at("started 2", &lines) < at("stopped 1", &lines),
+        "rolling: {lines:?}"
+    );
+
+    // Recreate: v2 stops before v3 starts.
+    mc.strato_ok(
+        app.path(),
+        &["push", "-n", "--env", "V=3", "--strategy", "recreate"],
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        lines = lifecycle_lines(&mc);
+        if lines.iter().any(|l| l == "started 3") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        at("stopped 2", &lines).is_some() && at("stopped 2", &lines) < at("started 3", &lines),
+        "recreate: {lines:?}"
+    );
+    mc.wait_for("swapper.localhost", "/", "swapper", Duration::from_secs(60));
+    // A strategy the API does not know is refused in one line.
+    let out = mc.strato(app.path(), &["push", "-n", "--strategy", "sideways"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        strato_e2e::output_text(&out)
+    );
+}

@@ -26,6 +26,9 @@ pub struct StartOptions {
     pub timeout_secs: u64,
     /// Stream the staging log.
     pub tail: bool,
+    /// How a new version replaces a running one (`rolling`, the server's default, or
+    /// `recreate`).
+    pub strategy: Option<&'static str>,
 }
 
 impl From<&AppStartArgs> for StartOptions {
@@ -33,6 +36,7 @@ impl From<&AppStartArgs> for StartOptions {
         StartOptions {
             timeout_secs: args.health_timeout.unwrap_or(DEFAULT_START_TIMEOUT),
             tail: !args.no_tail,
+            strategy: None,
         }
     }
 }
@@ -51,7 +55,10 @@ pub async fn start_app(
         .api
         .request(
             Method::PUT,
-            &format!("/v2/apps/{guid}?stage_async=true"),
+            &format!(
+                "/v2/apps/{guid}?stage_async=true{}",
+                strategy_param(opts.strategy)
+            ),
             Some(&body),
         )
         .await?;
@@ -60,6 +67,13 @@ pub async fn start_app(
     follow_staging(&scope.api, log_url.as_deref(), opts.tail).await;
     wait_running(&scope.api, guid, name, opts.timeout_secs).await?;
     print_urls(scope, out, guid, name).await
+}
+
+/// `&strategy=...` for an app update, or nothing.
+pub fn strategy_param(strategy: Option<&str>) -> String {
+    strategy
+        .map(|s| format!("&strategy={s}"))
+        .unwrap_or_default()
 }
 
 /// Sets the app STOPPED.

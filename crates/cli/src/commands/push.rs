@@ -7,6 +7,7 @@ use super::{Ctx, Scope};
 use crate::api::Api;
 use crate::cf::{AppEntity, AppSummary, Named, Resource};
 use crate::cli::PushArgs;
+use crate::cli::Strategy;
 use crate::commands::apps::mem_option;
 use crate::error::usage;
 use crate::manifest::{self, Builtins, LoadOptions, Manifest};
@@ -287,7 +288,14 @@ async fn deploy(
             if !body.is_empty() {
                 let _: Value = scope
                     .api
-                    .put(&format!("/v2/apps/{guid}"), &Value::Object(body))
+                    .put(
+                        &format!(
+                            "/v2/apps/{guid}?{}",
+                            lifecycle::strategy_param(args.strategy.map(Strategy::name))
+                                .trim_start_matches('&')
+                        ),
+                        &Value::Object(body),
+                    )
                     .await?;
             }
             let summary: AppSummary = scope.api.get(&format!("/v2/apps/{guid}/summary")).await?;
@@ -320,6 +328,7 @@ async fn deploy(
     let opts = StartOptions {
         timeout_secs: settings.timeout_secs,
         tail: !args.no_tail,
+        strategy: args.strategy.map(Strategy::name),
     };
     lifecycle::start_app(scope, &ctx.out, &guid, name, opts).await
 }
