@@ -195,3 +195,51 @@ fn push_strategy_recreate_stops_the_old_version_first() {
         strato_e2e::output_text(&out)
     );
 }
+
+/// A new version that never passes its health check leaves the old one serving: a client
+/// polling the app the whole time sees no failed request.
+#[test]
+fn a_broken_new_version_leaves_the_old_one_serving() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = tempfile::tempdir().unwrap();
+    write(
+        app.path(),
+        "stackato.yml",
+        "name: steady\nmem: 64M\ntimeout: 5\n",
+    );
+    write(app.path(), "index.html", "steady v1\n");
+    write(
+        app.path(),
+        "Procfile",
+        "web: /usr/bin/python3 -m http.server $PORT\n",
+    );
+    mc.strato_ok(app.path(), &["push", "-n"]);
+    mc.wait_for(
+        "steady.localhost",
+        "/",
+        "steady v1",
+        Duration::from_secs(60),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let polling = poller(mc.port, "steady.localhost", stop.clone());
+    // v2 stages fine but crashes at start, every time.
+    write(app.path(), "index.html", "steady v2\n");
+    write(app.path(), "Procfile", "web: echo broken; exit 1\n");
+    let out = mc.strato(app.path(), &["push", "-n"]);
+    println!(
+        "push of the broken version: {}",
+        strato_e2e::output_text(&out)
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    let (requests, failures) = polling.join().unwrap();
+    println!(
+        "{requests} requests during the broken push, {} failed",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(requests > 50, "the poller ran: {requests}");
+    assert!(only(&mc, "steady.localhost", "steady v1"));
+}
