@@ -580,7 +580,7 @@ impl Dea {
     /// Routes out, SIGTERM, SIGKILL after the grace period, `droplet.exited`, everything
     /// removed.
     async fn stop_instance(&self, id: &str, reason: ExitReason, description: &str) {
-        let (route, container_id, mut exit_rx) = {
+        let (route, container_id, mut exit_rx, grace) = {
             let mut instances = lock(&self.instances);
             let Some(inst) = instances.get_mut(id) else {
                 return;
@@ -591,13 +591,14 @@ impl Dea {
             let route = (inst.state == InstanceState::Running && !inst.req.uris.is_empty())
                 .then(|| inst.route(&self.cfg.id, &self.cfg.host_ip));
             inst.set_state(InstanceState::Stopping);
-            (route, inst.container_id.clone(), inst.exit.clone())
+            let grace = stop_grace(&inst.req.env).unwrap_or(self.cfg.stop_grace);
+            (route, inst.container_id.clone(), inst.exit.clone(), grace)
         };
         if let Some(route) = route {
             self.publish(subjects::ROUTER_UNREGISTER, &route).await;
         }
         let _ = self.driver.signal(&container_id, libc::SIGTERM).await;
-        let graceful = tokio::time::timeout(self.cfg.stop_grace, exit_rx.wait_for(|s| s.is_some()))
+        let graceful = tokio::time::timeout(grace, exit_rx.wait_for(|s| s.is_some()))
             .await
             .is_ok();
         if !graceful {
@@ -1045,6 +1046,21 @@ fn start_script(command: &str, info: &droplet::StagingInfo, index: u32) -> Strin
     s
 }
 
+/// The grace period an app asks for between SIGTERM and SIGKILL: `STRATO_STOP_GRACE` (or
+/// `STACKATO_STOP_GRACE`) in its environment, in seconds, 1 to 300. `None` for the DEA's
+/// own (`dea_ng/stop_grace`).
+fn stop_grace(env: &[String]) -> Option<Duration> {
+    env.iter()
+        .rev()
+        .find_map(|kv| {
+            kv.strip_prefix("STRATO_STOP_GRACE=")
+                .or_else(|| kv.strip_prefix("STACKATO_STOP_GRACE="))
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite())
+        .map(|s| Duration::from_secs_f64(s.clamp(1.0, 300.0)))
+}
+
 /// Whether the instance accepts connections at `host:port` (and answers `http_path` with
 /// a status below 500, when given).
 async fn probe(host: &str, port: u16, http_path: Option<&str>) -> bool {
@@ -1146,6 +1162,26 @@ fn volume_is_sane(v: &strato_core::messages::VolumeMount) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apps_choose_their_stop_grace_within_bounds() {
+        let env = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(stop_grace(&env(&["A=1"])), None);
+        assert_eq!(
+            stop_grace(&env(&["STRATO_STOP_GRACE=30"])),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            stop_grace(&env(&["STACKATO_STOP_GRACE=0.5"])),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            stop_grace(&env(&["STRATO_STOP_GRACE=100000"])),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(stop_grace(&env(&["STRATO_STOP_GRACE=soon"])), None);
+        assert_eq!(stop_grace(&env(&["STRATO_STOP_GRACE=NaN"])), None);
+    }
 
     /// Runs a start script on the host with the app dir moved to `dir`.
     fn run_script(script: &str, dir: &Path) -> std::process::Output {

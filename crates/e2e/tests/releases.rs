@@ -243,3 +243,60 @@ fn a_broken_new_version_leaves_the_old_one_serving() {
     assert!(requests > 50, "the poller ran: {requests}");
     assert!(only(&mc, "steady.localhost", "steady v1"));
 }
+
+/// An app picks its grace period between SIGTERM and SIGKILL with `STRATO_STOP_GRACE`.
+#[test]
+fn the_app_sets_its_stop_grace_period() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = tempfile::tempdir().unwrap();
+    write(app.path(), "stackato.yml", "name: graceful\nmem: 64M\n");
+    write(app.path(), "index.html", "graceful\n");
+    write(
+        app.path(),
+        "Procfile",
+        "web: sh -c 'trap \"echo GRACE draining; sleep 3; echo GRACE done; exit 0\" TERM; /usr/bin/python3 -m http.server $PORT & wait'\n",
+    );
+    let here = mc.client_home.path();
+    let grace_lines = |mc: &MicroCloud| -> Vec<String> {
+        let log = mc.strato_ok(here, &["logs", "graceful", "--num", "200"]);
+        log.lines()
+            .filter_map(|l| l.find("GRACE ").map(|i| l[i + 6..].trim().to_string()))
+            .collect()
+    };
+    let wait_for_line = |mc: &MicroCloud, line: &str, count: usize| -> Vec<String> {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let lines = grace_lines(mc);
+            if lines.iter().filter(|l| *l == line).count() >= count || Instant::now() > until {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+
+    // One second is not enough for its 3-second shutdown: killed half-way.
+    mc.strato_ok(app.path(), &["push", "-n", "--env", "STRATO_STOP_GRACE=1"]);
+    mc.wait_for(
+        "graceful.localhost",
+        "/",
+        "graceful",
+        Duration::from_secs(60),
+    );
+    mc.strato_ok(here, &["stop", "graceful"]);
+    let lines = wait_for_line(&mc, "draining", 1);
+    std::thread::sleep(Duration::from_secs(4));
+    let lines_after = grace_lines(&mc);
+    assert!(lines.iter().any(|l| l == "draining"), "{lines:?}");
+    assert!(
+        !lines_after.iter().any(|l| l == "done"),
+        "killed after 1 s: {lines_after:?}"
+    );
+
+    // Ten seconds are: it finishes.
+    mc.strato_ok(here, &["env-add", "graceful", "STRATO_STOP_GRACE", "10"]);
+    mc.strato_ok(here, &["start", "graceful"]);
+    mc.strato_ok(here, &["stop", "graceful"]);
+    let lines = wait_for_line(&mc, "done", 1);
+    assert!(lines.iter().any(|l| l == "done"), "{lines:?}");
+}
