@@ -87,6 +87,12 @@ pub enum Command {
     Unmap { name: String, url: String },
     /// List the domains apps can use.
     Domains,
+    /// An app's log drains: `drain add [--json] APP NAME URI`, `drain delete APP NAME`,
+    /// `drain list APP` (URIs: tcp://HOST:PORT, udp://HOST:PORT for syslog).
+    Drain {
+        #[command(subcommand)]
+        cmd: DrainCmd,
+    },
     /// Add a private domain to the current organization (or --org), for app URLs.
     #[command(name = "create-domain", visible_alias = "map-domain")]
     CreateDomain {
@@ -339,6 +345,23 @@ pub enum Command {
     /// Releases, rollback, health checks and the smaller app commands.
     #[command(flatten)]
     More(crate::commands::appcmds::MoreCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DrainCmd {
+    /// Send the app's log lines to URI too.
+    Add {
+        app: String,
+        name: String,
+        uri: String,
+        /// Lines as JSON instead of `TIME SOURCE.INDEX: TEXT`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending to a drain.
+    Delete { app: String, name: String },
+    /// The app's drains.
+    List { app: String },
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,8 @@ pub struct Manifest {
     /// `services:` as (instance name, type); an empty type means "an existing instance"
     /// (manifest.yml's list of names).
     pub services: Vec<(String, String)>,
+    /// `drain:` as (name, URI): log drains the app gets at push.
+    pub drains: Vec<(String, String)>,
     /// `hooks: pre-push:` commands, run on the client in the app dir before the upload; a
     /// leading `-` ignores failure.
     pub pre_push: Vec<String>,
@@ -687,6 +689,7 @@ impl AppDoc {
             timeout,
             app_dir: keys.text("app-dir")?,
             services: keys.services()?,
+            drains: keys.drains()?,
             pre_push: hooks,
             depends_on: keys.list("depends-on")?,
             min_client,
@@ -822,6 +825,31 @@ impl Keys<'_> {
                 &["services"],
                 "`services:` must be a mapping of NAME: TYPE",
                 "write e.g. `mydb: mysql`",
+            )),
+        }
+    }
+
+    /// `drain: {NAME: URI}`.
+    fn drains(&self) -> Result<Vec<(String, String)>> {
+        match self.map.get("drain") {
+            None | Some(Value::Null) => Ok(vec![]),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| {
+                    let uri = scalar(v).ok_or_else(|| {
+                        self.doc.error(
+                            &["drain", k],
+                            format!("`drain:` entry `{k}` must be a URI"),
+                            &format!("write `{k}: tcp://logs.example.com:514`"),
+                        )
+                    })?;
+                    Ok((k.clone(), uri))
+                })
+                .collect(),
+            Some(_) => Err(self.doc.error(
+                &["drain"],
+                "`drain:` must be a mapping of NAME: URI",
+                "write e.g. `papertrail: udp://logs.example.com:514`",
             )),
         }
     }

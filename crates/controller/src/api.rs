@@ -93,6 +93,7 @@ fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
     v.extend(crate::uaa::endpoints());
     v.extend(crate::clients::endpoints());
     v.extend(crate::domains::endpoints());
+    v.extend(crate::drains::endpoints());
     v.extend(crate::services::endpoints());
     v.extend(crate::tunnel::endpoints());
     v.extend(crate::exec::endpoints());

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod cf;
 pub mod clients;
 pub mod domains;
+pub mod drains;
 pub mod exec;
 pub mod logs;
 pub mod quota;
@@ -119,6 +120,7 @@ impl Controller {
         c.runner.listen(shutdown.clone()).await?;
         runner::serve_health_manager(c.clone(), shutdown.clone()).await?;
         services::listen(c.clone(), shutdown.clone()).await?;
+        drains::run_forwarder(c.clone(), shutdown.clone()).await?;
         Ok(c)
     }
 }

@@ -733,3 +733,108 @@ async fn a_private_domain_serves_only_its_own_organization() {
     assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error_code"], "CF-DomainInvalid", "{refused}");
 }
+
+#[tokio::test]
+async fn drains_get_the_apps_log_lines_over_tcp_and_udp() {
+    use reqwest::Method as M;
+    use std::time::Duration;
+    use tokio::io::AsyncBufReadExt;
+    let api = Api::start(10).await;
+    let admin = api.token.clone();
+    let (_, spaces) = send_as(&api, &admin, M::GET, "/v2/spaces", None).await;
+    let space = spaces["resources"][0]["metadata"]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, app) = send_as(
+        &api,
+        &admin,
+        M::POST,
+        "/v2/apps",
+        Some(json!({"name": "drained", "space_guid": space})),
+    )
+    .await;
+    let guid = app["metadata"]["guid"].as_str().unwrap().to_string();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let drains = format!("/v2/apps/{guid}/stackato_drains");
+    for (name, uri, as_json) in [
+        (
+            "text",
+            format!("tcp://{}", tcp.local_addr().unwrap()),
+            false,
+        ),
+        (
+            "syslog",
+            format!("udp://{}", udp.local_addr().unwrap()),
+            true,
+        ),
+    ] {
+        let (status, v) = send_as(
+            &api,
+            &admin,
+            M::POST,
+            &drains,
+            Some(json!({"name": name, "uri": uri, "json": as_json})),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    // Bad input: one clear error each, nothing added.
+    for (body, needle) in [
+        (
+            json!({"name": "f", "uri": "file:///etc/passwd"}),
+            "not supported",
+        ),
+        (json!({"name": "no port", "uri": "tcp://h:1"}), "drain name"),
+        (json!({"name": "text", "uri": "tcp://h:1"}), "already has"),
+    ] {
+        let (status, v) = send_as(&api, &admin, M::POST, &drains, Some(body)).await;
+        assert_eq!(status, 400, "{v}");
+        assert!(v["description"].as_str().unwrap().contains(needle), "{v}");
+    }
+    let (_, listed) = send_as(&api, &admin, M::GET, &drains, None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    // The forwarder picks the drains up within a second; then a line goes to both.
+    tokio::time::sleep(strato_controller::drains::RELOAD * 2).await;
+    let line = strato_core::messages::LogLine {
+        app: guid.clone(),
+        source: "app".into(),
+        instance_index: Some(0),
+        stream: "stdout".into(),
+        timestamp: 1_700_000_000.0,
+        text: "hello drains".into(),
+    };
+    strato_bus::publish_json(
+        api.served.c.bus.as_ref(),
+        &strato_core::subjects::apptail(&guid),
+        &line,
+    )
+    .await
+    .unwrap();
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), tcp.accept())
+        .await
+        .expect("the drain connects")
+        .unwrap();
+    let mut got = String::new();
+    let mut reader = tokio::io::BufReader::new(stream);
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut got))
+        .await
+        .expect("a line arrives")
+        .unwrap();
+    assert_eq!(got, "2023-11-14T22:13:20Z app.0: hello drains\n");
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(10), udp.recv(&mut buf))
+        .await
+        .expect("a datagram arrives")
+        .unwrap();
+    let datagram = String::from_utf8_lossy(&buf[..n]);
+    assert!(datagram.starts_with("<13>1 "), "{datagram}");
+    assert!(datagram.contains(r#""text":"hello drains""#), "{datagram}");
+
+    let (status, _) = send_as(&api, &admin, M::DELETE, &format!("{drains}/text"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = send_as(&api, &admin, M::DELETE, &format!("{drains}/text"), None).await;
+    assert_eq!(status, 404);
+}

@@ -603,6 +603,24 @@ const MATRIX: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "GET",
+        "/v2/apps/{guid}/stackato_drains",
+        "200 200 403 403 200 200 200 403",
+        "200 403 403 403 403 403 403 403",
+    ),
+    (
+        "POST",
+        "/v2/apps/{guid}/stackato_drains",
+        "201 403 403 403 403 201 403 403",
+        "201 403 403 403 403 403 403 403",
+    ),
+    (
+        "DELETE",
+        "/v2/apps/{guid}/stackato_drains/{name}",
+        "204 403 403 403 403 204 403 403",
+        "204 403 403 403 403 403 403 403",
+    ),
+    (
+        "GET",
         "/v2/apps/{guid}/service_bindings",
         "200 200 403 403 200 200 200 403",
         "200 403 403 403 403 403 403 403",
@@ -1076,6 +1094,9 @@ impl Fixture {
             })
             .await
             .unwrap();
+        db.add_drain(&app.guid, "drain", "tcp://127.0.0.1:9", false)
+            .await
+            .unwrap();
         let private_domain = db
             .create_private_domain(&format!("{}.example.test", self.unique("pd")), &org.guid)
             .await
@@ -1142,7 +1163,8 @@ impl Fixture {
             .replace("{index}", "0")
             .replace("{*path}", "app/index.html")
             .replace("{session}", &w.session)
-            .replace("{client_id}", &w.client);
+            .replace("{client_id}", &w.client)
+            .replace("{name}", "drain");
         if template == "/v2/organizations/{guid}" || template == "/v2/spaces/{guid}" {
             p.push_str("?recursive=true");
         }
@@ -1157,6 +1179,9 @@ impl Fixture {
                 json!({"host": name, "domain_guid": self.domain, "space_guid": w.space})
             }
             ("POST", "/v2/apps") => json!({"name": name, "space_guid": w.space}),
+            ("POST", "/v2/apps/{guid}/stackato_drains") => {
+                json!({"name": name, "uri": "tcp://127.0.0.1:9"})
+            }
             ("POST", "/v2/private_domains") => {
                 json!({"name": format!("{name}.example.test"), "owning_organization_guid": w.org})
             }

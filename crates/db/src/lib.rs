@@ -6,6 +6,7 @@
 //! Repositories are plain async methods on [`Db`]; the controller never writes SQL itself.
 
 mod clients;
+mod drains;
 mod migrations;
 mod models;
 mod quotas;

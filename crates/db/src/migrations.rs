@@ -265,6 +265,18 @@ CREATE TABLE oauth_clients (
 )
 "#;
 
+const APP_DRAINS: &str = r#"
+CREATE TABLE app_drains (
+    guid TEXT PRIMARY KEY,
+    app_guid TEXT NOT NULL,
+    name TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    json BIGINT NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    UNIQUE (app_guid, name)
+)
+"#;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -307,6 +319,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "oauth clients: client_credentials grant for administrators' tools",
         sqlite: OAUTH_CLIENTS,
         postgres: OAUTH_CLIENTS,
+    },
+    Migration {
+        version: 8,
+        name: "app drains: where an app's log lines are also sent",
+        sqlite: APP_DRAINS,
+        postgres: APP_DRAINS,
     },
 ];
 

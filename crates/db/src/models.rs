@@ -452,3 +452,16 @@ impl OAuthClient {
         self.authority_list().iter().any(|a| a == authority)
     }
 }
+
+/// A log drain of an app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AppDrain {
+    pub guid: String,
+    pub app_guid: String,
+    pub name: String,
+    /// `tcp://host:port` or `udp://host:port`.
+    pub uri: String,
+    /// 1: lines as JSON; 0: the apptail text format.
+    pub json: i64,
+    pub created_at: String,
+}

@@ -438,8 +438,12 @@ impl Db {
     }
 
     pub async fn delete_app(&self, guid: &str) -> Result<bool> {
-        self.delete_by(&[("app_routes", "app_guid")], ("apps", "guid"), guid)
-            .await
+        self.delete_by(
+            &[("app_routes", "app_guid"), ("app_drains", "app_guid")],
+            ("apps", "guid"),
+            guid,
+        )
+        .await
     }
 
     /// How many apps and kept releases still use a droplet (so a droplet is deleted only

@@ -4,6 +4,7 @@
 pub mod appcmds;
 mod apps;
 mod curl;
+mod drains;
 mod exec;
 mod lifecycle;
 mod logs;
@@ -179,6 +180,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Map { name, url } => routes::map_cmd(&ctx, &name, &url).await,
         Command::Unmap { name, url } => routes::unmap_cmd(&ctx, &name, &url).await,
         Command::Domains => routes::domains_cmd(&ctx).await,
+        Command::Drain { cmd } => match cmd {
+            crate::cli::DrainCmd::Add {
+                app,
+                name,
+                uri,
+                json,
+            } => drains::add(&ctx, &app, &name, &uri, json).await,
+            crate::cli::DrainCmd::Delete { app, name } => drains::delete(&ctx, &app, &name).await,
+            crate::cli::DrainCmd::List { app } => drains::list(&ctx, &app).await,
+        },
         Command::CreateDomain { name, org } => {
             routes::create_domain_cmd(&ctx, &name, org.as_deref()).await
         }

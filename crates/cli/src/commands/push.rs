@@ -41,6 +41,8 @@ pub struct Settings {
     pub timeout_secs: u64,
     /// `services:` from the manifest: (name, type), type empty for existing ones.
     pub services: Vec<(String, String)>,
+    /// `drain:` from the manifest: (name, URI), added when the app lacks them.
+    pub drains: Vec<(String, String)>,
 }
 
 /// Command-line options win over the manifest.
@@ -82,6 +84,7 @@ pub fn merge(args: &PushArgs, manifest: Manifest, name: String) -> Result<Settin
             .or(manifest.timeout)
             .unwrap_or(DEFAULT_START_TIMEOUT),
         services: manifest.services,
+        drains: manifest.drains,
     })
 }
 
@@ -314,6 +317,7 @@ async fn deploy(
     // Services are bound before the bits go up, so staging (hooks, the `${name}-cache`
     // filesystem) already sees them.
     let newly_bound = super::services::ensure_bound(scope, &guid, &settings.services).await?;
+    super::drains::ensure_drains(scope, &guid, &settings.drains).await?;
     // A running app keeps serving while the new bits stage; the controller swaps
     // instances only once the new droplet exists, so a failed staging changes nothing.
     upload_bits(&scope.api, &guid, app_dir, ignores, config, ctx.out.tty).await?;

@@ -431,3 +431,25 @@ fn texts_read_as_the_files_of_a_directory() {
     let err = parse_texts(None, Some("name: [unclosed\n"), &opts, None).unwrap_err();
     assert!(err.to_string().contains("stackato.yml:"), "{err}");
 }
+
+#[test]
+fn drains_are_name_to_uri_with_substitution() {
+    let m = parse_stackato(
+        "name: web\ndrain:\n  papertrail: udp://logs.example.com:514\n  own: tcp://${name}.example.com:1\n",
+        &builtins(),
+    )
+    .unwrap();
+    assert_eq!(
+        m.drains,
+        vec![
+            (
+                "papertrail".to_string(),
+                "udp://logs.example.com:514".to_string()
+            ),
+            ("own".to_string(), "tcp://web.example.com:1".to_string()),
+        ],
+        "in the file's order"
+    );
+    let e = err_text(parse_stackato("name: web\ndrain: [a, b]\n", &builtins()));
+    assert!(e.contains("`drain:` must be a mapping"), "{e}");
+}
