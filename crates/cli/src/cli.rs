@@ -508,6 +508,9 @@ pub struct PushArgs {
     /// never run twice at once).
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,
+    /// Rolling: replace at most N instances at a time (default: all at once).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: Option<u32>,
 }
 
 /// How a new version replaces a running one.

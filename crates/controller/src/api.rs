@@ -118,13 +118,31 @@ pub fn router(c: Shared) -> Router {
     r.fallback(not_found).with_state(c)
 }
 
-/// The `strategy` query parameter (`rolling` when absent).
+/// The `strategy` (`rolling` when absent) and `max_in_flight` query parameters.
 fn swap_param(query: Option<&str>) -> CfResult<crate::runner::Swap> {
-    let value = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("strategy="));
-    Ok(value.unwrap_or("rolling").parse()?)
+    let param = |name: &str| {
+        query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let swap: crate::runner::Swap = param("strategy").unwrap_or("rolling").parse()?;
+    match (swap, param("max_in_flight")) {
+        (_, None) => Ok(swap),
+        (crate::runner::Swap::Rolling { .. }, Some(n)) => match n.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(crate::runner::Swap::Rolling {
+                max_in_flight: Some(n),
+            }),
+            _ => Err(ApiError::invalid_request(format!(
+                "max_in_flight must be a whole number of instances above 0, not '{n}'"
+            ))
+            .into()),
+        },
+        (crate::runner::Swap::Recreate, Some(_)) => Err(ApiError::invalid_request(
+            "max_in_flight applies to the rolling strategy only",
+        )
+        .into()),
+    }
 }
 
 async fn not_found() -> CfError {
@@ -1257,7 +1275,7 @@ async fn restage(
 ) -> CfResult<Response> {
     let a = app_for(&c, &access, Action::Develop, &guid).await?;
     let task =
-        crate::staging::begin(&c, &a.guid, &access.user, crate::runner::Swap::Rolling).await?;
+        crate::staging::begin(&c, &a.guid, &access.user, crate::runner::Swap::default()).await?;
     let url = format!(
         "{}/v2/apps/{}/staging_log/{}",
         base_url(&headers),

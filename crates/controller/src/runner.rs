@@ -46,6 +46,24 @@ pub struct Runner {
     timings: RunnerTimings,
     deas: Arc<Mutex<HashMap<String, (DeaAdvertise, Instant)>>>,
     pending: Arc<Mutex<HashMap<StartKey, Instant>>>,
+    /// (app, version) pairs a batched rolling replacement is starting: the health
+    /// manager's starts for missing instances wait for it.
+    rolling: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+}
+
+/// Marks a batched roll of one app version while alive.
+struct RollingMark {
+    set: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for RollingMark {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Picks a DEA for one instance (REFERENCE §5): enough memory and the right stack, then
@@ -82,7 +100,28 @@ impl Runner {
             timings,
             deas: Arc::default(),
             pending: Arc::default(),
+            rolling: Arc::default(),
         }
+    }
+
+    fn mark_rolling(&self, app: &str, version: &str) -> RollingMark {
+        let key = (app.to_string(), version.to_string());
+        self.rolling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        RollingMark {
+            set: self.rolling.clone(),
+            key,
+        }
+    }
+
+    /// Whether a batched roll is starting this app version's instances.
+    pub fn is_rolling(&self, app: &str, version: &str) -> bool {
+        self.rolling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(app.to_string(), version.to_string()))
     }
 
     /// Tracks DEA adverts and shutdowns.
@@ -319,6 +358,10 @@ pub async fn start_all(c: &Shared, app: &App) -> Result<(), ApiError> {
     if app.state != "STARTED" || app.package_state != package_state::STAGED {
         return Ok(());
     }
+    // A batched rolling replacement is starting this version a few at a time.
+    if c.runner.is_rolling(&app.guid, &app.version) {
+        return Ok(());
+    }
     c.runner.wait_for_dea(Duration::from_secs(10)).await;
     let req = start_request(c, app).await?;
     let live: Vec<u32> = c
@@ -393,6 +436,10 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
             {
                 return;
             }
+            // A batched rolling replacement starts this version's instances itself.
+            if req.reason != "crashed" && c.runner.is_rolling(&app.guid, &app.version) {
+                return;
+            }
             let indices: Vec<u32> = req
                 .indices
                 .iter()
@@ -419,20 +466,28 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
 }
 
 /// How a new version replaces the running one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Swap {
-    /// New instances first; the old ones stop once the new ones run (no downtime).
-    #[default]
-    Rolling,
+    /// New instances first; old ones stop once new ones run (no downtime). With
+    /// `max_in_flight`, at most that many instances are replaced at a time.
+    Rolling { max_in_flight: Option<u32> },
     /// The old instances stop first (for apps that must never run twice at once).
     Recreate,
+}
+
+impl Default for Swap {
+    fn default() -> Swap {
+        Swap::Rolling {
+            max_in_flight: None,
+        }
+    }
 }
 
 impl std::str::FromStr for Swap {
     type Err = ApiError;
     fn from_str(s: &str) -> Result<Swap, ApiError> {
         match s {
-            "rolling" => Ok(Swap::Rolling),
+            "rolling" => Ok(Swap::default()),
             "recreate" => Ok(Swap::Recreate),
             other => Err(ApiError::invalid_request(format!(
                 "strategy must be rolling or recreate, not '{other}'"
@@ -444,7 +499,12 @@ impl std::str::FromStr for Swap {
 /// Replaces the instances of `old_version` by the app's current version, as `swap` says.
 pub async fn swap(c: &Shared, app: &App, old_version: &str, swap: Swap) -> Result<(), ApiError> {
     match swap {
-        Swap::Rolling => roll_over(c, app, old_version).await,
+        Swap::Rolling {
+            max_in_flight: None,
+        } => roll_over(c, app, old_version).await,
+        Swap::Rolling {
+            max_in_flight: Some(n),
+        } => roll_in_batches(c, app, old_version, n.max(1)).await,
         Swap::Recreate => {
             c.runner
                 .stop(&StopRequest {
@@ -511,6 +571,79 @@ pub async fn roll_over(c: &Shared, app: &App, old_version: &str) -> Result<(), A
         if let Err(e) = c.runner.stop(&stop).await {
             tracing::warn!(app = %app.name, error = %e.description, "could not stop the previous version");
         }
+    });
+    Ok(())
+}
+
+/// A rolling replacement `batch` instances at a time: a batch of new instances starts,
+/// and once it runs the old instances of the same indices stop, then the next batch. If a
+/// batch does not run within the start timeout, the rest of the old version keeps serving.
+async fn roll_in_batches(
+    c: &Shared,
+    app: &App,
+    old_version: &str,
+    batch: u32,
+) -> Result<(), ApiError> {
+    if app.state != "STARTED" || app.package_state != package_state::STAGED {
+        return Ok(());
+    }
+    c.runner.wait_for_dea(Duration::from_secs(10)).await;
+    let req = start_request(c, app).await?;
+    let c = c.clone();
+    let app = app.clone();
+    let old_version = old_version.to_string();
+    let timeout = Duration::from_secs(app.health_check_timeout.unwrap_or(60).clamp(1, 180) as u64)
+        + Duration::from_secs(15);
+    let mark = c.runner.mark_rolling(&app.guid, &app.version);
+    tokio::spawn(async move {
+        let _mark = mark;
+        let indices: Vec<u32> = (0..app.instances.max(0) as u32).collect();
+        for chunk in indices.chunks(batch as usize) {
+            if let Err(e) = c.runner.start_instances(&req, chunk, false).await {
+                tracing::warn!(app = %app.name, error = %e.description, "rolling: could not start a batch; the previous version keeps serving");
+                return;
+            }
+            let deadline = Instant::now() + timeout;
+            loop {
+                let running: Vec<u32> = c
+                    .runner
+                    .find(&app.guid, false)
+                    .await
+                    .iter()
+                    .filter(|i| i.version == app.version && i.state == InstanceState::Running)
+                    .map(|i| i.index)
+                    .collect();
+                let current = c.db.app_by_guid(&app.guid).await.ok().flatten();
+                if current.is_none_or(|a| a.version != app.version || a.state != "STARTED") {
+                    return;
+                }
+                if chunk.iter().all(|i| running.contains(i)) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(app = %app.name, "rolling: a batch of the new version did not start in time; the previous one keeps serving");
+                    return;
+                }
+                tokio::time::sleep(ROLL_POLL).await;
+            }
+            let stop = StopRequest {
+                droplet: app.guid.clone(),
+                version: Some(old_version.clone()),
+                indices: Some(chunk.to_vec()),
+                instances: None,
+            };
+            if let Err(e) = c.runner.stop(&stop).await {
+                tracing::warn!(app = %app.name, error = %e.description, "could not stop part of the previous version");
+            }
+        }
+        // Instances of the old version beyond the new count.
+        let stop = StopRequest {
+            droplet: app.guid.clone(),
+            version: Some(old_version),
+            indices: None,
+            instances: None,
+        };
+        let _ = c.runner.stop(&stop).await;
     });
     Ok(())
 }

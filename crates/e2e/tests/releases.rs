@@ -300,3 +300,67 @@ fn the_app_sets_its_stop_grace_period() {
     let lines = wait_for_line(&mc, "done", 1);
     assert!(lines.iter().any(|l| l == "done"), "{lines:?}");
 }
+
+/// `push --max-in-flight 1` replaces one instance at a time: each new instance runs before
+/// one old instance stops, and the app never has fewer than its instances serving.
+#[test]
+fn a_rolling_push_replaces_max_in_flight_instances_at_a_time() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = tempfile::tempdir().unwrap();
+    write(
+        app.path(),
+        "stackato.yml",
+        "name: swapper\nmem: 64M\ninstances: 3\n",
+    );
+    write(app.path(), "index.html", "swapper\n");
+    write(
+        app.path(),
+        "Procfile",
+        "web: sh -c 'echo LIFE started $V; trap \"echo LIFE stopped $V; exit 0\" TERM; /usr/bin/python3 -m http.server $PORT & wait'\n",
+    );
+    mc.strato_ok(app.path(), &["push", "-n", "--env", "V=1"]);
+    mc.wait_for("swapper.localhost", "/", "swapper", Duration::from_secs(60));
+    let stop = Arc::new(AtomicBool::new(false));
+    let polling = poller(mc.port, "swapper.localhost", stop.clone());
+    mc.strato_ok(
+        app.path(),
+        &["push", "-n", "--env", "V=2", "--max-in-flight", "1"],
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut events = Vec::new();
+    while Instant::now() < until {
+        events = lifecycle_lines(&mc)
+            .into_iter()
+            .filter(|l| l == "started 2" || l == "stopped 1")
+            .collect();
+        if events.iter().filter(|l| *l == "stopped 1").count() == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (_, failures) = polling.join().unwrap();
+    assert_eq!(
+        events,
+        [
+            "started 2",
+            "stopped 1",
+            "started 2",
+            "stopped 1",
+            "started 2",
+            "stopped 1"
+        ],
+        "one instance at a time; log:\n{}",
+        mc.log_tail()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    // Nonsense is refused in one line.
+    let out = mc.strato(app.path(), &["push", "-n", "--max-in-flight", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        strato_e2e::output_text(&out)
+    );
+}

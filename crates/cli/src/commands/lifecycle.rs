@@ -29,6 +29,8 @@ pub struct StartOptions {
     /// How a new version replaces a running one (`rolling`, the server's default, or
     /// `recreate`).
     pub strategy: Option<&'static str>,
+    /// Rolling: replace at most this many instances at a time.
+    pub max_in_flight: Option<u32>,
 }
 
 impl From<&AppStartArgs> for StartOptions {
@@ -37,6 +39,7 @@ impl From<&AppStartArgs> for StartOptions {
             timeout_secs: args.health_timeout.unwrap_or(DEFAULT_START_TIMEOUT),
             tail: !args.no_tail,
             strategy: None,
+            max_in_flight: None,
         }
     }
 }
@@ -57,7 +60,7 @@ pub async fn start_app(
             Method::PUT,
             &format!(
                 "/v2/apps/{guid}?stage_async=true{}",
-                strategy_param(opts.strategy)
+                strategy_param(opts.strategy, opts.max_in_flight)
             ),
             Some(&body),
         )
@@ -69,11 +72,15 @@ pub async fn start_app(
     print_urls(scope, out, guid, name).await
 }
 
-/// `&strategy=...` for an app update, or nothing.
-pub fn strategy_param(strategy: Option<&str>) -> String {
-    strategy
+/// `&strategy=...&max_in_flight=...` for an app update, or nothing.
+pub fn strategy_param(strategy: Option<&str>, max_in_flight: Option<u32>) -> String {
+    let mut q = strategy
         .map(|s| format!("&strategy={s}"))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if let Some(n) = max_in_flight {
+        q.push_str(&format!("&max_in_flight={n}"));
+    }
+    q
 }
 
 /// Sets the app STOPPED.

@@ -294,8 +294,11 @@ async fn deploy(
                     .put(
                         &format!(
                             "/v2/apps/{guid}?{}",
-                            lifecycle::strategy_param(args.strategy.map(Strategy::name))
-                                .trim_start_matches('&')
+                            lifecycle::strategy_param(
+                                args.strategy.map(Strategy::name),
+                                args.max_in_flight
+                            )
+                            .trim_start_matches('&')
                         ),
                         &Value::Object(body),
                     )
@@ -333,6 +336,7 @@ async fn deploy(
         timeout_secs: settings.timeout_secs,
         tail: !args.no_tail,
         strategy: args.strategy.map(Strategy::name),
+        max_in_flight: args.max_in_flight,
     };
     lifecycle::start_app(scope, &ctx.out, &guid, name, opts).await
 }

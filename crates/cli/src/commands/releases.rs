@@ -218,6 +218,7 @@ pub async fn restart_cmd(ctx: &Ctx, args: RestartArgs) -> Result<()> {
             .unwrap_or(lifecycle::DEFAULT_START_TIMEOUT),
         tail: !args.no_tail,
         strategy: None,
+        max_in_flight: None,
     };
     let started = app.entity.state == "STARTED";
     if started && args.strategy.as_deref() == Some("rolling") {
