@@ -40,6 +40,9 @@ pub struct Manifest {
     /// `services:` as (instance name, type); an empty type means "an existing instance"
     /// (manifest.yml's list of names).
     pub services: Vec<(String, String)>,
+    /// `health-check-type:` (port, http, process) and `health-check-http-endpoint:`.
+    pub health_check_type: Option<String>,
+    pub health_check_endpoint: Option<String>,
     /// `drain:` as (name, URI): log drains the app gets at push.
     pub drains: Vec<(String, String)>,
     /// `hooks: pre-push:` commands, run on the client in the app dir before the upload; a
@@ -690,6 +693,8 @@ impl AppDoc {
             app_dir: keys.text("app-dir")?,
             services: keys.services()?,
             drains: keys.drains()?,
+            health_check_type: keys.text("health-check-type")?,
+            health_check_endpoint: keys.text("health-check-http-endpoint")?,
             pre_push: hooks,
             depends_on: keys.list("depends-on")?,
             min_client,

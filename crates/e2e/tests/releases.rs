@@ -206,7 +206,7 @@ fn a_broken_new_version_leaves_the_old_one_serving() {
     write(
         app.path(),
         "stackato.yml",
-        "name: steady\nmem: 64M\ntimeout: 5\n",
+        "name: steady\nmem: 64M\ntimeout: 5\nhealth-check-type: http\nhealth-check-http-endpoint: /index.html\n",
     );
     write(app.path(), "index.html", "steady v1\n");
     write(

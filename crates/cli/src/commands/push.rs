@@ -43,6 +43,11 @@ pub struct Settings {
     pub services: Vec<(String, String)>,
     /// `drain:` from the manifest: (name, URI), added when the app lacks them.
     pub drains: Vec<(String, String)>,
+    /// The app's health check, when the manifest or options set it: type, HTTP path,
+    /// seconds to pass it.
+    pub health_check_type: Option<String>,
+    pub health_check_endpoint: Option<String>,
+    pub health_timeout: Option<u64>,
 }
 
 /// Command-line options win over the manifest.
@@ -85,6 +90,9 @@ pub fn merge(args: &PushArgs, manifest: Manifest, name: String) -> Result<Settin
             .unwrap_or(DEFAULT_START_TIMEOUT),
         services: manifest.services,
         drains: manifest.drains,
+        health_check_type: manifest.health_check_type,
+        health_check_endpoint: manifest.health_check_endpoint,
+        health_timeout: args.health_timeout.or(manifest.timeout),
     })
 }
 
@@ -358,7 +366,21 @@ pub fn create_body(s: &Settings, space_guid: &str) -> Value {
         body.insert("command".into(), json!(cmd));
     }
     body.insert("environment_json".into(), json!(s.env));
+    insert_health(&mut body, s);
     Value::Object(body)
+}
+
+/// The health check keys the manifest or options set.
+fn insert_health(body: &mut Map<String, Value>, s: &Settings) {
+    if let Some(t) = &s.health_check_type {
+        body.insert("health_check_type".into(), json!(t));
+    }
+    if let Some(p) = &s.health_check_endpoint {
+        body.insert("health_check_http_endpoint".into(), json!(p));
+    }
+    if let Some(t) = s.health_timeout {
+        body.insert("health_check_timeout".into(), json!(t));
+    }
 }
 
 /// `PUT /v2/apps/:guid` body: only what the manifest or options set; variables are added
@@ -385,6 +407,7 @@ pub fn update_body(s: &Settings, current_env: Option<&Map<String, Value>>) -> Ma
         env.extend(s.env.iter().map(|(k, v)| (k.clone(), json!(v))));
         body.insert("environment_json".into(), Value::Object(env));
     }
+    insert_health(&mut body, s);
     body
 }
 
