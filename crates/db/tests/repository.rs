@@ -7,7 +7,7 @@ use strato_db::{
 };
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 7);
+    assert_eq!(db.schema_version().await.unwrap(), 8);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -331,8 +331,27 @@ async fn suite(db: &Db) {
     quotas(db, &org.guid, &space.guid, &app).await;
     oauth_clients(db, &u.guid).await;
 
-    // delete cascades the mapping and the releases, not the route
+    // drains: one name per app, listed per app and all together
+    db.add_drain(&app.guid, "pt", "udp://h:514", false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.add_drain(&app.guid, "pt", "tcp://h:1", true).await,
+        Err(DbError::Conflict { .. })
+    ));
+    db.add_drain(&app.guid, "raw", "tcp://h:1", true)
+        .await
+        .unwrap();
+    let drains = db.list_drains(Some(&app.guid)).await.unwrap();
+    assert_eq!(drains.len(), 2);
+    assert_eq!(drains[1].json, 1);
+    assert!(db.delete_drain(&app.guid, "raw").await.unwrap());
+    assert!(!db.delete_drain(&app.guid, "raw").await.unwrap());
+    assert_eq!(db.list_drains(None).await.unwrap().len(), 1);
+
+    // delete cascades the mapping, the releases and the drains, not the route
     assert!(db.delete_app(&app.guid).await.unwrap());
+    assert!(db.list_drains(None).await.unwrap().is_empty());
     assert!(db.releases_of_app(&app.guid).await.unwrap().is_empty());
     assert_eq!(db.apps_using_droplet("d3").await.unwrap(), 0);
     assert!(db.app_by_guid(&app.guid).await.unwrap().is_none());
@@ -350,7 +369,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 7);
+    assert_eq!(db.schema_version().await.unwrap(), 8);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -361,7 +380,7 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 7);
+    assert_eq!(db.schema_version().await.unwrap(), 8);
 }
 
 #[tokio::test]

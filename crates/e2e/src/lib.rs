@@ -45,7 +45,7 @@ pub struct MicroCloud {
     pub home: tempfile::TempDir,
     pub client_home: tempfile::TempDir,
     pub port: u16,
-    /// The router's HTTPS port.
+    /// The router's HTTPS port (0: HTTPS off).
     pub https_port: u16,
     pub password: String,
     pub app_port_base: u16,
@@ -73,9 +73,18 @@ impl MicroCloud {
         Self::start_with_roles(APP_ROLES)
     }
 
+    /// Starts a micro cloud whose router also serves HTTPS (on [`MicroCloud::https_port`]).
+    pub fn start_with_https() -> anyhow::Result<MicroCloud> {
+        Self::start_inner(APP_ROLES, strato_testkit::free_port())
+    }
+
     /// Starts a micro cloud running `roles` (`STRATO_ROLES`, e.g. `micro` for everything
     /// including the data services).
     pub fn start_with_roles(roles: &str) -> anyhow::Result<MicroCloud> {
+        Self::start_inner(roles, 0)
+    }
+
+    fn start_inner(roles: &str, https_port: u16) -> anyhow::Result<MicroCloud> {
         let home = tempfile::Builder::new().prefix("strato-e2e-").tempdir()?;
         let client_home = tempfile::Builder::new()
             .prefix("strato-client-")
@@ -89,7 +98,9 @@ impl MicroCloud {
             home,
             client_home,
             port,
-            https_port: strato_testkit::free_port(),
+            // 0 (HTTPS off) unless a test asks with `start_with_https`: one port fewer to
+            // race for when many micro clouds start at once.
+            https_port,
             password,
             app_port_base: random_port_base(),
             roles: roles.to_string(),

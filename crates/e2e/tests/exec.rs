@@ -274,22 +274,27 @@ fn run_inspects_a_crashed_instance() {
     // The push reports the failed start; the instance is kept as crashed.
     let _ = mc.strato(app.path(), &["push", "-n"]);
     let here = mc.client_home.path();
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = mc.strato(here, &["run", "crasher", "cat", "crash-note.txt"]);
-        if out.status.success() {
-            assert_eq!(text(&out.stdout), "why it crashed\n");
-            break;
+    // The health manager keeps restarting the app, so a command may meet an instance that
+    // is starting (and crashes under it): try again until one reaches a crashed copy.
+    let run_until_ok = |args: &[&str]| -> String {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = mc.strato(here, args);
+            if out.status.success() {
+                return text(&out.stdout);
+            }
+            assert!(
+                Instant::now() < until,
+                "never reached the crashed instance: {}\n{}",
+                text(&out.stderr),
+                mc.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(
-            Instant::now() < until,
-            "never reached the crashed instance: {}\n{}",
-            text(&out.stderr),
-            mc.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    };
+    let out = run_until_ok(&["run", "crasher", "cat", "crash-note.txt"]);
+    assert_eq!(out, "why it crashed\n");
     // It is an inspection container: the app's command is not running there.
-    let out = mc.strato_ok(here, &["run", "crasher", "ps", "-e", "-o", "comm="]);
+    let out = run_until_ok(&["run", "crasher", "ps", "-e", "-o", "comm="]);
     assert!(out.contains("sleep"), "{out}");
 }

@@ -33,7 +33,7 @@ fn client_trusting(root: &[u8], host: &str, port: u16) -> reqwest::blocking::Cli
 
 #[test]
 fn https_with_the_node_ca_a_checked_target_and_a_custom_certificate() {
-    let mc = MicroCloud::start().expect("micro cloud");
+    let mc = MicroCloud::start_with_https().expect("micro cloud with HTTPS");
     mc.login();
     mc.strato_ok(&fixture("static"), &["push", "-n"]);
     mc.wait_for(

@@ -128,12 +128,12 @@ fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
     if !opts.process_driver {
         match runc.check_available() {
             Ok(()) if opts.network_isolation => {
+                let mut open_ports = vec![(opts.http_port, opts.http_port), opts.service_ports()];
+                if opts.https_port != 0 {
+                    open_ports.push((opts.https_port, opts.https_port));
+                }
                 let cfg = strato_container::network::NetworkConfig {
-                    open_ports: vec![
-                        (opts.http_port, opts.http_port),
-                        (opts.https_port, opts.https_port),
-                        opts.service_ports(),
-                    ],
+                    open_ports,
                     ..Default::default()
                 };
                 match strato_container::network::IsolatedNetwork::setup(cfg) {
