@@ -50,9 +50,6 @@ fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
         ep(Method::GET, "/v2/spaces/{guid}", get_space),
         ep(Method::GET, "/v2/spaces/{guid}/summary", space_summary),
         ep(Method::GET, "/v2/spaces/{guid}/apps", space_apps),
-        ep(Method::GET, "/v2/shared_domains", list_domains),
-        ep(Method::GET, "/v2/shared_domains/{guid}", get_domain),
-        ep(Method::GET, "/v2/domains", list_domains),
         ep(Method::GET, "/v2/routes", list_routes),
         ep(Method::POST, "/v2/routes", create_route),
         ep(Method::GET, "/v2/routes/{guid}", get_route),
@@ -120,27 +117,30 @@ pub fn router(c: Shared) -> Router {
 
 /// The `strategy` (`rolling` when absent) and `max_in_flight` query parameters.
 fn swap_param(query: Option<&str>) -> CfResult<crate::runner::Swap> {
+    let params = crate::cf::parse_query(query.unwrap_or(""));
     let param = |name: &str| {
-        query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     };
     let swap: crate::runner::Swap = param("strategy").unwrap_or("rolling").parse()?;
-    match (swap, param("max_in_flight")) {
-        (_, None) => Ok(swap),
-        (crate::runner::Swap::Rolling { .. }, Some(n)) => match n.parse::<u32>() {
-            Ok(n) if n > 0 => Ok(crate::runner::Swap::Rolling {
-                max_in_flight: Some(n),
-            }),
-            _ => Err(ApiError::invalid_request(format!(
-                "max_in_flight must be a whole number of instances above 0, not '{n}'"
-            ))
-            .into()),
-        },
-        (crate::runner::Swap::Recreate, Some(_)) => Err(ApiError::invalid_request(
+    let Some(n) = param("max_in_flight") else {
+        return Ok(swap);
+    };
+    if swap == crate::runner::Swap::Recreate {
+        return Err(ApiError::invalid_request(
             "max_in_flight applies to the rolling strategy only",
         )
+        .into());
+    }
+    match n.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(crate::runner::Swap::Rolling {
+            max_in_flight: Some(n),
+        }),
+        _ => Err(ApiError::invalid_request(format!(
+            "max_in_flight must be a whole number of instances above 0, not '{n}'"
+        ))
         .into()),
     }
 }
@@ -353,48 +353,6 @@ async fn space_summary(
     Ok(Json(
         json!({"guid": s.guid, "name": s.name, "apps": out, "services": services}),
     ))
-}
-
-async fn list_domains(
-    State(c): State<Shared>,
-    access: Access,
-    uri: axum::http::Uri,
-    RawQuery(q): RawQuery,
-) -> CfResult<Json<Value>> {
-    let p = ListParams::parse(q.as_deref())?;
-    let ds =
-        c.db.list_domains(&p.db_filter(&["name"])?)
-            .await
-            .map_err(db_err)?;
-    // `/v2/shared_domains` lists the shared ones; `/v2/domains` also the private ones the
-    // user can see.
-    let shared_only = uri.path().starts_with("/v2/shared_domains");
-    let items = ds
-        .iter()
-        .filter(|d| {
-            if shared_only {
-                d.owning_organization_guid.is_none()
-            } else {
-                crate::domains::visible(&access, d)
-            }
-        })
-        .map(crate::domains::domain_json)
-        .collect();
-    Ok(Json(paginate(uri.path(), &p, items)))
-}
-
-async fn get_domain(
-    State(c): State<Shared>,
-    _user: CurrentUser,
-    Path(guid): Path<String>,
-) -> CfResult<Json<Value>> {
-    let d =
-        c.db.domain_by_guid(&guid)
-            .await
-            .map_err(db_err)?
-            .filter(|d| d.owning_organization_guid.is_none())
-            .ok_or_else(|| ApiError::not_found("domain", &guid))?;
-    Ok(Json(crate::domains::domain_json(&d)))
 }
 
 // ---------------------------------------------------------------- routes

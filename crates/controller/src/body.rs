@@ -15,6 +15,16 @@ pub const MAX_JSON_BYTES: usize = 1024 * 1024;
 /// Deepest nesting of arrays and objects accepted (`[]` is 1, `{"a":[]}` is 2).
 pub const MAX_JSON_DEPTH: usize = 32;
 
+/// Like [`parse_json`], but an empty (or all-whitespace) body is `T::default()`: for
+/// actions whose options are all optional (`restart`, `rollback`).
+pub fn parse_json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> CfResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(body)
+    }
+}
+
 /// Reads a JSON request body as `T`: 413 when larger than [`MAX_JSON_BYTES`], 400
 /// `CF-MessageParseError` when nested deeper than [`MAX_JSON_DEPTH`] or not valid JSON of
 /// the expected shape.

@@ -1,5 +1,6 @@
-//! Private domains (CF v2 `/v2/private_domains`): a domain an organization owns, so its
-//! spaces can route their apps at `HOST.example.com` besides the shared domain. Org
+//! Domains: the shared ones every space routes in, and private domains (CF v2
+//! `/v2/private_domains`) an organization owns, so its spaces can route their apps at
+//! `HOST.example.com` besides the shared domain. Org
 //! managers (and administrators) create and delete them; members of the org see them in
 //! `/v2/domains`; routes on one can only be made by spaces of the owning org. The router
 //! needs nothing: it routes any Host it has a registration for (HTTPS for such a domain
@@ -20,6 +21,9 @@ use crate::Shared;
 
 pub(crate) fn endpoints() -> Vec<Endpoint> {
     vec![
+        ep(Method::GET, "/v2/domains", list),
+        ep(Method::GET, "/v2/shared_domains", list),
+        ep(Method::GET, "/v2/shared_domains/{guid}", get_shared),
         ep(Method::POST, "/v2/private_domains", create),
         ep(Method::GET, "/v2/private_domains", list),
         ep(Method::GET, "/v2/private_domains/{guid}", get),
@@ -106,9 +110,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(domain_json(&d))))
 }
 
+/// `/v2/domains` (shared and the private ones the user can see), `/v2/shared_domains`
+/// and `/v2/private_domains`, by the path asked.
 async fn list(
     State(c): State<Shared>,
     access: Access,
+    uri: axum::http::Uri,
     RawQuery(q): RawQuery,
 ) -> CfResult<Json<Value>> {
     let p = ListParams::parse(q.as_deref())?;
@@ -116,12 +123,28 @@ async fn list(
         c.db.list_domains(&p.db_filter(&["name"])?)
             .await
             .map_err(db_err)?;
-    let items = ds
-        .iter()
-        .filter(|d| d.owning_organization_guid.is_some() && visible(&access, d))
-        .map(domain_json)
-        .collect();
-    Ok(Json(paginate("/v2/private_domains", &p, items)))
+    let path = uri.path();
+    let wanted = |d: &Domain| match path {
+        "/v2/shared_domains" => d.owning_organization_guid.is_none(),
+        "/v2/private_domains" => d.owning_organization_guid.is_some() && visible(&access, d),
+        _ => visible(&access, d),
+    };
+    let items = ds.iter().filter(|d| wanted(d)).map(domain_json).collect();
+    Ok(Json(paginate(path, &p, items)))
+}
+
+async fn get_shared(
+    State(c): State<Shared>,
+    _user: crate::auth::CurrentUser,
+    Path(guid): Path<String>,
+) -> CfResult<Json<Value>> {
+    let d =
+        c.db.domain_by_guid(&guid)
+            .await
+            .map_err(db_err)?
+            .filter(|d| d.owning_organization_guid.is_none())
+            .ok_or_else(|| ApiError::not_found("domain", &guid))?;
+    Ok(Json(domain_json(&d)))
 }
 
 async fn private_domain(c: &Shared, access: &Access, guid: &str) -> CfResult<Domain> {

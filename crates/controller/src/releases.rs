@@ -18,7 +18,7 @@ use strato_core::ApiError;
 use strato_db::{health_check_type, package_state, App, NewRelease, Release};
 
 use crate::access::{Access, Action};
-use crate::api::{app_for, app_json, audit, check_staged, ep, parse_json, release_blob, Endpoint};
+use crate::api::{app_for, app_json, audit, check_staged, ep, release_blob, Endpoint};
 use crate::auth::CurrentUser;
 use crate::cf::{db_err, paginate, CfResult, ListParams};
 use crate::Shared;
@@ -259,11 +259,7 @@ async fn rollback(
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
     let before = app_for(&c, &access, Action::Develop, &guid).await?;
-    let want: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RollbackBody::default()
-    } else {
-        parse_json(&body)?
-    };
+    let want: RollbackBody = crate::body::parse_json_or_default(&body)?;
     let rs = c.db.releases_of_app(&guid).await.map_err(db_err)?;
     let r = pick_release(&before, &rs, want.release, c.cfg.max_releases.max(1))?;
     let mut a = before.clone();
@@ -324,11 +320,7 @@ async fn restart(
     body: axum::body::Bytes,
 ) -> CfResult<(StatusCode, Json<Value>)> {
     let before = app_for(&c, &access, Action::Develop, &guid).await?;
-    let want: RestartBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RestartBody::default()
-    } else {
-        parse_json(&body)?
-    };
+    let want: RestartBody = crate::body::parse_json_or_default(&body)?;
     let strategy: crate::runner::Swap = want.strategy.as_deref().unwrap_or("rolling").parse()?;
     check_staged(&before)?;
     if before.state != "STARTED" {

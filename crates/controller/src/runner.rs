@@ -538,18 +538,10 @@ pub async fn roll_over(c: &Shared, app: &App, old_version: &str) -> Result<(), A
     tokio::spawn(async move {
         let wanted = app.instances.max(0) as usize;
         loop {
-            let running = c
-                .runner
-                .find(&app.guid, false)
-                .await
-                .iter()
-                .filter(|i| i.version == app.version && i.state == InstanceState::Running)
-                .count();
-            let current = c.db.app_by_guid(&app.guid).await.ok().flatten();
-            // A newer change (or a stop, or a delete) took over: it decides.
-            if current.is_none_or(|a| a.version != app.version || a.state != "STARTED") {
+            let Some(running) = running_indices(&c, &app).await else {
                 return;
-            }
+            };
+            let running = running.len();
             if running >= wanted {
                 break;
             }
@@ -573,6 +565,24 @@ pub async fn roll_over(c: &Shared, app: &App, old_version: &str) -> Result<(), A
         }
     });
     Ok(())
+}
+
+/// The indices of `app`'s version that run now, or `None` once a newer change (a new
+/// version, a stop, a delete) took the app over: that change decides from then on.
+async fn running_indices(c: &Shared, app: &App) -> Option<Vec<u32>> {
+    let current = c.db.app_by_guid(&app.guid).await.ok().flatten();
+    if current.is_none_or(|a| a.version != app.version || a.state != "STARTED") {
+        return None;
+    }
+    Some(
+        c.runner
+            .find(&app.guid, false)
+            .await
+            .iter()
+            .filter(|i| i.version == app.version && i.state == InstanceState::Running)
+            .map(|i| i.index)
+            .collect(),
+    )
 }
 
 /// A rolling replacement `batch` instances at a time: a batch of new instances starts,
@@ -605,18 +615,9 @@ async fn roll_in_batches(
             }
             let deadline = Instant::now() + timeout;
             loop {
-                let running: Vec<u32> = c
-                    .runner
-                    .find(&app.guid, false)
-                    .await
-                    .iter()
-                    .filter(|i| i.version == app.version && i.state == InstanceState::Running)
-                    .map(|i| i.index)
-                    .collect();
-                let current = c.db.app_by_guid(&app.guid).await.ok().flatten();
-                if current.is_none_or(|a| a.version != app.version || a.state != "STARTED") {
+                let Some(running) = running_indices(&c, &app).await else {
                     return;
-                }
+                };
                 if chunk.iter().all(|i| running.contains(i)) {
                     break;
                 }
