@@ -58,9 +58,11 @@ pub async fn start_app(
         .api
         .request(
             Method::PUT,
-            &format!(
-                "/v2/apps/{guid}?stage_async=true{}",
-                strategy_param(opts.strategy, opts.max_in_flight)
+            &update_path(
+                guid,
+                &["stage_async=true"],
+                opts.strategy,
+                opts.max_in_flight,
             ),
             Some(&body),
         )
@@ -72,15 +74,22 @@ pub async fn start_app(
     print_urls(scope, out, guid, name).await
 }
 
-/// `&strategy=...&max_in_flight=...` for an app update, or nothing.
-pub fn strategy_param(strategy: Option<&str>, max_in_flight: Option<u32>) -> String {
-    let mut q = strategy
-        .map(|s| format!("&strategy={s}"))
-        .unwrap_or_default();
-    if let Some(n) = max_in_flight {
-        q.push_str(&format!("&max_in_flight={n}"));
+/// `PUT` path of an app update: `/v2/apps/GUID` with the `extra` query pairs and how a new
+/// version replaces the running one (the server's defaults when `None`).
+pub fn update_path(
+    guid: &str,
+    extra: &[&str],
+    strategy: Option<&str>,
+    max_in_flight: Option<u32>,
+) -> String {
+    let mut query: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    query.extend(strategy.map(|s| format!("strategy={s}")));
+    query.extend(max_in_flight.map(|n| format!("max_in_flight={n}")));
+    if query.is_empty() {
+        format!("/v2/apps/{guid}")
+    } else {
+        format!("/v2/apps/{guid}?{}", query.join("&"))
     }
-    q
 }
 
 /// Sets the app STOPPED.

@@ -300,13 +300,11 @@ async fn deploy(
                 let _: Value = scope
                     .api
                     .put(
-                        &format!(
-                            "/v2/apps/{guid}?{}",
-                            lifecycle::strategy_param(
-                                args.strategy.map(Strategy::name),
-                                args.max_in_flight
-                            )
-                            .trim_start_matches('&')
+                        &lifecycle::update_path(
+                            &guid,
+                            &[],
+                            args.strategy.map(Strategy::name),
+                            args.max_in_flight,
                         ),
                         &Value::Object(body),
                     )
