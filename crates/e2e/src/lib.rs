@@ -162,6 +162,17 @@ impl MicroCloud {
         )
     }
 
+    /// Pushes `tests/fixtures/static` (`staticfixture`) and waits until it serves.
+    pub fn push_static(&self) {
+        self.strato_ok(&fixture("static"), &["push", "-n"]);
+        self.wait_for(
+            "staticfixture.localhost",
+            "/",
+            "hello from static",
+            Duration::from_secs(60),
+        );
+    }
+
     /// The TCP ports `stratod` itself listens on (the API, the node agent's endpoints,
     /// service gateways...), from `ss`.
     pub fn stratod_ports(&self) -> Vec<u16> {

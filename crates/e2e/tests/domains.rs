@@ -2,22 +2,14 @@
 //! URL in it, reaches the app by that name through the router, and cannot delete the
 //! domain while a route uses it.
 
-use std::time::Duration;
-
-use strato_e2e::{fixture, http_get, output_text, MicroCloud};
+use strato_e2e::{http_get, output_text, MicroCloud};
 
 #[test]
 fn an_org_routes_an_app_in_its_own_domain() {
     let mc = MicroCloud::start().expect("micro cloud");
     mc.login();
     let here = mc.client_home.path();
-    mc.strato_ok(&fixture("static"), &["push", "-n"]);
-    mc.wait_for(
-        "staticfixture.localhost",
-        "/",
-        "hello from static",
-        Duration::from_secs(60),
-    );
+    mc.push_static();
 
     mc.strato_ok(here, &["create-domain", "shop.example.test"]);
     let listed = mc.strato_ok(here, &["domains"]);

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strato_e2e::{bin, fixture, MicroCloud};
+use strato_e2e::{bin, MicroCloud};
 
 const APP: &str = "staticfixture";
 
@@ -19,13 +19,7 @@ fn text(bytes: &[u8]) -> String {
 fn run_files_scp_and_ssh() {
     let mc = MicroCloud::start().expect("micro cloud");
     mc.login();
-    mc.strato_ok(&fixture("static"), &["push", "-n"]);
-    mc.wait_for(
-        "staticfixture.localhost",
-        "/",
-        "hello from static",
-        Duration::from_secs(60),
-    );
+    mc.push_static();
     let here = mc.client_home.path();
 
     // run: stdout to stdout, stderr to stderr, the command's exit code as ours.

@@ -126,22 +126,46 @@ fn push_twice_rollback_without_a_failed_request_and_health_round_trips() {
     assert!(only(&mc, "rel.localhost", "version one"));
 }
 
-/// The order in which versions of `swapper` started and stopped, from its log.
-fn lifecycle_lines(mc: &MicroCloud) -> Vec<String> {
-    let log = mc.strato_ok(mc.client_home.path(), &["logs", "swapper", "--num", "200"]);
+/// The texts after `MARKER ` in `app`'s log, in order (the lifecycle lines test apps
+/// print when they start and stop).
+fn marked_lines(mc: &MicroCloud, app: &str, marker: &str) -> Vec<String> {
+    let log = mc.strato_ok(mc.client_home.path(), &["logs", app, "--num", "200"]);
+    let marker = format!("{marker} ");
     log.lines()
-        .filter_map(|l| l.find("LIFE ").map(|i| l[i + 5..].trim().to_string()))
+        .filter_map(|l| {
+            l.find(&marker)
+                .map(|i| l[i + marker.len()..].trim().to_string())
+        })
         .collect()
 }
 
-/// `push --strategy recreate` stops the old version before the new one starts (for apps
-/// that must never run twice); the default rolling push starts the new one first.
-#[test]
-fn push_strategy_recreate_stops_the_old_version_first() {
-    let mc = MicroCloud::start().expect("micro cloud");
-    mc.login();
+/// [`marked_lines`] once `done` holds for them, or as they are after `wait`.
+fn wait_for_marked(
+    mc: &MicroCloud,
+    app: &str,
+    marker: &str,
+    wait: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let until = Instant::now() + wait;
+    loop {
+        let lines = marked_lines(mc, app, marker);
+        if done(&lines) || Instant::now() > until {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Pushes `swapper` with `instances`, each printing `LIFE started $V` at start and
+/// `LIFE stopped $V` at SIGTERM, at V=1, and waits until it serves.
+fn push_swapper(mc: &MicroCloud, instances: u32) -> tempfile::TempDir {
     let app = tempfile::tempdir().unwrap();
-    write(app.path(), "stackato.yml", "name: swapper\nmem: 64M\n");
+    write(
+        app.path(),
+        "stackato.yml",
+        &format!("name: swapper\nmem: 64M\ninstances: {instances}\n"),
+    );
     write(app.path(), "index.html", "swapper\n");
     write(
         app.path(),
@@ -150,18 +174,27 @@ fn push_strategy_recreate_stops_the_old_version_first() {
     );
     mc.strato_ok(app.path(), &["push", "-n", "--env", "V=1"]);
     mc.wait_for("swapper.localhost", "/", "swapper", Duration::from_secs(60));
+    app
+}
+
+/// `push --strategy recreate` stops the old version before the new one starts (for apps
+/// that must never run twice); the default rolling push starts the new one first.
+#[test]
+fn push_strategy_recreate_stops_the_old_version_first() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let app = push_swapper(&mc, 1);
+    let has = |line: &'static str| move |lines: &[String]| lines.iter().any(|l| l == line);
 
     // Rolling (the default): v2 starts before v1 stops.
     mc.strato_ok(app.path(), &["push", "-n", "--env", "V=2"]);
-    let until = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while Instant::now() < until {
-        lines = lifecycle_lines(&mc);
-        if lines.iter().any(|l| l == "stopped 1") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let lines = wait_for_marked(
+        &mc,
+        "swapper",
+        "LIFE",
+        Duration::from_secs(30),
+        has("stopped 1"),
+    );
     let at = |needle: &str, lines: &[String]| lines.iter().position(|l| l == needle);
     assert!(
         at("started 2", &lines).is_some() && at("started 2", &lines) < at("stopped 1", &lines),
@@ -173,14 +206,13 @@ fn push_strategy_recreate_stops_the_old_version_first() {
         app.path(),
         &["push", "-n", "--env", "V=3", "--strategy", "recreate"],
     );
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        lines = lifecycle_lines(&mc);
-        if lines.iter().any(|l| l == "started 3") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let lines = wait_for_marked(
+        &mc,
+        "swapper",
+        "LIFE",
+        Duration::from_secs(30),
+        has("started 3"),
+    );
     assert!(
         at("stopped 2", &lines).is_some() && at("stopped 2", &lines) < at("started 3", &lines),
         "recreate: {lines:?}"
@@ -258,21 +290,10 @@ fn the_app_sets_its_stop_grace_period() {
         "web: sh -c 'trap \"echo GRACE draining; sleep 3; echo GRACE done; exit 0\" TERM; /usr/bin/python3 -m http.server $PORT & wait'\n",
     );
     let here = mc.client_home.path();
-    let grace_lines = |mc: &MicroCloud| -> Vec<String> {
-        let log = mc.strato_ok(here, &["logs", "graceful", "--num", "200"]);
-        log.lines()
-            .filter_map(|l| l.find("GRACE ").map(|i| l[i + 6..].trim().to_string()))
-            .collect()
-    };
-    let wait_for_line = |mc: &MicroCloud, line: &str, count: usize| -> Vec<String> {
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            let lines = grace_lines(mc);
-            if lines.iter().filter(|l| *l == line).count() >= count || Instant::now() > until {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+    let wait_for_line = |mc: &MicroCloud, line: &str| -> Vec<String> {
+        wait_for_marked(mc, "graceful", "GRACE", Duration::from_secs(15), |lines| {
+            lines.iter().any(|l| l == line)
+        })
     };
 
     // One second is not enough for its 3-second shutdown: killed half-way.
@@ -284,9 +305,9 @@ fn the_app_sets_its_stop_grace_period() {
         Duration::from_secs(60),
     );
     mc.strato_ok(here, &["stop", "graceful"]);
-    let lines = wait_for_line(&mc, "draining", 1);
+    let lines = wait_for_line(&mc, "draining");
     std::thread::sleep(Duration::from_secs(4));
-    let lines_after = grace_lines(&mc);
+    let lines_after = marked_lines(&mc, "graceful", "GRACE");
     assert!(lines.iter().any(|l| l == "draining"), "{lines:?}");
     assert!(
         !lines_after.iter().any(|l| l == "done"),
@@ -297,7 +318,7 @@ fn the_app_sets_its_stop_grace_period() {
     mc.strato_ok(here, &["env-add", "graceful", "STRATO_STOP_GRACE", "10"]);
     mc.strato_ok(here, &["start", "graceful"]);
     mc.strato_ok(here, &["stop", "graceful"]);
-    let lines = wait_for_line(&mc, "done", 1);
+    let lines = wait_for_line(&mc, "done");
     assert!(lines.iter().any(|l| l == "done"), "{lines:?}");
 }
 
@@ -307,38 +328,20 @@ fn the_app_sets_its_stop_grace_period() {
 fn a_rolling_push_replaces_max_in_flight_instances_at_a_time() {
     let mc = MicroCloud::start().expect("micro cloud");
     mc.login();
-    let app = tempfile::tempdir().unwrap();
-    write(
-        app.path(),
-        "stackato.yml",
-        "name: swapper\nmem: 64M\ninstances: 3\n",
-    );
-    write(app.path(), "index.html", "swapper\n");
-    write(
-        app.path(),
-        "Procfile",
-        "web: sh -c 'echo LIFE started $V; trap \"echo LIFE stopped $V; exit 0\" TERM; /usr/bin/python3 -m http.server $PORT & wait'\n",
-    );
-    mc.strato_ok(app.path(), &["push", "-n", "--env", "V=1"]);
-    mc.wait_for("swapper.localhost", "/", "swapper", Duration::from_secs(60));
+    let app = push_swapper(&mc, 3);
     let stop = Arc::new(AtomicBool::new(false));
     let polling = poller(mc.port, "swapper.localhost", stop.clone());
     mc.strato_ok(
         app.path(),
         &["push", "-n", "--env", "V=2", "--max-in-flight", "1"],
     );
-    let until = Instant::now() + Duration::from_secs(60);
-    let mut events = Vec::new();
-    while Instant::now() < until {
-        events = lifecycle_lines(&mc)
-            .into_iter()
-            .filter(|l| l == "started 2" || l == "stopped 1")
-            .collect();
-        if events.iter().filter(|l| *l == "stopped 1").count() == 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let lines = wait_for_marked(&mc, "swapper", "LIFE", Duration::from_secs(60), |lines| {
+        lines.iter().filter(|l| *l == "stopped 1").count() == 3
+    });
+    let events: Vec<&String> = lines
+        .iter()
+        .filter(|l| *l == "started 2" || *l == "stopped 1")
+        .collect();
     stop.store(true, Ordering::Relaxed);
     let (_, failures) = polling.join().unwrap();
     assert_eq!(

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use strato_e2e::{fixture, output_text, strato_as, MicroCloud};
+use strato_e2e::{output_text, strato_as, MicroCloud};
 
 /// `strato ARGS` as a user whose HOME (and working dir) is `home`.
 fn strato_in(home: &Path, args: &[&str]) -> Output {
@@ -35,13 +35,7 @@ fn client_trusting(root: &[u8], host: &str, port: u16) -> reqwest::blocking::Cli
 fn https_with_the_node_ca_a_checked_target_and_a_custom_certificate() {
     let mc = MicroCloud::start_with_https().expect("micro cloud with HTTPS");
     mc.login();
-    mc.strato_ok(&fixture("static"), &["push", "-n"]);
-    mc.wait_for(
-        "staticfixture.localhost",
-        "/",
-        "hello from static",
-        Duration::from_secs(60),
-    );
+    mc.push_static();
     let info = mc.kato(&["info", "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("kato info --json");
     let fingerprint = info["ca_fingerprint"]
