@@ -1087,7 +1087,10 @@ impl Keys<'_> {
                         )
                     })?;
                     if matches!(kind.as_str(), "ubuntu" | "unix") {
-                        if let Some(bad) = list.iter().find(|p| !debian_package_name(p)) {
+                        if let Some(bad) = list
+                            .iter()
+                            .find(|p| !strato_core::names::debian_package_name(p))
+                        {
                             return Err(self.doc.error(
                                 &here,
                                 format!("{bad:?} is not a Debian package name"),
@@ -1191,18 +1194,6 @@ const CRON_MACROS: &[&str] = &[
     "@yearly",
     "@annually",
 ];
-
-/// A Debian package name, optionally with `=version` or `:arch`.
-fn debian_package_name(p: &str) -> bool {
-    let name = p.split(['=', ':']).next().unwrap_or("");
-    name.len() >= 2
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-        && p.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
-}
 
 /// Asks for an env value until the answer is acceptable.
 fn ask_env(

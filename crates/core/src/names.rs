@@ -45,6 +45,19 @@ pub fn host_for_app(name: &str) -> String {
     h.trim_matches('-').to_string()
 }
 
+/// A Debian package name (optionally `=version` or `:arch`), as `requirements: ubuntu:`
+/// accepts it; never an option (no leading `-`).
+pub fn debian_package_name(p: &str) -> bool {
+    let name = p.split(['=', ':']).next().unwrap_or("");
+    name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +75,21 @@ mod tests {
         assert!(check_host("myapp").is_ok());
         assert!(check_host("my_app").is_err());
         assert_eq!(host_for_app("My_App.v2"), "my-app-v2");
+    }
+
+    #[test]
+    fn debian_package_names_are_never_options() {
+        for ok in [
+            "libpq5",
+            "python3-dev",
+            "g++",
+            "libc6:amd64",
+            "curl=7.88.1-10+deb12u5",
+        ] {
+            assert!(debian_package_name(ok), "{ok}");
+        }
+        for bad in ["-y", "--allow-unauthenticated", "a", "Libpq", "pkg;rm", ""] {
+            assert!(!debian_package_name(bad), "{bad}");
+        }
     }
 }

@@ -189,7 +189,7 @@ fn add_requirements(
             "pip" => config.pip.extend(list()),
             "ubuntu" | "unix" => {
                 for name in list() {
-                    if !debian_package_name(&name) {
+                    if !strato_core::names::debian_package_name(&name) {
                         return Err(AppConfigError(format!(
                             "requirements: {name:?} is not a Debian package name"
                         )));
@@ -203,18 +203,6 @@ fn add_requirements(
         }
     }
     Ok(())
-}
-
-/// A Debian package name (optionally `=version` or `:arch`); never an option.
-pub fn debian_package_name(p: &str) -> bool {
-    let name = p.split(['=', ':']).next().unwrap_or("");
-    name.len() >= 2
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-        && p.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
 }
 
 /// Reads the hooks from `<app_dir>/stackato.yml`; none when the file is absent.
