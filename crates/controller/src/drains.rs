@@ -214,12 +214,7 @@ pub async fn run_forwarder(c: Shared, shutdown: CancellationToken) -> anyhow::Re
                     }
                 }
                 m = sub.next() => match m {
-                    Some(m) => {
-                        let Ok(line) = strato_bus::decode::<LogLine>(&m) else { continue };
-                        for (_, sink) in sinks.get(&line.app).into_iter().flatten() {
-                            let _ = sink.lines.try_send(format_line(&line, sink.json));
-                        }
-                    }
+                    Some(m) => forward(&sinks, &m),
                     None => break,
                 }
             }
@@ -229,6 +224,25 @@ pub async fn run_forwarder(c: Shared, shutdown: CancellationToken) -> anyhow::Re
         }
     });
     Ok(())
+}
+
+/// Hands one `apptail.<app>` message to that app's drains. Every app's log lines pass
+/// here, so a line is decoded only when its app has a drain, and formatted at most once
+/// per format.
+fn forward(sinks: &HashMap<String, Vec<(String, Sink)>>, m: &strato_bus::Message) {
+    let app = m.subject.strip_prefix("apptail.").unwrap_or_default();
+    let Some(app_sinks) = sinks.get(app) else {
+        return;
+    };
+    let Ok(line) = strato_bus::decode::<LogLine>(m) else {
+        return;
+    };
+    let (mut text, mut json) = (None, None);
+    for (_, sink) in app_sinks {
+        let formatted = if sink.json { &mut json } else { &mut text };
+        let formatted = formatted.get_or_insert_with(|| format_line(&line, sink.json));
+        let _ = sink.lines.try_send(formatted.clone());
+    }
 }
 
 /// Starts senders for new drains and stops those of deleted ones.
