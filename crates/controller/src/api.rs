@@ -95,6 +95,7 @@ fn endpoints(upload_limit: usize) -> Vec<Endpoint> {
     v.extend(crate::tunnel::endpoints());
     v.extend(crate::exec::endpoints());
     v.extend(crate::releases::endpoints());
+    v.extend(crate::blob_urls::endpoints(upload_limit));
     v
 }
 

@@ -9,6 +9,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod bits;
+pub mod blob_urls;
 pub mod body;
 pub mod bootstrap;
 pub mod cf;
@@ -54,6 +55,10 @@ pub struct ControllerConfig {
     pub runner: runner::RunnerTimings,
     /// How many releases per app keep their droplet for a rollback (`max_releases`).
     pub max_releases: u64,
+    /// `http://ADDRESS:PORT` where stagers and DEAs on other nodes reach this controller
+    /// (through the node's router). Set in a cluster: blobs then travel as signed HTTP
+    /// URLs ([`blob_urls`]); unset on a micro cloud, where they are shared files.
+    pub blob_base_url: Option<String>,
 }
 
 impl ControllerConfig {
@@ -70,6 +75,7 @@ impl ControllerConfig {
             access_token_ttl: Duration::from_secs(3600),
             runner: runner::RunnerTimings::default(),
             max_releases: 5,
+            blob_base_url: None,
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct Controller {
     pub db: Db,
     pub bus: SharedBus,
     pub blobs: strato_blobs::BlobStore,
+    /// Signs blob URLs for other nodes (a cluster only).
+    pub blob_signer: Option<blob_urls::BlobSigner>,
     pub auth: auth::Tokens,
     pub logs: logs::LogStore,
     pub staging: staging::StagingLogs,
@@ -104,11 +112,16 @@ impl Controller {
         let auth = auth::Tokens::new(&cfg.token_secret, cfg.access_token_ttl);
         let logs = logs::LogStore::new(2000);
         let runner = runner::Runner::new(bus.clone(), cfg.runner);
+        let blob_signer = cfg
+            .blob_base_url
+            .as_deref()
+            .map(|base| blob_urls::BlobSigner::new(&cfg.token_secret, base));
         let c = Arc::new(Controller {
             cfg,
             db,
             bus,
             blobs,
+            blob_signer,
             auth,
             logs,
             staging: staging::StagingLogs::default(),

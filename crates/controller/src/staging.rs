@@ -185,8 +185,12 @@ pub async fn begin(
     Ok(task)
 }
 
-/// Where a stager or DEA on this node reads a blob.
+/// Where a stager or DEA reads a blob: a signed URL of this controller in a cluster, the
+/// shared file on a micro cloud.
 pub fn blob_uri(c: &Shared, kind: BlobKind, sha: &str) -> Result<String, strato_core::ApiError> {
+    if let Some(signer) = &c.blob_signer {
+        return Ok(signer.fresh_url(&axum::http::Method::GET, kind, sha));
+    }
     let path = c
         .blobs
         .path_of(kind, sha)

@@ -865,6 +865,20 @@ const MATRIX: &[(&str, &str, &str, &str)] = &[
         "204 204 403 403 403 403 403 403",
         "204 403 403 403 403 403 403 403",
     ),
+    // ---- blobs for other nodes: a signed URL, never a bearer token (no signer on this
+    // controller either: a micro cloud shares its blob files)
+    (
+        "GET",
+        "/v2/blobs/{kind}/{sha}",
+        "403 403 403 403 403 403 403 403",
+        "403 403 403 403 403 403 403 403",
+    ),
+    (
+        "PUT",
+        "/v2/blobs/{kind}/{sha}",
+        "403 403 403 403 403 403 403 403",
+        "403 403 403 403 403 403 403 403",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1164,7 +1178,12 @@ impl Fixture {
             .replace("{*path}", "app/index.html")
             .replace("{session}", &w.session)
             .replace("{client_id}", &w.client)
-            .replace("{name}", "drain");
+            .replace("{name}", "drain")
+            .replace("{kind}", "droplet")
+            .replace(
+                "{sha}",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            );
         if template == "/v2/organizations/{guid}" || template == "/v2/spaces/{guid}" {
             p.push_str("?recursive=true");
         }
