@@ -64,6 +64,8 @@ pub struct RouterConfig {
     pub announce_interval: Option<Duration>,
     /// Giving up on a TCP connect to a backend after this counts as a connect error.
     pub connect_timeout: Duration,
+    /// A DEA silent (no `dea.heartbeat`) for this long is gone: its routes are dropped.
+    pub dea_deadline: Duration,
     /// A backend that refused a connection is skipped for this long when others are left.
     pub backend_eject: Duration,
     /// Backends tried for one request when connections are refused.
@@ -94,7 +96,10 @@ impl Default for RouterConfig {
             drain: timings::ROUTE_DRAIN,
             register_interval: timings::ROUTE_REGISTER_INTERVAL,
             announce_interval: Some(Duration::from_secs(30)),
-            connect_timeout: Duration::from_secs(5),
+            // Long enough for one lost SYN to be sent again (after 1 s); a backend that
+            // does not answer by then is ejected and the request tried on another.
+            connect_timeout: Duration::from_secs(2),
+            dea_deadline: timings::HEARTBEAT_DEADLINE,
             backend_eject: Duration::from_secs(2),
             max_attempts: 3,
             pool_idle_timeout: Duration::from_secs(90),

@@ -61,6 +61,7 @@ pub struct Router {
     local_addr: SocketAddr,
     https: Option<(TcpListener, SocketAddr)>,
     routes: Subscription,
+    heartbeats: Subscription,
     table: Arc<RouteTable>,
 }
 
@@ -69,13 +70,16 @@ impl Router {
     /// and no registration published from now on is missed.
     pub async fn bind(cfg: RouterConfig, bus: SharedBus) -> Result<Router, RouterError> {
         let routes = bus.subscribe(sync::ROUTE_SUBJECTS).await?;
+        let heartbeats = bus.subscribe(strato_core::subjects::DEA_HEARTBEAT).await?;
         let (listener, local_addr) = listen(cfg.listen).await?;
         let https = match &cfg.https {
             Some(https) => Some(listen(https.listen).await?),
             None => None,
         };
         Ok(Router {
-            table: Arc::new(RouteTable::new(cfg.route_ttl, cfg.drain)),
+            table: Arc::new(
+                RouteTable::new(cfg.route_ttl, cfg.drain).with_dea_deadline(cfg.dea_deadline),
+            ),
             id: uuid::Uuid::new_v4().to_string(),
             cfg,
             bus,
@@ -83,6 +87,7 @@ impl Router {
             local_addr,
             https,
             routes,
+            heartbeats,
         })
     }
 
@@ -116,6 +121,11 @@ impl Router {
         let background = [
             tokio::spawn(sync::follow_routes(
                 self.routes,
+                self.table.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(sync::follow_heartbeats(
+                self.heartbeats,
                 self.table.clone(),
                 stop.clone(),
             )),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use strato_bus::{Message, SharedBus, Subscription};
-use strato_core::messages::{RouteRegistration, RouterStart};
+use strato_core::messages::{DeaHeartbeat, RouteRegistration, RouterStart};
 use strato_core::subjects;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,28 @@ pub(crate) async fn follow_routes(
         }
         if !batch.is_empty() {
             table.apply(batch);
+        }
+    }
+}
+
+/// Records DEA heartbeats in the table until `stop`, so the routes of a DEA that goes
+/// silent are dropped (see [`RouteTable::with_dea_deadline`]).
+pub(crate) async fn follow_heartbeats(
+    mut heartbeats: Subscription,
+    table: Arc<RouteTable>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = heartbeats.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        match strato_bus::decode::<DeaHeartbeat>(&message) {
+            Ok(heartbeat) => table.dea_heartbeat(&heartbeat.dea),
+            Err(error) => tracing::debug!(%error, "ignoring a malformed DEA heartbeat"),
         }
     }
 }

@@ -115,6 +115,8 @@ pub enum RouteChange {
 
 struct Entry {
     backend: Arc<Backend>,
+    /// The DEA that registered it (empty when unknown).
+    dea: String,
     last_seen: Instant,
     draining_until: Option<Instant>,
 }
@@ -153,15 +155,20 @@ impl HostRoutes {
 struct Registry {
     hosts: HashMap<String, HostRoutes>,
     dirty: HashSet<String>,
+    /// When each DEA last sent a heartbeat.
+    deas: HashMap<String, Instant>,
 }
 
 impl Registry {
-    fn register(&mut self, host: &str, addr: &str, now: Instant) {
+    fn register(&mut self, host: &str, addr: &str, dea: &str, now: Instant) {
         let routes = self.hosts.entry(host.to_string()).or_default();
         let mut changed = false;
         match routes.entries.iter_mut().find(|e| e.backend.addr == addr) {
             Some(entry) => {
                 entry.last_seen = now;
+                if entry.dea != dea {
+                    entry.dea = dea.to_string();
+                }
                 changed |= entry.draining_until.take().is_some();
             }
             None => {
@@ -178,6 +185,7 @@ impl Registry {
                 };
                 routes.entries.push(Entry {
                     backend: Arc::new(backend),
+                    dea: dea.to_string(),
                     last_seen: now,
                     draining_until: None,
                 });
@@ -213,13 +221,29 @@ impl Registry {
         self.dirty.insert(host.to_string());
     }
 
-    fn prune(&mut self, now: Instant, ttl: Duration) {
+    fn prune(&mut self, now: Instant, ttl: Duration, dea_deadline: Duration) {
+        // DEAs that stopped sending heartbeats are gone (crashed, cut off): their
+        // instances are restarted elsewhere, so stop sending requests there now rather
+        // than when their routes expire. A DEA never heard from is judged by the TTL only.
+        let lost: HashSet<String> = self
+            .deas
+            .iter()
+            .filter(|(_, seen)| now.saturating_duration_since(**seen) >= dea_deadline)
+            .map(|(dea, _)| dea.clone())
+            .collect();
+        for dea in &lost {
+            self.deas.remove(dea);
+            tracing::warn!(dea = %dea, "no heartbeat from this DEA within {dea_deadline:?}: dropping its routes");
+        }
         let dirty = &mut self.dirty;
         self.hosts.retain(|host, routes| {
             let before = routes.entries.len();
-            routes.entries.retain(|e| match e.draining_until {
-                Some(until) => until > now,
-                None => now.saturating_duration_since(e.last_seen) < ttl,
+            routes.entries.retain(|e| {
+                !lost.contains(&e.dea)
+                    && match e.draining_until {
+                        Some(until) => until > now,
+                        None => now.saturating_duration_since(e.last_seen) < ttl,
+                    }
             });
             if routes.entries.len() != before {
                 dirty.insert(host.clone());
@@ -235,6 +259,7 @@ pub struct RouteTable {
     registry: Mutex<Registry>,
     ttl: Duration,
     drain: Duration,
+    dea_deadline: Duration,
 }
 
 impl RouteTable {
@@ -246,6 +271,32 @@ impl RouteTable {
             registry: Mutex::new(Registry::default()),
             ttl,
             drain,
+            dea_deadline: strato_core::timings::HEARTBEAT_DEADLINE,
+        }
+    }
+
+    /// Drops the backends of a DEA whose heartbeats stop for `deadline` (see
+    /// [`RouteTable::dea_heartbeat`]).
+    pub fn with_dea_deadline(mut self, deadline: Duration) -> RouteTable {
+        self.dea_deadline = deadline;
+        self
+    }
+
+    /// Records a heartbeat of DEA `dea`.
+    pub fn dea_heartbeat(&self, dea: &str) {
+        self.dea_heartbeat_at(dea, Instant::now());
+    }
+
+    fn dea_heartbeat_at(&self, dea: &str, now: Instant) {
+        if dea.is_empty() {
+            return;
+        }
+        let mut registry = self.lock();
+        match registry.deas.get_mut(dea) {
+            Some(seen) => *seen = now,
+            None => {
+                registry.deas.insert(dea.to_string(), now);
+            }
         }
     }
 
@@ -306,7 +357,7 @@ impl RouteTable {
                     continue;
                 }
                 if is_register {
-                    registry.register(&host, &addr, now);
+                    registry.register(&host, &addr, &registration.dea, now);
                 } else {
                     registry.unregister(&host, &addr, now, self.drain);
                 }
@@ -317,7 +368,7 @@ impl RouteTable {
 
     fn prune_at(&self, now: Instant) {
         let mut registry = self.lock();
-        registry.prune(now, self.ttl);
+        registry.prune(now, self.ttl, self.dea_deadline);
         self.publish(&mut registry);
     }
 
@@ -425,6 +476,43 @@ mod tests {
         t.prune_at(start + Duration::from_secs(40));
         assert!(t.lookup("a.x").is_none());
         assert!(t.lock().hosts.is_empty());
+    }
+
+    #[test]
+    fn a_dea_whose_heartbeats_stop_loses_its_routes() {
+        let t = table().with_dea_deadline(Duration::from_secs(6));
+        let start = Instant::now();
+        let mut other = reg(&["a.x"], 2);
+        other.dea = "dea-2".into();
+        let mut unknown = reg(&["a.x"], 3);
+        unknown.dea = "dea-3".into();
+        t.apply_at(
+            [
+                RouteChange::Register(reg(&["a.x"], 1)),
+                RouteChange::Register(other.clone()),
+                RouteChange::Register(unknown),
+            ],
+            start,
+        );
+        t.dea_heartbeat_at("dea-1", start);
+        t.dea_heartbeat_at("dea-2", start);
+        t.dea_heartbeat_at("dea-2", start + Duration::from_secs(4));
+        t.prune_at(start + Duration::from_secs(5));
+        assert_eq!(t.lookup("a.x").unwrap().len(), 3);
+        t.prune_at(start + Duration::from_secs(6));
+        assert_eq!(
+            t.lookup("a.x").unwrap(),
+            vec!["127.0.0.1:2", "127.0.0.1:3"],
+            "dea-1 is lost; dea-2 is alive; dea-3 never sent a heartbeat (TTL only)"
+        );
+        // Back again: it heartbeats and registers, and is routed to.
+        t.dea_heartbeat_at("dea-1", start + Duration::from_secs(8));
+        t.apply_at(
+            [RouteChange::Register(reg(&["a.x"], 1))],
+            start + Duration::from_secs(8),
+        );
+        t.prune_at(start + Duration::from_secs(9));
+        assert_eq!(t.lookup("a.x").unwrap().len(), 3);
     }
 
     #[test]
