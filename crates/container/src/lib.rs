@@ -76,6 +76,11 @@ pub struct ContainerSpec {
     pub pids_limit: Option<i64>,
     /// `RLIMIT_NOFILE` (soft and hard).
     pub nofile: u64,
+    /// TCP ports of the container reachable at the same port on every non-loopback
+    /// address of the host (DNAT), for clients on other hosts. Only containers with a
+    /// network namespace of their own need it; on the host network the ports already are
+    /// the host's.
+    pub publish: Vec<u16>,
 }
 
 impl ContainerSpec {
@@ -95,6 +100,7 @@ impl ContainerSpec {
             memory_limit_bytes: None,
             pids_limit: Some(1024),
             nofile: 16384,
+            publish: Vec::new(),
         }
     }
 }

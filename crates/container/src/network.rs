@@ -14,7 +14,11 @@
 //!   node agent's endpoints, the bus); refused at once with a TCP reset;
 //! - container → elsewhere: allowed and masqueraded behind the host's address (package
 //!   registries, external databases);
-//! - elsewhere → container: only replies to the container's own connections.
+//! - elsewhere → container: only replies to the container's own connections, and
+//!   connections to a port the container *publishes*: in a cluster, routers on other
+//!   hosts reach an instance at `host-address:port`, which the `published` map sends on
+//!   (DNAT) to the container's address and the same port. Another container cannot use
+//!   that way in either: container → container stays rejected after the DNAT too.
 //!
 //! The table and the slot allocation are host-wide, shared by every `stratod` on the
 //! machine (tests run several at once): slots are claimed with files created exclusively
@@ -120,6 +124,10 @@ impl IsolatedNetwork {
                 .map_err(ContainerError::io("register the network handle"))?;
             if !table_exists() {
                 nft(&ruleset(net.cfg.subnet))?;
+            } else if !published_map_exists() {
+                // A table made by a Strato without published ports: add them in place
+                // (the other rules and the open ports stay, containers keep running).
+                nft(&publishing_upgrade())?;
             }
             if !net.cfg.open_ports.is_empty() {
                 nft(&format!(
@@ -158,6 +166,38 @@ impl IsolatedNetwork {
                 let _ = std::fs::remove_file(self.slot_file(slot));
                 Err(e)
             }
+        }
+    }
+
+    /// Makes each of `ports` of the container at `attachment` reachable at the same port
+    /// on every non-loopback address of this host. Fails, publishing none of them, when
+    /// another container of this host already publishes one.
+    pub fn publish(&self, attachment: &Attachment, ports: &[u16]) -> Result<(), ContainerError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let elements = ports
+            .iter()
+            .map(|p| format!("{p} : {}", attachment.address))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // One transaction: all or nothing; `create` fails on a port already in the map.
+        nft(&format!(
+            "create element inet {TABLE} published {{ {elements} }}\n"
+        ))
+        .map_err(|e| {
+            ContainerError::InvalidSpec(format!(
+                "cannot publish port(s) {ports:?}: another container on this host publishes one of them ({e})"
+            ))
+        })
+    }
+
+    /// Stops publishing `ports` (those not published are ignored).
+    pub fn unpublish(&self, ports: &[u16]) {
+        for p in ports {
+            let _ = nft(&format!(
+                "delete element inet {TABLE} published {{ {p} }}\n"
+            ));
         }
     }
 
@@ -365,6 +405,16 @@ fn table_exists() -> bool {
         .unwrap_or(false)
 }
 
+fn published_map_exists() -> bool {
+    Command::new("/usr/sbin/nft")
+        .args(["list", "map", "inet", TABLE, "published"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 fn port_list(ports: &[(u16, u16)]) -> String {
     ports
         .iter()
@@ -379,13 +429,60 @@ fn port_list(ports: &[(u16, u16)]) -> String {
         .join(", ")
 }
 
+/// The rules of the forward chain: container → container rejected (also when addressed
+/// through a published port), published ports in, replies in, nothing else in.
+fn forward_rules() -> String {
+    let p = HOST_IF_PREFIX;
+    format!(
+        "iifname \"{p}*\" oifname \"{p}*\" reject
+    oifname \"{p}*\" ct state established,related accept
+    oifname \"{p}*\" ct status dnat accept
+    oifname \"{p}*\" drop"
+    )
+}
+
+/// The map of published ports and the DNAT chains that use it. Loopback addresses are
+/// left alone: a packet from 127.0.0.1 cannot be routed to a container.
+fn publishing_chains() -> String {
+    let dnat = "fib daddr type local ip daddr != 127.0.0.0/8 dnat ip to tcp dport map @published";
+    format!(
+        "  map published {{ type inet_service : ipv4_addr; }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {dnat}
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    {dnat}
+  }}
+"
+    )
+}
+
+/// Brings a table made before published ports existed up to date, in one transaction.
+fn publishing_upgrade() -> String {
+    format!(
+        "table inet {TABLE} {{
+{}}}
+flush chain inet {TABLE} forward
+table inet {TABLE} {{
+  chain forward {{
+    {}
+  }}
+}}
+",
+        publishing_chains(),
+        forward_rules()
+    )
+}
+
 /// The host-wide rules (see the module docs).
 fn ruleset(subnet: Ipv4Addr) -> String {
     let p = HOST_IF_PREFIX;
     format!(
         "table inet {TABLE} {{
   set open_ports {{ type inet_service; flags interval; }}
-  chain input {{
+{}  chain input {{
     type filter hook input priority filter - 5; policy accept;
     iifname \"{p}*\" ct state established,related accept
     iifname \"{p}*\" icmp type {{ echo-request, destination-unreachable, time-exceeded }} accept
@@ -395,16 +492,16 @@ fn ruleset(subnet: Ipv4Addr) -> String {
   }}
   chain forward {{
     type filter hook forward priority filter - 5; policy accept;
-    iifname \"{p}*\" oifname \"{p}*\" reject
-    oifname \"{p}*\" ct state established,related accept
-    oifname \"{p}*\" drop
+    {}
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {subnet}/16 oifname != \"{p}*\" masquerade
   }}
 }}
-"
+",
+        publishing_chains(),
+        forward_rules()
     )
 }
 

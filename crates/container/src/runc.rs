@@ -31,6 +31,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXEC_KILL_GRACE: Duration = Duration::from_secs(5);
 /// In a bundle: the network slot of an isolated container.
 const NETWORK_SLOT_FILE: &str = "network-slot";
+/// The ports a container publishes, one per line, so `delete` can withdraw them.
+const PUBLISHED_FILE: &str = "published-ports";
 
 /// Runs containers with `runc` (needs root and cgroups).
 pub struct RuncDriver {
@@ -160,8 +162,14 @@ impl RuncDriver {
         let attachment = match &self.network {
             Some(net) => {
                 let a = net.attach(&spec.id)?;
-                std::fs::write(bundle.join(NETWORK_SLOT_FILE), a.slot.to_string())
-                    .map_err(ContainerError::io("record the network slot"))?;
+                let recorded = std::fs::write(bundle.join(NETWORK_SLOT_FILE), a.slot.to_string())
+                    .map_err(ContainerError::io("record the network slot"))
+                    .and_then(|()| publish(net, &bundle, &a, &spec.publish));
+                if let Err(e) = recorded {
+                    net.detach(a.slot);
+                    let _ = std::fs::remove_dir_all(&bundle);
+                    return Err(e);
+                }
                 Some(a)
             }
             None => None,
@@ -423,6 +431,13 @@ impl ContainerDriver for RuncDriver {
         }
         let bundle = self.bundle(id);
         if let Some(net) = &self.network {
+            if let Ok(ports) = std::fs::read_to_string(bundle.join(PUBLISHED_FILE)) {
+                let ports: Vec<u16> = ports
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                net.unpublish(&ports);
+            }
             let slot = std::fs::read_to_string(bundle.join(NETWORK_SLOT_FILE))
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
@@ -508,6 +523,23 @@ fn parse_stats(out: &[u8]) -> Option<Stats> {
         memory_bytes: data["memory"]["usage"]["usage"].as_u64()?,
         cpu_ns: data["cpu"]["usage"]["total"].as_u64().unwrap_or(0),
     })
+}
+
+/// Publishes `ports` of the container at `attachment` and records them in its bundle
+/// (recorded first, so a crash in between still lets `delete` withdraw them).
+fn publish(
+    net: &IsolatedNetwork,
+    bundle: &Path,
+    attachment: &Attachment,
+    ports: &[u16],
+) -> Result<(), ContainerError> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let list: String = ports.iter().map(|p| format!("{p}\n")).collect();
+    std::fs::write(bundle.join(PUBLISHED_FILE), list)
+        .map_err(ContainerError::io("record the published ports"))?;
+    net.publish(attachment, ports)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ const UID: u32 = 4331;
 struct Fixture {
     driver: Arc<RuncDriver>,
     ids: Vec<String>,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Fixture {
@@ -34,7 +34,7 @@ impl Fixture {
         Fixture {
             driver: Arc::new(driver),
             ids: Vec::new(),
-            _state: state,
+            state,
         }
     }
 
@@ -179,4 +179,75 @@ async fn deleting_a_container_removes_its_network_namespace() {
         .output()
         .unwrap();
     assert!(!link.status.success(), "the veth pair is gone");
+}
+
+/// A global IPv4 address of this host (the source of its default route).
+fn host_address() -> Option<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    match socket.local_addr().ok()?.ip() {
+        IpAddr::V4(a) if !a.is_loopback() => Some(a),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_published_port_is_reached_at_the_host_address_by_the_host_only() {
+    let Some(host) = host_address() else {
+        eprintln!("SKIPPED: this host has no default route, so no address to publish on");
+        return;
+    };
+    let port = TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fx = Fixture::new(vec![]);
+    let mut server = fx.spec(
+        "pub",
+        &format!("exec /usr/bin/python3 -m http.server {port} --bind 0.0.0.0"),
+    );
+    server.publish = vec![port];
+    let running = fx.driver.run(server).await.expect("server container");
+    let own = running.address.expect("an address of its own");
+    wait_for_listener(own, port).await;
+    // The host (as a router on this node would) reaches it at the host's address.
+    wait_for_listener(IpAddr::V4(host), port).await;
+
+    // Publishing the same port again fails and leaves nothing behind.
+    let mut twin = fx.spec("twin", "sleep 30");
+    twin.publish = vec![port];
+    let twin_id = twin.id.clone();
+    let err = fx.driver.run(twin).await.err().expect("the port is taken");
+    assert!(err.to_string().contains("publish"), "{err}");
+    assert!(
+        !fx.state
+            .path()
+            .join("containers/bundles")
+            .join(&twin_id)
+            .exists(),
+        "no bundle left for the refused container"
+    );
+
+    // Another container cannot use the published port to reach the first one.
+    let probe = fx.spec("probe", &connect_probe(&host.to_string(), port));
+    let out = stdout_of(&fx.driver, probe).await;
+    assert!(
+        out.trim() == "refused" || out.trim() == "timeout",
+        "a container must not reach another through its published port: {out}"
+    );
+
+    // Deleted: the port no longer leads anywhere.
+    let id = fx.ids[0].clone();
+    drop(running);
+    fx.driver.delete(&id).await.expect("delete");
+    let gone = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect((IpAddr::V4(host), port)),
+    )
+    .await;
+    assert!(
+        !matches!(gone, Ok(Ok(_))),
+        "the published port still connects after delete"
+    );
 }
