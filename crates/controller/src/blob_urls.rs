@@ -79,6 +79,24 @@ impl BlobSigner {
         self.url(method, kind, sha, unix_now() + URL_TTL.as_secs())
     }
 
+    /// Where the stager of staging task `task` uploads its droplet, good for
+    /// [`URL_TTL`]: a template whose `{sha256}` the stager fills in (the droplet's name is
+    /// not known before it is built, so this URL is bound to the task instead).
+    pub fn droplet_upload_template(&self, task: &str) -> String {
+        let expires = unix_now() + URL_TTL.as_secs();
+        let task = encode_task(task);
+        format!(
+            "{}/v2/blobs/droplet/{{sha256}}?task={task}&expires={expires}&signature={}",
+            self.base,
+            self.signature(
+                &Method::PUT,
+                BlobKind::Droplet,
+                &format!("task:{task}"),
+                expires
+            )
+        )
+    }
+
     fn mac(&self, method: &Method, kind: BlobKind, sha: &str, expires: u64) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("any key length");
         mac.update(format!("{method}\n{}\n{sha}\n{expires}", kind_name(kind)).as_bytes());
@@ -108,6 +126,12 @@ impl BlobSigner {
         let (Some(expires), Some(signature)) = (param("expires"), param("signature")) else {
             return Err(SignatureError::Missing);
         };
+        // An upload URL is bound to a staging task, a download URL to its blob.
+        let subject = match (method, param("task")) {
+            (&Method::PUT, Some(task)) => format!("task:{}", encode_task(task)),
+            _ => sha.to_string(),
+        };
+        let sha = subject.as_str();
         let expires: u64 = expires.parse().map_err(|_| SignatureError::Invalid)?;
         let signature = hex::decode(signature).map_err(|_| SignatureError::Invalid)?;
         // Constant-time comparison (hmac's verify), checked before the expiry so a forged
@@ -120,6 +144,13 @@ impl BlobSigner {
         }
         Ok(())
     }
+}
+
+/// A task id as it may appear in a URL: task ids are uuids, anything else is dropped.
+fn encode_task(task: &str) -> String {
+    task.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
 }
 
 fn kind_name(kind: BlobKind) -> &'static str {
@@ -242,11 +273,18 @@ async fn upload(
     if kind != BlobKind::Droplet {
         return Err(ApiError::invalid_request("only droplets are uploaded here").into());
     }
+    let mut stream = body.into_data_stream();
     if c.blobs.exists(kind, &sha) {
+        // Read the body anyway: answering before it is read makes the sender's write
+        // fail (a stager on this node shares the store, so it always finds it here).
+        while let Some(chunk) = stream.next().await {
+            chunk.map_err(|e| {
+                ApiError::invalid_request(format!("the upload broke off ({e}); upload it again"))
+            })?;
+        }
         return Ok(StatusCode::CREATED);
     }
     let mut writer = c.blobs.writer(kind).map_err(blob_err)?;
-    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::invalid_request(format!("the upload broke off ({e}); upload it again"))
@@ -305,6 +343,34 @@ mod tests {
         assert_eq!(
             s.verify(&Method::GET, BlobKind::Droplet, SHA, "", 999),
             Err(SignatureError::Missing)
+        );
+    }
+
+    #[test]
+    fn an_upload_url_is_bound_to_its_staging_task() {
+        let s = BlobSigner::new(b"secret", "http://10.0.0.1:8080");
+        let template = s.droplet_upload_template("task-1");
+        let url = template.replace("{sha256}", SHA);
+        assert!(url.starts_with(&format!(
+            "http://10.0.0.1:8080/v2/blobs/droplet/{SHA}?task=task-1&"
+        )));
+        let q = query_of(&url);
+        assert_eq!(s.verify(&Method::PUT, BlobKind::Droplet, SHA, q, 0), Ok(()));
+        assert_eq!(
+            s.verify(
+                &Method::PUT,
+                BlobKind::Droplet,
+                SHA,
+                &q.replace("task-1", "task-2"),
+                0
+            ),
+            Err(SignatureError::Invalid),
+            "another task's upload"
+        );
+        assert_eq!(
+            s.verify(&Method::GET, BlobKind::Droplet, SHA, q, 0),
+            Err(SignatureError::Invalid),
+            "an upload URL downloads nothing"
         );
     }
 

@@ -31,7 +31,9 @@ pub struct RunnerTimings {
 impl Default for RunnerTimings {
     fn default() -> Self {
         RunnerTimings {
-            dea_expiry: Duration::from_secs(10),
+            // Two and a half advert intervals (2 s): a dead DEA gets no new instances for
+            // long, and one slow advert does not drop a live one.
+            dea_expiry: Duration::from_secs(5),
             start_shield: Duration::from_secs(15),
         }
     }

@@ -133,6 +133,10 @@ pub async fn begin(
         timeout_secs: c.cfg.staging_timeout.as_secs(),
         volumes: services.volumes,
         cache_volume,
+        droplet_upload_uri: c
+            .blob_signer
+            .as_ref()
+            .map(|s| s.droplet_upload_template(&task)),
     };
     // Subscribe to the output before asking, so no line is lost.
     let mut sub = c

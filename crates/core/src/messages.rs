@@ -249,6 +249,11 @@ pub struct StagingRequest {
     /// the stager's own cache, so it outlives the app.
     #[serde(default)]
     pub cache_volume: Option<String>,
+    /// Where a stager on another node `PUT`s the droplet: a URL template whose
+    /// `{sha256}` the stager fills in. `None` when the stager shares the controller's blob
+    /// directory (a micro cloud).
+    #[serde(default)]
+    pub droplet_upload_uri: Option<String>,
 }
 
 /// The outcome of staging.

@@ -194,6 +194,7 @@ impl Dea {
             inspection: None,
         };
         lock(&self.instances).insert(instance_id.clone(), instance);
+        info!(app = %req.droplet, index = req.index, instance = %instance_id, port, "starting an instance");
         self.heartbeat().await;
         self.start_instance(&instance_id, &req, port, exit_tx, exit_rx)
             .await;
@@ -301,7 +302,9 @@ impl Dea {
         let script = start_script(&command, &info, req.index);
         let spec = self.container_spec(id, req, port, &dir, &script);
         let running = self.driver.run(spec).await?;
-        if let Some(address) = running.address {
+        // A published instance is reached at this host's address, like one on the host
+        // network.
+        if let Some(address) = running.address.filter(|_| !self.cfg.publish) {
             if let Some(inst) = lock(&self.instances).get_mut(id) {
                 inst.address = Some(address.to_string());
             }
@@ -332,6 +335,9 @@ impl Dea {
             self.cfg.gid,
         );
         spec.env = instance_env(req, id, port, &self.cfg.extra_env);
+        if self.cfg.publish {
+            spec.publish = vec![port];
+        }
         spec.hostname = format!("{}-{}", sanitize_hostname(&req.name), req.index);
         spec.mounts.push(Mount {
             source: dir.join("app"),
@@ -395,7 +401,7 @@ impl Dea {
                 let host = lock(&self.instances)
                     .get(id)
                     .and_then(|i| i.address.clone())
-                    .unwrap_or_else(|| "127.0.0.1".to_string());
+                    .unwrap_or_else(|| self.cfg.host_ip.clone());
                 probe(&host, port, req.health_check.http_path.as_deref()).await
             };
             if healthy {

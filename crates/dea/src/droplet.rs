@@ -6,11 +6,11 @@
 //! the controller serves blobs.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use strato_blobs::{BlobError, BlobKind, BlobStore, BlobWriter};
+use strato_blobs::remote::{self, RemoteError};
+use strato_blobs::{BlobError, BlobKind, BlobStore};
 
 /// What can go wrong preparing a droplet.
 #[derive(Debug, thiserror::Error)]
@@ -73,59 +73,20 @@ pub struct Hook {
 pub async fn ensure_cached(cache: &Path, sha: &str, uri: &str) -> Result<PathBuf, DropletError> {
     let sha = sha.to_ascii_lowercase();
     let store = BlobStore::open(cache).map_err(|e| DropletError::Cache(e.to_string()))?;
-    let cached = store
-        .path_of(BlobKind::Droplet, &sha)
-        .map_err(|_| DropletError::BadSha(sha.clone()))?;
-    if cached.is_file() {
-        return Ok(cached);
-    }
-    let writer = store
-        .writer(BlobKind::Droplet)
-        .map_err(|e| DropletError::Cache(e.to_string()))?;
-    let writer = fetch(uri, writer).await?;
-    match writer.commit_expecting(&sha) {
-        Ok(_) => Ok(cached),
-        Err(BlobError::ShaMismatch { expected, actual }) => Err(DropletError::ShaMismatch {
-            uri: uri.to_string(),
-            expected,
-            actual,
-        }),
+    match remote::fetch(&store, BlobKind::Droplet, &sha, uri).await {
+        Ok(path) => Ok(path),
+        Err(RemoteError::Blob(BlobError::InvalidSha(_))) => Err(DropletError::BadSha(sha)),
+        Err(RemoteError::Blob(BlobError::ShaMismatch { expected, actual })) => {
+            Err(DropletError::ShaMismatch {
+                uri: uri.split('?').next().unwrap_or(uri).to_string(),
+                expected,
+                actual,
+            })
+        }
+        Err(RemoteError::BadUri(uri)) => Err(DropletError::BadUri(uri)),
+        Err(RemoteError::Fetch { uri, message }) => Err(DropletError::Fetch { uri, message }),
         Err(e) => Err(DropletError::Cache(e.to_string())),
     }
-}
-
-/// Streams the droplet at `uri` into `writer`.
-async fn fetch(uri: &str, mut writer: BlobWriter) -> Result<BlobWriter, DropletError> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err(DropletError::BadUri(uri.to_string()));
-        }
-        let path = path.to_string();
-        return tokio::task::spawn_blocking(move || {
-            let mut file = fs::File::open(&path).map_err(io(format!("open droplet {path}")))?;
-            std::io::copy(&mut file, &mut writer).map_err(io(format!("copy droplet {path}")))?;
-            Ok(writer)
-        })
-        .await
-        .map_err(|e| DropletError::Cache(e.to_string()))?;
-    }
-    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-        return Err(DropletError::BadUri(uri.to_string()));
-    }
-    let fetch_err = |e: reqwest::Error| DropletError::Fetch {
-        uri: uri.to_string(),
-        message: e.to_string(),
-    };
-    let mut response = reqwest::get(uri)
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(fetch_err)?;
-    while let Some(chunk) = response.chunk().await.map_err(fetch_err)? {
-        writer
-            .write_all(&chunk)
-            .map_err(io(format!("cache droplet {uri}")))?;
-    }
-    Ok(writer)
 }
 
 /// Unpacks `droplet` into `instance_dir` (`app/`, `staging_info.json`), hands `app/` to

@@ -67,6 +67,11 @@ pub struct DeaConfig {
     /// Give each instance dir a filesystem of the app's disk quota (loop-mounted image;
     /// needs root). Default: when running as root.
     pub disk_quota: bool,
+    /// Publish each instance's port on this host (DNAT from `host_ip:port` into its
+    /// container) and register `host_ip:port` with the routers, instead of the container's
+    /// own address: in a cluster the routers run on other hosts, which cannot reach
+    /// container addresses.
+    pub publish: bool,
 }
 
 impl DeaConfig {
@@ -96,6 +101,7 @@ impl DeaConfig {
             gid: 1000,
             extra_env: Vec::new(),
             disk_quota: strato_core::home::is_root(),
+            publish: false,
         }
     }
 }

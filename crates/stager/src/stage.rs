@@ -175,7 +175,7 @@ impl Stager {
     ) -> Result<(String, StagingInfo), Failure> {
         log.out(format!("-----> Staging {} ({})", req.app_name, req.app_id));
         let work = WorkDir::create(&self.cfg.work_dir, &req.task_id)?;
-        let package = self.package_path(req)?;
+        let package = self.package_path(req).await?;
         self.verify_and_extract(&package, &req.package_sha256, &work.app, log)
             .await?;
         let config =
@@ -224,6 +224,7 @@ impl Stager {
             ));
         }
         let (sha, size) = self.store_droplet(&work.app, &info).await?;
+        self.upload_droplet(req, &sha).await?;
         log.out(format!(
             "-----> Uploaded droplet ({}, sha256 {})",
             human_size(size),
@@ -232,9 +233,10 @@ impl Stager {
         Ok((sha, info))
     }
 
-    /// The local file holding the package: a `file://` URI, an absolute path, or the
-    /// package blob in the store.
-    fn package_path(&self, req: &StagingRequest) -> Result<PathBuf, Failure> {
+    /// The local file holding the package: a `file://` URI, an absolute path, the
+    /// package blob in the store, or an `http(s)://` URL of the controller (a stager on
+    /// another node), fetched into the store and verified first.
+    async fn package_path(&self, req: &StagingRequest) -> Result<PathBuf, Failure> {
         let uri = req.package_uri.trim();
         if let Some(path) = uri.strip_prefix("file://") {
             return Ok(PathBuf::from(path));
@@ -248,9 +250,23 @@ impl Stager {
                 .path_of(BlobKind::Package, &req.package_sha256)
                 .map_err(|e| Failure::error(format!("bad package sha256: {e}")));
         }
-        Err(Failure::error(format!(
-            "cannot fetch the package from '{uri}': this stager reads file:// URIs and its local blob store only"
-        )))
+        strato_blobs::remote::fetch(&self.blobs, BlobKind::Package, &req.package_sha256, uri)
+            .await
+            .map_err(|e| Failure::error(format!("cannot fetch the package: {e}")))
+    }
+
+    /// Hands the droplet to the controller when it lives on another node.
+    async fn upload_droplet(&self, req: &StagingRequest, sha: &str) -> Result<(), Failure> {
+        let Some(template) = &req.droplet_upload_uri else {
+            return Ok(());
+        };
+        let path = self
+            .blobs
+            .path_of(BlobKind::Droplet, sha)
+            .map_err(|e| Failure::error(e.to_string()))?;
+        strato_blobs::remote::upload(&path, &template.replace("{sha256}", sha))
+            .await
+            .map_err(|e| Failure::error(format!("cannot hand the droplet to the controller: {e}")))
     }
 
     async fn verify_and_extract(

@@ -114,6 +114,7 @@ impl Harness {
             timeout_secs: 300,
             volumes: vec![],
             cache_volume: None,
+            droplet_upload_uri: None,
         }
     }
 
