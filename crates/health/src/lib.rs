@@ -238,8 +238,17 @@ async fn reconcile(
     {
         let mut guard = actual.lock().await;
         let a = &mut *guard;
-        for m in a.apps.values_mut() {
-            m.retain(|_, s| s.at.elapsed() < cfg.heartbeat_deadline);
+        // Instances whose heartbeats stopped (their DEA died or was cut off) are gone: they
+        // are started again at once, past the controller's start shield.
+        let mut lost: std::collections::HashSet<(String, u32)> = Default::default();
+        for (app, m) in a.apps.iter_mut() {
+            m.retain(|_, s| {
+                let alive = s.at.elapsed() < cfg.heartbeat_deadline;
+                if !alive && matches!(s.state, InstanceState::Running | InstanceState::Starting) {
+                    lost.insert((app.clone(), s.index));
+                }
+                alive
+            });
         }
         let now = Instant::now();
         let empty = HashMap::new();
@@ -261,6 +270,7 @@ async fn reconcile(
                         c.restart_sent = true;
                         crashed.push(i);
                     }
+                    _ if lost.contains(&(d.droplet.clone(), i)) => crashed.push(i),
                     _ => missing.push(i),
                 }
             }
