@@ -34,7 +34,7 @@ enum Cmd {
     Stop { roles: Vec<String> },
     /// Stop then start.
     Restart { roles: Vec<String> },
-    /// Each role on this node, running or not.
+    /// Each role on this node, running or not; `--all`: every node of the cluster.
     Status {
         #[arg(short, long)]
         all: bool,
@@ -95,6 +95,8 @@ enum CertCmd {
 
 #[derive(Subcommand, Debug)]
 enum NodeCmd {
+    /// Every node of the cluster: its id, address and roles (asked over the bus).
+    List,
     /// Node set-up: `micro` makes this node a micro cloud (every role);
     /// `firstuser EMAIL ORG [--password P]` creates an administrator and their org.
     Setup {
@@ -145,7 +147,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             start(&ctl, &home, roles, cli.json).await
         }
-        Cmd::Status { all: _ } => status(&ctl, cli.json).await,
+        Cmd::Status { all: true } => cluster_status(&ctl, cli.json).await,
+        Cmd::Status { all: false } => status(&ctl, cli.json).await,
         Cmd::Info => {
             let s = ctl.call("GET", "/status", None).await?;
             if cli.json {
@@ -218,6 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unknown setup '{other}'; this version supports: micro, firstuser (core and load_balancer come with the cluster)"),
         },
+        Cmd::Node { cmd: NodeCmd::List } => node_list(&ctl, cli.json).await,
         Cmd::Config { cmd } => config(&ctl, cmd, cli.json).await,
         Cmd::Op { cmd } => op(&ctl, cmd, cli.json).await,
     }
@@ -479,6 +483,72 @@ async fn status(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
         println!("WARNING: app instances are NOT isolated: the '{}' container driver runs them as plain processes", s["container_driver"].as_str().unwrap_or("?"));
     }
     Ok(())
+}
+
+/// The components every node reports over the bus.
+async fn components(ctl: &Control) -> anyhow::Result<Vec<Value>> {
+    let v = ctl.call("GET", "/cluster/components", None).await?;
+    Ok(v["components"].as_array().cloned().unwrap_or_default())
+}
+
+/// `kato status --all`: each role on each node.
+async fn cluster_status(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
+    let found = components(ctl).await?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(vec![
+        "NODE", "ADDRESS", "ROLE", "STATE", "RESTARTS", "SINCE",
+    ]);
+    for c in &found {
+        table.add_row(vec![
+            short_id(&text(c, "node")),
+            text(c, "host"),
+            text(c, "role"),
+            text(c, "state"),
+            c["restarts"].to_string(),
+            text(c, "since"),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// `kato node list`: one line per node.
+async fn node_list(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
+    let found = components(ctl).await?;
+    let mut nodes: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
+    for c in &found {
+        let id = c["node"].as_str().unwrap_or_default().to_string();
+        let host = c["host"].as_str().unwrap_or_default().to_string();
+        let role = c["role"].as_str().unwrap_or_default().to_string();
+        nodes.entry((host, id)).or_default().push(role);
+    }
+    if json_out {
+        let list: Vec<Value> = nodes
+            .iter()
+            .map(|((host, id), roles)| json!({"node": id, "address": host, "roles": roles}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(vec!["ADDRESS", "NODE", "ROLES"]);
+    for ((host, id), roles) in &nodes {
+        table.add_row(vec![host.clone(), id.clone(), roles.join(",")]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// The first 8 characters of a node id, enough to tell nodes apart in a table.
+fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
 }
 
 fn key(component: &str, key_path: Option<&str>) -> anyhow::Result<String> {

@@ -45,6 +45,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
             get(config_get).put(config_set).delete(config_del),
         )
         .route("/history", get(history))
+        .route("/cluster/components", get(cluster_components))
         .route("/tls/ca", get(tls_ca))
         .route("/tls/custom", get(tls_custom_list))
         .route(
@@ -102,6 +103,21 @@ async fn status(State(node): State<S>) -> Json<Value> {
         "isolated": node.driver.isolated(),
         "roles": roles,
     }))
+}
+
+/// Every component of the cluster (or of this micro cloud), through the bus.
+async fn cluster_components(
+    State(node): State<S>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let found = crate::discovery::discover(&node.bus, Duration::from_millis(700))
+        .await
+        .map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot ask the cluster: {e}"),
+            )
+        })?;
+    Ok(Json(json!({ "components": found })))
 }
 
 async fn stop(State(node): State<S>) -> StatusCode {
@@ -205,10 +221,16 @@ async fn setup_firstuser(
     State(node): State<S>,
     Json(req): Json<FirstUserRequest>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
-    let made =
-        strato_controller::bootstrap::first_user(&node.db, &req.username, &req.password, &req.org)
-            .await
-            .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let Some(db) = node.db.get() else {
+        return Err(err(
+            StatusCode::CONFLICT,
+            "this node runs no controller: run `kato node setup firstuser` on the core node"
+                .to_string(),
+        ));
+    };
+    let made = strato_controller::bootstrap::first_user(db, &req.username, &req.password, &req.org)
+        .await
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     record(
         &node,
         &format!("node setup firstuser {} {}", req.username, req.org),

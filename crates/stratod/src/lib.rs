@@ -6,6 +6,7 @@
 //! when it fails; [`control`] serves the local control API that `kato` talks to.
 
 pub mod control;
+pub mod discovery;
 pub mod node;
 pub mod supervisor;
 

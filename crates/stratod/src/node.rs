@@ -48,6 +48,11 @@ pub struct Options {
     /// Controller database (default: SQLite under the data directory).
     #[arg(long, env = "STRATO_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// The address other nodes of a cluster reach this node at (default: the address of
+    /// the host's default route). Used with a NATS bus: routers elsewhere reach this
+    /// node's app instances there, and DEAs elsewhere fetch droplets from its controller.
+    #[arg(long, env = "STRATO_NODE_ADDRESS")]
+    pub node_address: Option<std::net::IpAddr>,
     /// Use the unisolated process driver even where runc works (development only).
     #[arg(long, env = "STRATO_PROCESS_DRIVER", default_value_t = false)]
     pub process_driver: bool,
@@ -68,6 +73,18 @@ pub struct Options {
 }
 
 impl Options {
+    /// Whether this node is part of a cluster (its bus is NATS).
+    pub fn clustered(&self) -> bool {
+        self.nats_url.is_some()
+    }
+
+    /// The address other nodes reach this one at: `--node-address`, else the address of
+    /// the default route.
+    pub fn cluster_address(&self) -> Option<std::net::IpAddr> {
+        self.node_address
+            .or_else(strato_services::address::default_route_address)
+    }
+
     /// The ports data services listen on, inclusive.
     pub fn service_ports(&self) -> (u16, u16) {
         (
@@ -94,7 +111,8 @@ pub struct Node {
     pub identity: NodeIdentity,
     pub bus: SharedBus,
     pub kv: Arc<dyn ConfigStore>,
-    pub db: strato_db::Db,
+    /// The controller database, opened when the node first runs the controller.
+    pub db: tokio::sync::OnceCell<strato_db::Db>,
     pub driver: Arc<dyn ContainerDriver>,
     pub api_listener: TcpListener,
     pub supervisor: Supervisor,
@@ -259,6 +277,7 @@ impl Node {
                     let c = Role::Router.component();
                     cfg.route_ttl = node.config_secs(c, "route_ttl", cfg.route_ttl).await;
                     cfg.drain = node.config_secs(c, "drain", cfg.drain).await;
+                    cfg.dea_deadline = node.config_secs(c, "dea_deadline", cfg.dea_deadline).await;
                     cfg.register_interval = node
                         .config_secs(c, "register_interval", cfg.register_interval)
                         .await;
@@ -288,6 +307,11 @@ impl Node {
                         "127.0.0.1",
                         &node.layout.root.join("dea"),
                     );
+                    if node.opts.clustered() {
+                        let address = node.opts.cluster_address().context("this node has no default route to find its cluster address from; set STRATO_NODE_ADDRESS")?;
+                        cfg.host_ip = address.to_string();
+                        cfg.publish = true;
+                    }
                     cfg.uid = APP_UID;
                     cfg.gid = APP_UID;
                     cfg.port_range = (
@@ -487,13 +511,22 @@ impl Node {
             .config_u64(c, "max_releases", cfg.max_releases)
             .await
             .max(1);
-        let c = strato_controller::Controller::start(
-            cfg,
-            self.db.clone(),
-            self.bus.clone(),
-            cancel.clone(),
-        )
-        .await?;
+        if self.opts.clustered() {
+            let address = self.opts.cluster_address().context(
+                "this node has no default route to find its cluster address from; set STRATO_NODE_ADDRESS",
+            )?;
+            cfg.blob_base_url = Some(format!(
+                "http://{}",
+                SocketAddr::new(address, self.opts.http_port)
+            ));
+        }
+        let db = self
+            .db
+            .get_or_try_init(|| open_controller_db(&self.opts, &self.layout))
+            .await?
+            .clone();
+        let c =
+            strato_controller::Controller::start(cfg, db, self.bus.clone(), cancel.clone()).await?;
         let listener = tokio::net::TcpListener::from_std(self.api_listener.try_clone()?)?;
         let app = strato_controller::api::router(c);
         axum::serve(
@@ -550,6 +583,67 @@ fn lock_pid_file(layout: &Layout) -> anyhow::Result<nix::fcntl::Flock<std::fs::F
     Ok(lock)
 }
 
+/// The bus and the config store: NATS and a JetStream bucket in a cluster, in-process and
+/// a redb file on a micro cloud.
+async fn connect_bus_and_store(
+    opts: &Options,
+    layout: &Layout,
+) -> anyhow::Result<(SharedBus, Arc<dyn ConfigStore>)> {
+    let Some(url) = &opts.nats_url else {
+        let kv = strato_kv::RedbStore::open(layout.config_store())
+            .context("opening the config store")?;
+        return Ok((Arc::new(InProcBus::new()), Arc::new(kv)));
+    };
+    let bus = strato_bus::NatsBus::connect(url).await.with_context(|| {
+        format!(
+            "cannot connect to NATS at {url}: check STRATO_NATS_URL and that the core node is up"
+        )
+    })?;
+    let kv = strato_kv::JetStreamStore::connect(
+        url,
+        CONFIG_BUCKET,
+        strato_kv::JetStreamOptions::default(),
+    )
+    .await
+    .with_context(|| {
+        format!("opening the cluster's config store (JetStream bucket {CONFIG_BUCKET} at {url})")
+    })?;
+    Ok((Arc::new(bus), Arc::new(kv)))
+}
+
+/// The JetStream key-value bucket holding a cluster's config store.
+pub const CONFIG_BUCKET: &str = "strato_config";
+
+/// Opens the controller database (migrating it) and makes the admin user, org and space
+/// on first start.
+async fn open_controller_db(opts: &Options, layout: &Layout) -> anyhow::Result<strato_db::Db> {
+    let db_url = opts
+        .database_url
+        .clone()
+        .unwrap_or_else(|| strato_db::Db::sqlite_url(&layout.controller_db()));
+    let db = strato_db::Db::connect(&db_url)
+        .await
+        .context("opening the controller database")?;
+    let boot = strato_controller::bootstrap::ensure(
+        &db,
+        &opts.domain,
+        &layout.admin_password_file(),
+        std::env::var("STRATO_ADMIN_PASSWORD").ok(),
+    )
+    .await?;
+    if let Some(pw) = &boot.generated_password {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            println!("admin password (shown once): {pw}");
+        }
+        println!(
+            "admin password saved in {} (mode 0600)",
+            layout.admin_password_file().display()
+        );
+    }
+    Ok(db)
+}
+
 /// Runs the node until SIGTERM/SIGINT or `kato stop`.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATO_LOG")
@@ -577,40 +671,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let _lock = lock_pid_file(&layout)?;
     let identity = load_identity(&layout)?;
-    let kv: Arc<dyn ConfigStore> = Arc::new(
-        strato_kv::RedbStore::open(layout.config_store()).context("opening the config store")?,
-    );
-    let bus: SharedBus = match &opts.nats_url {
-        Some(url) => Arc::new(
-            strato_bus::NatsBus::connect(url)
-                .await
-                .with_context(|| format!("connecting to NATS at {url}"))?,
-        ),
-        None => Arc::new(InProcBus::new()),
-    };
-    let db_url = opts
-        .database_url
-        .clone()
-        .unwrap_or_else(|| strato_db::Db::sqlite_url(&layout.controller_db()));
-    let db = strato_db::Db::connect(&db_url)
-        .await
-        .context("opening the controller database")?;
-    let boot = strato_controller::bootstrap::ensure(
-        &db,
-        &opts.domain,
-        &layout.admin_password_file(),
-        std::env::var("STRATO_ADMIN_PASSWORD").ok(),
-    )
-    .await?;
-    if let Some(pw) = &boot.generated_password {
-        use std::io::IsTerminal;
-        if std::io::stdout().is_terminal() {
-            println!("admin password (shown once): {pw}");
-        }
-        println!(
-            "admin password saved in {} (mode 0600)",
-            layout.admin_password_file().display()
-        );
+    let (bus, kv) = connect_bus_and_store(&opts, &layout).await?;
+    let roles = configured_roles(kv.as_ref(), &identity.id).await?;
+    let db = tokio::sync::OnceCell::new();
+    if roles.contains(&Role::Controller) {
+        // At once, so a first start prints where the admin password is.
+        db.set(open_controller_db(&opts, &layout).await?)
+            .map_err(|_| anyhow::anyhow!("the controller database was opened twice"))?;
     }
     let driver = choose_driver(&opts, &layout);
     let api_listener = TcpListener::bind("127.0.0.1:0").context("binding the API port")?;
@@ -631,6 +698,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let ca = node.authority()?;
     tracing::info!(fingerprint = %ca.fingerprint(), "certificate authority at {}", node.layout.tls_ca().display());
     let control = crate::control::serve(node.clone()).await?;
+    let discovery = crate::discovery::serve(node.clone(), node.shutdown.clone()).await?;
     let roles = node.start_roles().await?;
     tracing::info!(node = %node.identity.id, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), driver = node.driver.name(), "stratod running; router on port {}", opts.http_port);
 
@@ -642,8 +710,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     node.supervisor.stop_all(Duration::from_secs(30)).await;
     control.abort();
+    discovery.abort();
     let _ = std::fs::remove_file(layout.control_socket());
-    node.db.close().await;
+    if let Some(db) = node.db.get() {
+        db.close().await;
+    }
     tracing::info!("stratod stopped");
     Ok(())
 }
