@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod cluster;
+
 /// Where the workspace's binaries are: `STRATO_TEST_BIN_DIR`, else next to this binary.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("STRATO_TEST_BIN_DIR") {
@@ -461,8 +463,18 @@ pub fn output_text(out: &Output) -> String {
 }
 
 pub fn http_get(port: u16, host: &str, path: &str) -> (u16, String) {
+    http_get_at(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        host,
+        path,
+    )
+}
+
+/// A plain HTTP/1.1 GET to `addr` with the given Host (status 0 when nothing answers).
+pub fn http_get_at(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let port = addr.port();
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
         return (0, "connect failed".into());
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 mod nats;
+pub mod netns;
 mod postgres;
 mod process;
 

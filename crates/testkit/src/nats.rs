@@ -1,7 +1,7 @@
 //! A real `nats-server` (with JetStream) for tests, on a free loopback port.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -25,22 +25,30 @@ const PORT_ATTEMPTS: usize = 3;
 /// `spawn_blocking` or a static that outlives the test).
 pub struct NatsServer {
     process: Option<ServerProcess>,
+    addr: IpAddr,
     port: u16,
     // Declared last so the server is stopped before its store is removed.
     dir: TempDir,
 }
 
 impl NatsServer {
-    /// Starts a server and waits until it accepts connections.
+    /// Starts a server on 127.0.0.1 and waits until it accepts connections.
     pub fn start() -> anyhow::Result<NatsServer> {
+        Self::start_on(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Starts a server listening on `addr` (e.g. a test LAN's gateway, for nodes in other
+    /// network namespaces) and waits until it accepts connections.
+    pub fn start_on(addr: IpAddr) -> anyhow::Result<NatsServer> {
         let dir = crate::temp_dir()?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = crate::free_port();
-            match launch(dir.path(), port) {
+            match launch(dir.path(), addr, port) {
                 Ok(process) => {
                     return Ok(NatsServer {
                         process: Some(process),
+                        addr,
                         port,
                         dir,
                     })
@@ -51,9 +59,9 @@ impl NatsServer {
         Err(last_error.expect("at least one attempt was made"))
     }
 
-    /// The client URL, `nats://127.0.0.1:PORT`.
+    /// The client URL, `nats://ADDRESS:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", SocketAddr::new(self.addr, self.port))
     }
 
     /// The port the server listens on.
@@ -89,7 +97,7 @@ impl NatsServer {
     /// clients can reconnect and JetStream data survives.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        self.process = Some(launch(self.dir.path(), self.port)?);
+        self.process = Some(launch(self.dir.path(), self.addr, self.port)?);
         Ok(())
     }
 }
@@ -101,11 +109,11 @@ impl Drop for NatsServer {
 }
 
 /// Spawns `nats-server` on `port` with its store under `dir` and waits for it.
-fn launch(dir: &Path, port: u16) -> anyhow::Result<ServerProcess> {
+fn launch(dir: &Path, addr: IpAddr, port: u16) -> anyhow::Result<ServerProcess> {
     let mut command = Command::new(find_nats_server()?);
     command
         .arg("--addr")
-        .arg("127.0.0.1")
+        .arg(addr.to_string())
         .arg("--port")
         .arg(port.to_string())
         .arg("--jetstream")
@@ -119,7 +127,7 @@ fn launch(dir: &Path, port: u16) -> anyhow::Result<ServerProcess> {
         libc::SIGTERM,
         Duration::from_secs(5),
     )?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = SocketAddr::new(addr, port);
     process.wait_until_ready(START_TIMEOUT, || greets_like_nats(addr))?;
     Ok(process)
 }

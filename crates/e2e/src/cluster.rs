@@ -1,0 +1,434 @@
+//! A Strato cluster in a test: NATS and PostgreSQL, a core node, router nodes and DEA
+//! nodes, each node a separate host in a network namespace on a test LAN (the core lives
+//! in the root namespace, the LAN's gateway, where NATS and PostgreSQL listen too).
+//!
+//! Nodes run the real `stratod` with the cluster settings an operator gives them
+//! (`STRATO_NATS_URL`, `STRATO_NODE_ADDRESS`, `STRATO_ROLES`, and the database on the
+//! core). Tests kill a node (every process of its host and its containers, so its
+//! instances really stop answering), cut it off the LAN and heal it. Everything is torn
+//! down on drop, also when a test fails.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use strato_testkit::netns::{Host, Lan};
+use strato_testkit::{NatsServer, Postgres};
+
+use crate::{bin, http_get_at};
+
+/// What a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Controller, stager, health manager, router and logs, in the root namespace.
+    Core,
+    Router,
+    Dea,
+}
+
+impl NodeKind {
+    fn roles(self) -> &'static str {
+        match self {
+            NodeKind::Core => "controller,stager,health_manager,router,logs",
+            NodeKind::Router => "router",
+            NodeKind::Dea => "dea",
+        }
+    }
+}
+
+/// One `stratod` of the cluster.
+pub struct Node {
+    pub name: String,
+    pub kind: NodeKind,
+    pub address: Ipv4Addr,
+    pub http_port: u16,
+    pub home: tempfile::TempDir,
+    /// Its network namespace; `None` for the core (the root namespace).
+    host: Option<Host>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn command(&self, program: &Path) -> Command {
+        match &self.host {
+            Some(host) => host.command(program),
+            None => Command::new(program),
+        }
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.path().join("stratod.log"))?;
+        let mut cmd = self.command(&bin("stratod"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn().context("starting stratod")?);
+        Ok(())
+    }
+
+    /// The last lines of this node's log.
+    pub fn log_tail(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.home.path().join("stratod.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits until the node's log says it runs its roles.
+    fn wait_started(&mut self, wait: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if !self.running() {
+                bail!("{} exited; its log:\n{}", self.name, self.log_tail());
+            }
+            let log =
+                std::fs::read_to_string(self.home.path().join("stratod.log")).unwrap_or_default();
+            if log.contains("stratod running") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "{} did not start within {wait:?}; its log:\n{}",
+            self.name,
+            self.log_tail()
+        )
+    }
+
+    /// Stops stratod gracefully (SIGTERM), killing it after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: plain syscall on our own, not yet reaped, child (nsenter execs stratod
+        // in place, so this is stratod itself).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills the node as a crash or power loss would: stratod and every process of its
+    /// host (SIGKILL), and its app containers.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(host) = &self.host {
+            host.kill_all();
+        }
+        self.remove_containers();
+    }
+
+    /// Starts the node again on its data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_started(Duration::from_secs(60))
+    }
+
+    /// Takes the node off the LAN (its processes keep running).
+    pub fn cut(&self) -> anyhow::Result<()> {
+        self.host
+            .as_ref()
+            .context("the core cannot be cut off")?
+            .cut()
+    }
+
+    /// Puts the node back on the LAN.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        self.host
+            .as_ref()
+            .context("the core cannot be cut off")?
+            .heal()
+    }
+
+    fn runc_root(&self) -> PathBuf {
+        self.home.path().join("containers/runc")
+    }
+
+    /// Ids of the containers runc runs for this node.
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(["list", "-q"])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// Kills and deletes every container of this node, with its network namespace and
+    /// network slot (what the DEA would do had it not died).
+    fn remove_containers(&self) {
+        for id in self.containers() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(self.runc_root())
+                .args(["delete", "-f", &id])
+                .output();
+        }
+        let bundles = self.home.path().join("containers/bundles");
+        for entry in std::fs::read_dir(bundles).into_iter().flatten().flatten() {
+            let slot = std::fs::read_to_string(entry.path().join("network-slot"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            if let Some(slot) = slot {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &format!("strato-{slot}")])
+                    .output();
+                let _ = std::fs::remove_file(format!("/run/strato/net/slots/{slot}"));
+            }
+        }
+    }
+
+    /// Unmounts what the node left under its home (instance disk images), deepest first.
+    fn unmount_all(&self) {
+        let prefix = self.home.path().to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = Command::new("umount").args(["-l", t]).output();
+        }
+    }
+}
+
+/// The whole cluster; dropped, it stops every node, then NATS, PostgreSQL and the LAN.
+pub struct Cluster {
+    pub core: Node,
+    pub routers: Vec<Node>,
+    pub deas: Vec<Node>,
+    pub client_home: tempfile::TempDir,
+    pub password: String,
+    nats: NatsServer,
+    _postgres: Postgres,
+    lan: Lan,
+}
+
+impl Cluster {
+    /// Starts NATS and PostgreSQL, the core, then `routers` router nodes and `deas` DEA
+    /// nodes, and waits until every DEA advertised itself to the controller.
+    pub fn start(routers: usize, deas: usize) -> anyhow::Result<Cluster> {
+        let lan = Lan::new()?;
+        let gateway = lan.gateway();
+        let nats = NatsServer::start_on(IpAddr::V4(gateway))?;
+        let postgres = Postgres::start()?;
+        let password = format!("pw-{}", std::process::id());
+        let core = Self::node(
+            "core",
+            NodeKind::Core,
+            None,
+            gateway,
+            &nats,
+            &password,
+            Some(postgres.url()),
+        )?;
+        let mut cluster = Cluster {
+            core,
+            routers: Vec::new(),
+            deas: Vec::new(),
+            client_home: tempfile::Builder::new()
+                .prefix("strato-client-")
+                .tempdir()?,
+            password,
+            nats,
+            _postgres: postgres,
+            lan,
+        };
+        cluster.core.spawn()?;
+        cluster.wait_api(Duration::from_secs(90))?;
+        for i in 0..routers {
+            let node = cluster.add_node(&format!("router{i}"), NodeKind::Router)?;
+            cluster.routers.push(node);
+        }
+        for i in 0..deas {
+            let node = cluster.add_node(&format!("dea{i}"), NodeKind::Dea)?;
+            cluster.deas.push(node);
+        }
+        for node in cluster.routers.iter_mut().chain(cluster.deas.iter_mut()) {
+            node.wait_started(Duration::from_secs(60))?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_node(&mut self, name: &str, kind: NodeKind) -> anyhow::Result<Node> {
+        let host = self.lan.add_host(name)?;
+        let address = host.address();
+        let mut node = Self::node(
+            name,
+            kind,
+            Some(host),
+            address,
+            &self.nats,
+            &self.password,
+            None,
+        )?;
+        node.spawn()?;
+        Ok(node)
+    }
+
+    fn node(
+        name: &str,
+        kind: NodeKind,
+        host: Option<Host>,
+        address: Ipv4Addr,
+        nats: &NatsServer,
+        password: &str,
+        database_url: Option<String>,
+    ) -> anyhow::Result<Node> {
+        let home = tempfile::Builder::new()
+            .prefix(&format!("strato-{name}-"))
+            .tempdir()?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711))?;
+        let http_port = strato_testkit::free_port();
+        let mut env = vec![
+            ("STRATO_HOME", home.path().to_string_lossy().to_string()),
+            ("STRATO_HTTP_PORT", http_port.to_string()),
+            ("STRATO_HTTPS_PORT", "0".to_string()),
+            ("STRATO_HTTP_ADDR", "0.0.0.0".to_string()),
+            ("STRATO_NATS_URL", nats.url()),
+            ("STRATO_NODE_ADDRESS", address.to_string()),
+            ("STRATO_ROLES", kind.roles().to_string()),
+            ("STRATO_ADMIN_PASSWORD", password.to_string()),
+            ("STRATO_LOG", "info,sqlx=warn".to_string()),
+        ];
+        if let Some(url) = database_url {
+            env.push(("STRATO_DATABASE_URL", url));
+        }
+        Ok(Node {
+            name: name.to_string(),
+            kind,
+            address,
+            http_port,
+            home,
+            host,
+            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            child: None,
+        })
+    }
+
+    fn wait_api(&mut self, wait: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if !self.core.running() {
+                bail!("the core exited; its log:\n{}", self.core.log_tail());
+            }
+            if self.get_via(&self.core, "127.0.0.1", "/v2/info").0 == 200 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "the API did not answer within {wait:?}; core log:\n{}",
+            self.core.log_tail()
+        )
+    }
+
+    /// The API, as a client targets it.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.core.http_port)
+    }
+
+    /// `GET path` with `Host: host` through the router of `node`.
+    pub fn get_via(&self, node: &Node, host: &str, path: &str) -> (u16, String) {
+        let ip = match node.kind {
+            NodeKind::Core => Ipv4Addr::LOCALHOST,
+            _ => node.address,
+        };
+        http_get_at(SocketAddr::from((ip, node.http_port)), host, path)
+    }
+
+    /// Runs `strato` as this test's user.
+    pub fn strato(&self, dir: &Path, args: &[&str]) -> Output {
+        crate::strato_as(self.client_home.path(), dir, args)
+    }
+
+    /// `strato` that must succeed; returns stdout.
+    pub fn strato_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.strato(dir, args);
+        assert!(
+            out.status.success(),
+            "strato {args:?} failed: {}\nnode logs:\n{}",
+            crate::output_text(&out),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kato` against the core node.
+    pub fn kato(&self, args: &[&str]) -> Output {
+        Command::new(bin("kato"))
+            .args(args)
+            .env("STRATO_HOME", self.core.home.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kato")
+    }
+
+    /// Targets the core and logs in as admin.
+    pub fn login(&self) {
+        let here = self.client_home.path();
+        self.strato_ok(here, &["target", &self.url()]);
+        self.strato_ok(here, &["login", "admin", "--password", &self.password]);
+    }
+
+    /// The DEA node at `address`.
+    pub fn dea_at(&self, address: &str) -> Option<usize> {
+        self.deas
+            .iter()
+            .position(|d| d.address.to_string() == address)
+    }
+
+    /// Every node's log tail, for assertion messages.
+    pub fn logs(&self) -> String {
+        std::iter::once(&self.core)
+            .chain(&self.routers)
+            .chain(&self.deas)
+            .map(|n| format!("---- {}:\n{}\n", n.name, n.log_tail()))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.deas.iter_mut().chain(self.routers.iter_mut()) {
+            node.stop(Duration::from_secs(20));
+            node.kill();
+            node.unmount_all();
+        }
+        self.core.stop(Duration::from_secs(20));
+        self.core.kill();
+        self.core.unmount_all();
+    }
+}
