@@ -49,6 +49,8 @@ pub struct Node {
     host: Option<Host>,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Starts in the log before the last spawn.
+    starts_before: usize,
 }
 
 impl Node {
@@ -59,7 +61,16 @@ impl Node {
         }
     }
 
+    /// How often this node's log says it started (the log is kept across restarts).
+    fn starts_logged(&self) -> usize {
+        std::fs::read_to_string(self.home.path().join("stratod.log"))
+            .unwrap_or_default()
+            .matches("stratod running")
+            .count()
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
+        self.starts_before = self.starts_logged();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -94,9 +105,7 @@ impl Node {
             if !self.running() {
                 bail!("{} exited; its log:\n{}", self.name, self.log_tail());
             }
-            let log =
-                std::fs::read_to_string(self.home.path().join("stratod.log")).unwrap_or_default();
-            if log.contains("stratod running") {
+            if self.starts_logged() > self.starts_before {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -335,10 +344,12 @@ impl Cluster {
             host,
             env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             child: None,
+            starts_before: 0,
         })
     }
 
-    fn wait_api(&mut self, wait: Duration) -> anyhow::Result<()> {
+    /// Waits until the API answers through the core's router.
+    pub fn wait_api(&mut self, wait: Duration) -> anyhow::Result<()> {
         let until = Instant::now() + wait;
         while Instant::now() < until {
             if !self.core.running() {

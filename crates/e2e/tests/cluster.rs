@@ -224,3 +224,148 @@ fn instances_spread_over_deas_and_move_when_one_dies() {
         assert_eq!(status, 200, "after the failover: {body}\n{}", c.logs());
     }
 }
+
+/// How many app containers run on each DEA node.
+fn containers_per_dea(c: &Cluster) -> Vec<usize> {
+    c.deas.iter().map(|d| d.containers().len()).collect()
+}
+
+#[test]
+fn a_partitioned_dea_is_replaced_and_its_stale_instances_stop_when_it_returns() {
+    let c = Cluster::start(0, 2).expect("cluster");
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n", "--instances", "4"]);
+    let api = Api::login(&c);
+    let guid = api.app_guid(APP);
+    let (_, hosts) = api.wait_running(&guid, 4, None, Duration::from_secs(60), &c);
+    assert_eq!(per_host(&hosts).len(), 2, "{hosts:?}");
+
+    // Cut dea0 off: its instances keep running there, unreachable; the cluster replaces
+    // them on dea1.
+    let cut = c.deas[0].address.to_string();
+    c.deas[0].cut().unwrap();
+    let (took, hosts) = api.wait_running(&guid, 4, Some(&cut), Duration::from_secs(60), &c);
+    eprintln!(
+        "MEASURED partition: 4 instances running without the cut-off DEA after {:.1} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(per_host(&hosts).len(), 1);
+    assert_eq!(containers_per_dea(&c)[0], 2, "still running behind the cut");
+
+    // Heal: dea0 comes back with two stale instances; they are stopped, never more than
+    // the 4 desired for long.
+    c.deas[0].heal().unwrap();
+    let healed = Instant::now();
+    let mut extra_for = Duration::ZERO;
+    loop {
+        let counts = containers_per_dea(&c);
+        let total: usize = counts.iter().sum();
+        if total > 4 {
+            extra_for = healed.elapsed();
+        }
+        let running = api
+            .instances(&guid)
+            .values()
+            .filter(|(s, _)| s == "RUNNING")
+            .count();
+        if total == 4 && running == 4 && healed.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(45),
+            "still {counts:?} containers, {running} running, 45 s after the heal\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "MEASURED heal: stale instances stopped {:.1} s after the partition healed",
+        extra_for.as_secs_f64()
+    );
+    assert_eq!(containers_per_dea(&c).iter().sum::<usize>(), 4);
+    let (status, _) = c.get_via(&c.core, APP_HOST, "/");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn apps_keep_serving_while_the_core_is_down_and_reconcile_when_it_returns() {
+    let mut c = Cluster::start(1, 2).expect("cluster");
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n", "--instances", "2"]);
+    let api = Api::login(&c);
+    let guid = api.app_guid(APP);
+    api.wait_running(&guid, 2, None, Duration::from_secs(60), &c);
+
+    // The core (controller, health manager, its router) dies; the router node keeps
+    // routing from what the DEAs keep registering, past the route TTL.
+    c.core.kill();
+    let router = std::net::SocketAddr::from((c.routers[0].address, c.routers[0].http_port));
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(25) {
+        let (status, body) = http_get_at(router, APP_HOST, "/");
+        assert_eq!(
+            status,
+            200,
+            "request {sent} failed {:.1} s after the core died: {body}\n{}",
+            start.elapsed().as_secs_f64(),
+            c.logs()
+        );
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "MEASURED core down: {sent} requests over 25 s through the router node, all answered"
+    );
+
+    // Back: the controller reads its state from PostgreSQL and sees the instances.
+    c.core.restart().unwrap();
+    c.wait_api(Duration::from_secs(60)).unwrap();
+    let api = Api::login(&c);
+    let (_, hosts) = api.wait_running(&guid, 2, None, Duration::from_secs(60), &c);
+    assert_eq!(hosts.len(), 2);
+    let apps = c.strato_ok(c.client_home.path(), &["apps"]);
+    assert!(apps.contains(APP), "{apps}");
+}
+
+#[test]
+fn kato_sees_every_node_of_the_cluster() {
+    let c = Cluster::start(1, 2).expect("cluster");
+    // Discovery answers within a moment of the nodes starting.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.kato(&["node", "list", "--json"]);
+        assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+        let nodes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let addresses: Vec<&str> = nodes.iter().filter_map(|n| n["address"].as_str()).collect();
+        let all_there = [&c.core, &c.routers[0], &c.deas[0], &c.deas[1]]
+            .iter()
+            .all(|n| addresses.contains(&n.address.to_string().as_str()));
+        if all_there {
+            let roles = |address: String| -> Vec<String> {
+                nodes
+                    .iter()
+                    .find(|n| n["address"] == address.as_str())
+                    .and_then(|n| n["roles"].as_array())
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            assert!(roles(c.deas[0].address.to_string()).contains(&"dea".to_string()));
+            assert!(roles(c.routers[0].address.to_string()).contains(&"router".to_string()));
+            assert!(roles(c.core.address.to_string()).contains(&"controller".to_string()));
+            break;
+        }
+        assert!(Instant::now() < until, "kato node list: {nodes:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let status = c.kato(&["status", "--all"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && text.contains("dea") && text.contains("running"),
+        "{text}"
+    );
+}
