@@ -369,3 +369,68 @@ fn kato_sees_every_node_of_the_cluster() {
         "{text}"
     );
 }
+
+#[test]
+fn roles_are_added_and_removed_live_from_the_core() {
+    let c = Cluster::start(0, 1).expect("cluster");
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n"]);
+    let api = Api::login(&c);
+    let guid = api.app_guid(APP);
+    api.wait_running(&guid, 1, None, Duration::from_secs(60), &c);
+    let dea = c.deas[0].address.to_string();
+
+    // A router on the DEA node, started by its stratod without a restart.
+    let out = c.kato(&["role", "add", "router", "-n", &dea]);
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    let until = Instant::now() + Duration::from_secs(20);
+    while c.get_via(&c.deas[0], APP_HOST, "/").0 != 200 {
+        assert!(
+            Instant::now() < until,
+            "the added router did not serve\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let info = c.kato(&["role", "info", "-n", &dea]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("router") && text.contains("dea"), "{text}");
+
+    // Removed: it stops listening.
+    let out = c.kato(&["role", "remove", "router", "-n", &dea]);
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    let until = Instant::now() + Duration::from_secs(20);
+    while c.get_via(&c.deas[0], APP_HOST, "/").0 != 0 {
+        assert!(Instant::now() < until, "the removed router still answers");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The last DEA, with an app running: refused, naming the app, unless forced.
+    let out = c.kato(&["role", "remove", "dea", "-n", &dea]);
+    let text = strato_e2e::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("last DEA") && text.contains(APP), "{text}");
+    assert_eq!(c.get_via(&c.core, APP_HOST, "/").0, 200, "still serving");
+
+    // Unknown roles and nodes get a clear error.
+    let out = c.kato(&["role", "add", "teapot", "-n", &dea]);
+    let text = strato_e2e::output_text(&out);
+    assert!(!out.status.success() && text.contains("teapot"), "{text}");
+    let out = c.kato(&["role", "add", "router", "-n", "10.255.255.254"]);
+    let text = strato_e2e::output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("kato node list"),
+        "{text}"
+    );
+
+    let out = c.kato(&["role", "remove", "dea", "-n", &dea, "--force"]);
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    let until = Instant::now() + Duration::from_secs(30);
+    while !c.deas[0].containers().is_empty() {
+        assert!(
+            Instant::now() < until,
+            "the DEA role did not stop its instances"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

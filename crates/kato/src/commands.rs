@@ -55,6 +55,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// The roles of a node, in the cluster's config store: added or removed live.
+    Role {
+        #[command(subcommand)]
+        cmd: RoleCmd,
+    },
     /// Operations: `regenerate token-signing-secret`, `max_client_upload [MB]`,
     /// `custom_ssl_cert install|remove|list`.
     Op {
@@ -91,6 +96,31 @@ enum CertCmd {
     Remove { domain: String },
     /// The installed certificates.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleCmd {
+    /// Give a node a role; its stratod starts it at once.
+    Add {
+        roles: Vec<String>,
+        /// The node (id, id prefix or address; default: this one).
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
+    /// Take a role from a node; its stratod stops it at once.
+    Remove {
+        roles: Vec<String>,
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+        /// Remove the cluster's last DEA even while apps run.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// The roles a node has, and the roles there are.
+    Info {
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -222,6 +252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown setup '{other}'; this version supports: micro, firstuser (core and load_balancer come with the cluster)"),
         },
         Cmd::Node { cmd: NodeCmd::List } => node_list(&ctl, cli.json).await,
+        Cmd::Role { cmd } => role(&ctl, cmd, cli.json).await,
         Cmd::Config { cmd } => config(&ctl, cmd, cli.json).await,
         Cmd::Op { cmd } => op(&ctl, cmd, cli.json).await,
     }
@@ -543,6 +574,98 @@ async fn node_list(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
         table.add_row(vec![host.clone(), id.clone(), roles.join(",")]);
     }
     println!("{table}");
+    Ok(())
+}
+
+/// `node=..&force=..` for the role endpoints.
+fn role_query(node: &Option<String>, force: bool) -> String {
+    let mut q = Vec::new();
+    if let Some(n) = node {
+        q.push(format!("node={}", percent_encode(n)));
+    }
+    if force {
+        q.push("force=true".to_string());
+    }
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+/// Encodes everything but unreserved characters (RFC 3986) for a query value.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn role(ctl: &Control, cmd: &RoleCmd, json_out: bool) -> anyhow::Result<()> {
+    let (roles, verb, node, force) = match cmd {
+        RoleCmd::Info { node } => {
+            let v = ctl
+                .call(
+                    "GET",
+                    &format!("/roles/info{}", role_query(node, false)),
+                    None,
+                )
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let list = |k: &str| {
+                    v[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                };
+                println!("node {}", v["node"].as_str().unwrap_or("?"));
+                println!("assigned:  {}", list("roles"));
+                println!("available: {}", list("available"));
+            }
+            return Ok(());
+        }
+        RoleCmd::Add { roles, node } => (roles, "add", node, false),
+        RoleCmd::Remove { roles, node, force } => (roles, "remove", node, *force),
+    };
+    if roles.is_empty() {
+        anyhow::bail!(
+            "name at least one role, e.g. `kato role {verb} dea`; `kato role info` lists them"
+        );
+    }
+    for r in roles {
+        let v = ctl
+            .call(
+                "POST",
+                &format!(
+                    "/roles/{}/{verb}{}",
+                    percent_encode(r),
+                    role_query(node, force)
+                ),
+                None,
+            )
+            .await?;
+        if json_out {
+            println!("{v}");
+        } else {
+            let done = if verb == "add" {
+                "added to"
+            } else {
+                "removed from"
+            };
+            println!("{r}: {done} node {}", v["node"].as_str().unwrap_or("?"));
+        }
+    }
     Ok(())
 }
 

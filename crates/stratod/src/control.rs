@@ -32,6 +32,9 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/stop", post(stop))
         .route("/roles/{role}/start", post(role_start))
         .route("/roles/{role}/stop", post(role_stop))
+        .route("/roles/{role}/add", post(role_add))
+        .route("/roles/{role}/remove", post(role_remove))
+        .route("/roles/info", get(roles_info))
         .route("/roles/start", post(roles_start))
         .route("/roles/stop", post(roles_stop))
         .route("/setup/micro", post(setup_micro))
@@ -160,6 +163,166 @@ async fn role_stop(
     }
     record(&node, &format!("stop {name}"));
     Ok(Json(json!({"stopped": stopped})))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RoleTarget {
+    /// A node id or address (default: this node).
+    node: Option<String>,
+    /// Remove even the cluster's last DEA while apps run.
+    #[serde(default)]
+    force: bool,
+}
+
+/// The node id `target` names: this node, a node id, or a node's address (asked over the
+/// bus).
+async fn target_node(node: &S, target: Option<&str>) -> Result<String, (StatusCode, Json<Value>)> {
+    let Some(target) = target.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(node.identity.id.clone());
+    };
+    let found = crate::discovery::discover(&node.bus, Duration::from_millis(700))
+        .await
+        .map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot ask the cluster: {e}"),
+            )
+        })?;
+    let ids: std::collections::BTreeSet<String> = found
+        .iter()
+        .filter(|c| {
+            c["node"] == target
+                || c["host"] == target
+                || c["node"].as_str().is_some_and(|n| n.starts_with(target))
+        })
+        .filter_map(|c| c["node"].as_str().map(String::from))
+        .collect();
+    match ids.len() {
+        1 => Ok(ids.into_iter().next().unwrap_or_default()),
+        0 => Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no node of the cluster is '{target}'; see `kato node list`"),
+        )),
+        _ => Err(err(
+            StatusCode::CONFLICT,
+            format!(
+                "'{target}' names several nodes ({}); give a node id",
+                ids.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+/// `kato role add ROLE [-n NODE]`: recorded in the config store; the node starts it.
+async fn role_add(
+    State(node): State<S>,
+    Path(name): Path<String>,
+    axum::extract::Query(t): axum::extract::Query<RoleTarget>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let role = parse_role(&name)?;
+    let id = target_node(&node, t.node.as_deref()).await?;
+    node.kv
+        .set(
+            &format!("node/{id}/roles/{}", role.name()),
+            Value::Bool(true),
+        )
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    record(&node, &format!("role add {} -n {id}", role.name()));
+    Ok(Json(json!({"node": id, "added": role.name()})))
+}
+
+/// `kato role remove ROLE [-n NODE] [--force]`.
+async fn role_remove(
+    State(node): State<S>,
+    Path(name): Path<String>,
+    axum::extract::Query(t): axum::extract::Query<RoleTarget>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let role = parse_role(&name)?;
+    if role == Role::Base {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "the base role is the node agent itself: it cannot be removed (use `kato node remove`)",
+        ));
+    }
+    let id = target_node(&node, t.node.as_deref()).await?;
+    if role.expand().contains(&Role::Dea) && !t.force {
+        refuse_removing_the_last_dea(&node, &id).await?;
+    }
+    let mut removed = Vec::new();
+    for r in std::iter::once(role).chain(role.expand()) {
+        let gone = node
+            .kv
+            .del(&format!("node/{id}/roles/{}", r.name()))
+            .await
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if gone && !removed.contains(&r.name()) {
+            removed.push(r.name());
+        }
+    }
+    if removed.is_empty() {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!(
+                "node {id} does not have the role {}; see `kato role info`",
+                role.name()
+            ),
+        ));
+    }
+    record(&node, &format!("role remove {} -n {id}", role.name()));
+    Ok(Json(json!({"node": id, "removed": removed})))
+}
+
+/// Taking away the only DEA stops every app: refused while apps are started, naming them
+/// (where this node can see the controller database).
+async fn refuse_removing_the_last_dea(node: &S, id: &str) -> Result<(), (StatusCode, Json<Value>)> {
+    let found = crate::discovery::discover(&node.bus, Duration::from_millis(700))
+        .await
+        .unwrap_or_default();
+    let other_deas = found
+        .iter()
+        .any(|c| c["role"] == "dea" && c["node"] != id && c["state"] == "running");
+    if other_deas {
+        return Ok(());
+    }
+    let Some(db) = node.db.get() else {
+        return Ok(());
+    };
+    let apps = db
+        .list_apps(&strato_db::Filter::default())
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let started: Vec<String> = apps
+        .into_iter()
+        .filter(|a| a.state == "STARTED")
+        .map(|a| a.name)
+        .collect();
+    if started.is_empty() {
+        return Ok(());
+    }
+    Err(err(
+        StatusCode::CONFLICT,
+        format!(
+            "this is the cluster's last DEA and these apps run on it: {}; add a DEA first, stop them, or pass --force",
+            started.join(", ")
+        ),
+    ))
+}
+
+/// `kato role info [-n NODE]`: the roles the config store holds for a node.
+async fn roles_info(
+    State(node): State<S>,
+    axum::extract::Query(t): axum::extract::Query<RoleTarget>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let id = target_node(&node, t.node.as_deref()).await?;
+    let roles = crate::node::stored_roles(node.kv.as_ref(), &id)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({
+        "node": id,
+        "roles": roles.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "available": Role::all().map(|r| r.name()).collect::<Vec<_>>(),
+    })))
 }
 
 async fn roles_start(State(node): State<S>) -> Result<Json<Value>, (StatusCode, Json<Value>)> {

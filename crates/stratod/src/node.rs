@@ -175,12 +175,18 @@ fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
 /// Roles this node should run: from the config store, or the micro cloud's set on a new node.
 pub async fn configured_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result<Vec<Role>> {
     let prefix = format!("node/{node_id}/roles");
-    let leaves = kv.list(&prefix).await?;
-    if leaves.is_empty() {
+    if kv.list(&prefix).await?.is_empty() {
         let roles = first_roles()?;
         set_roles(kv, node_id, &roles).await?;
         return Ok(roles);
     }
+    stored_roles(kv, node_id).await
+}
+
+/// The roles the config store holds for a node (none when it holds none).
+pub async fn stored_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result<Vec<Role>> {
+    let prefix = format!("node/{node_id}/roles");
+    let leaves = kv.list(&prefix).await?;
     let mut roles = Vec::new();
     for (path, v) in leaves {
         if v.value == serde_json::Value::Bool(true) {
@@ -538,6 +544,32 @@ impl Node {
         Ok(())
     }
 
+    /// Brings the running roles in line with the config store: starts what was added,
+    /// stops what was removed (`kato role add|remove`, from this node or any other).
+    pub async fn apply_roles(self: &Arc<Self>) -> anyhow::Result<()> {
+        let wanted: Vec<Role> = stored_roles(self.kv.as_ref(), &self.identity.id)
+            .await?
+            .into_iter()
+            .map(hosting_role)
+            .collect();
+        for role in self.supervisor.running() {
+            if !wanted.contains(&role) {
+                tracing::info!(
+                    role = role.name(),
+                    "role removed from this node: stopping it"
+                );
+                self.supervisor.stop(role, Duration::from_secs(30)).await;
+            }
+        }
+        for role in wanted {
+            if let Some(f) = self.factory(role) {
+                // Starting a running role does nothing.
+                self.supervisor.start(role, f);
+            }
+        }
+        Ok(())
+    }
+
     /// Starts every configured role that is not running.
     pub async fn start_roles(self: &Arc<Self>) -> anyhow::Result<Vec<Role>> {
         let roles = configured_roles(self.kv.as_ref(), &self.identity.id).await?;
@@ -548,6 +580,26 @@ impl Node {
         }
         Ok(roles)
     }
+}
+
+/// Follows `node/<id>/roles` in the config store and applies every change, so a role
+/// is added or removed live, without restarting `stratod`.
+async fn follow_roles(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut changes = node
+        .kv
+        .watch(&format!("node/{}/roles", node.identity.id), None)
+        .await?;
+    Ok(tokio::spawn(async move {
+        while let Some(change) = changes.next().await {
+            if let Err(e) = change {
+                tracing::warn!("lost the watch on this node's roles: {e}");
+                return;
+            }
+            if let Err(e) = node.apply_roles().await {
+                tracing::warn!("cannot apply this node's roles: {e:#}");
+            }
+        }
+    }))
 }
 
 /// 80% of the machine's memory, in MB (the `dea_ng/resources/memory_max_percent` default).
@@ -699,6 +751,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!(fingerprint = %ca.fingerprint(), "certificate authority at {}", node.layout.tls_ca().display());
     let control = crate::control::serve(node.clone()).await?;
     let discovery = crate::discovery::serve(node.clone(), node.shutdown.clone()).await?;
+    let follower = follow_roles(node.clone()).await?;
     let roles = node.start_roles().await?;
     tracing::info!(node = %node.identity.id, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), driver = node.driver.name(), "stratod running; router on port {}", opts.http_port);
 
@@ -711,6 +764,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     node.supervisor.stop_all(Duration::from_secs(30)).await;
     control.abort();
     discovery.abort();
+    follower.abort();
     let _ = std::fs::remove_file(layout.control_socket());
     if let Some(db) = node.db.get() {
         db.close().await;
