@@ -7,6 +7,7 @@
 
 mod clients;
 mod drains;
+pub mod leader;
 mod migrations;
 mod models;
 mod quotas;
