@@ -24,8 +24,17 @@ pub struct NatsBus {
 
 impl NatsBus {
     /// Connects to the NATS server at `url` (for example `nats://127.0.0.1:4222`).
+    ///
+    /// The connection is pinged every 2 s and reconnects within a second of the server
+    /// being reachable again: a node cut off from the cluster notices soon, and is back
+    /// (heartbeats, route registrations) soon after the network heals.
     pub async fn connect(url: &str) -> Result<NatsBus, BusError> {
-        let client = async_nats::connect(url).await.map_err(|e| {
+        let options = async_nats::ConnectOptions::new()
+            .ping_interval(Duration::from_secs(2))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 200).min(1000))
+            });
+        let client = options.connect(url).await.map_err(|e| {
             BusError::Backend(format!(
                 "cannot connect to NATS at {url}: {e}; check that nats-server is running and the URL is right"
             ))

@@ -283,6 +283,10 @@ fn a_partitioned_dea_is_replaced_and_its_stale_instances_stop_when_it_returns() 
         extra_for.as_secs_f64()
     );
     assert_eq!(containers_per_dea(&c).iter().sum::<usize>(), 4);
+    assert!(
+        extra_for < Duration::from_secs(10),
+        "more instances than desired for {extra_for:?} after the heal"
+    );
     let (status, _) = c.get_via(&c.core, APP_HOST, "/");
     assert_eq!(status, 200);
 }

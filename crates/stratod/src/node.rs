@@ -358,7 +358,7 @@ impl Node {
                         .await
                         .try_into()
                         .unwrap_or(cfg.immediate_restarts);
-                    strato_health::run(cfg, node.bus.clone(), cancel).await
+                    node.run_health_manager(cfg, cancel).await
                 })
             }),
             Role::Postgresql | Role::Mysql | Role::Redis | Role::Filesystem => {
@@ -395,6 +395,42 @@ impl Node {
             }
             default
         })
+    }
+
+    /// Runs the health manager. With a PostgreSQL database (a cluster) it first waits
+    /// to hold the `strato.health_manager` advisory lock, so one health manager acts in
+    /// the whole cluster however many nodes have the role; losing the lock's connection
+    /// ends this incarnation (the supervisor starts it again as a standby).
+    async fn run_health_manager(
+        &self,
+        cfg: strato_health::HealthConfig,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let url = self
+            .opts
+            .database_url
+            .as_deref()
+            .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+        let Some(url) = url else {
+            return strato_health::run(cfg, self.bus.clone(), cancel).await;
+        };
+        let Some(mut lead) = strato_db::leader::Leadership::acquire(
+            url,
+            "strato.health_manager",
+            Duration::from_secs(1),
+            &cancel,
+        )
+        .await
+        .context("electing the health manager")?
+        else {
+            return Ok(());
+        };
+        tokio::select! {
+            done = strato_health::run(cfg, self.bus.clone(), cancel.clone()) => done,
+            _ = lead.lost(Duration::from_secs(2)) => {
+                anyhow::bail!("lost the health manager's lock (its database connection broke)")
+            }
+        }
     }
 
     /// The node's certificate authority, created on first use.
