@@ -683,6 +683,43 @@ mod tests {
         assert!(place(&deas, "app", 10, "other-stack").is_none());
     }
 
+    proptest::proptest! {
+        /// 1000 instances over any set of DEAs: each goes to a DEA with room, among those
+        /// with room to one holding the fewest of the app, and wherever every DEA kept
+        /// room the counts end up within one of each other.
+        #[test]
+        fn placement_stays_balanced_for_1000_instances(
+            mems in proptest::collection::vec(64i64 * 20..64 * 2000, 1..16),
+        ) {
+            let mut deas: Vec<DeaAdvertise> = mems
+                .iter()
+                .enumerate()
+                .map(|(i, m)| dea(&format!("d{i}"), *m, 0))
+                .collect();
+            let count = |d: &DeaAdvertise| d.app_id_to_count.get("app").copied().unwrap_or(0);
+            for _ in 0..1000 {
+                let room: Vec<&DeaAdvertise> =
+                    deas.iter().filter(|d| d.available_memory >= 64).collect();
+                let Some(chosen) = place(&deas, "app", 64, "default") else {
+                    proptest::prop_assert!(room.is_empty(), "refused while a DEA had room");
+                    break;
+                };
+                let fewest = room.iter().map(|d| count(d)).min().unwrap_or(0);
+                proptest::prop_assert!(chosen.available_memory >= 64);
+                proptest::prop_assert_eq!(count(chosen), fewest);
+                let id = chosen.id.clone();
+                let d = deas.iter_mut().find(|d| d.id == id).unwrap();
+                d.available_memory -= 64;
+                *d.app_id_to_count.entry("app".into()).or_default() += 1;
+            }
+            if deas.iter().all(|d| d.available_memory >= 64) {
+                let counts: Vec<u32> = deas.iter().map(count).collect();
+                let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                proptest::prop_assert!(max - min <= 1, "{:?}", counts);
+            }
+        }
+    }
+
     #[test]
     fn placement_spreads_1000_instances_evenly() {
         let mut deas: Vec<DeaAdvertise> = (0..10)
