@@ -290,6 +290,34 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts one more DEA node whose `node.json` is a copy of `like`'s (as a copied
+    /// `STRATO_HOME` would have); returns its log if it refuses to run.
+    pub fn add_dea_with_the_id_of(&mut self, like: usize) -> Result<(), String> {
+        let name = format!("dea{}", self.deas.len());
+        let identity = self.deas[like].home.path().join("node.json");
+        let host = self.lan.add_host(&name).map_err(|e| e.to_string())?;
+        let address = host.address();
+        let mut node = Self::node(
+            &name,
+            NodeKind::Dea,
+            Some(host),
+            address,
+            &self.nats,
+            &self.password,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::copy(&identity, node.home.path().join("node.json")).map_err(|e| e.to_string())?;
+        node.spawn().map_err(|e| e.to_string())?;
+        let started = node.wait_started(Duration::from_secs(30));
+        let log = node.log_tail();
+        self.deas.push(node);
+        match started {
+            Ok(()) => Ok(()),
+            Err(_) => Err(log),
+        }
+    }
+
     fn add_node(&mut self, name: &str, kind: NodeKind) -> anyhow::Result<Node> {
         let host = self.lan.add_host(name)?;
         let address = host.address();

@@ -438,3 +438,18 @@ fn roles_are_added_and_removed_live_from_the_core() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_node_with_a_copied_id_is_refused() {
+    let mut c = Cluster::start(0, 1).expect("cluster");
+    // Let discovery see the first one.
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = c
+        .add_dea_with_the_id_of(0)
+        .expect_err("a second node with the same id must not run");
+    assert!(
+        refused.contains("already used by the node at")
+            && refused.contains(&c.deas[0].address.to_string()),
+        "{refused}"
+    );
+}

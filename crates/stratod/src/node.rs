@@ -699,6 +699,20 @@ async fn connect_bus_and_store(
     Ok((Arc::new(bus), Arc::new(kv)))
 }
 
+/// Refuses to start a node whose id another live node of the cluster already has (its
+/// `STRATO_HOME` was copied): two nodes with one id would fight over one set of roles,
+/// one DEA's instances, one set of routes.
+async fn refuse_a_taken_id(bus: &SharedBus, id: &str) -> anyhow::Result<()> {
+    let found = crate::discovery::discover(bus, Duration::from_millis(700)).await?;
+    if let Some(other) = found.iter().find(|c| c["node"] == id) {
+        anyhow::bail!(
+            "node id {id} is already used by the node at {} (a copied STRATO_HOME?): move node.json away on this node to give it a new id",
+            other["host"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
 /// The JetStream key-value bucket holding a cluster's config store.
 pub const CONFIG_BUCKET: &str = "strato_config";
 
@@ -760,6 +774,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _lock = lock_pid_file(&layout)?;
     let identity = load_identity(&layout)?;
     let (bus, kv) = connect_bus_and_store(&opts, &layout).await?;
+    if opts.clustered() {
+        refuse_a_taken_id(&bus, &identity.id).await?;
+    }
     let roles = configured_roles(kv.as_ref(), &identity.id).await?;
     let db = tokio::sync::OnceCell::new();
     if roles.contains(&Role::Controller) {
