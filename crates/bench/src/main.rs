@@ -7,6 +7,7 @@
 
 mod backend;
 mod container_bench;
+mod density_bench;
 mod nginx;
 mod push_bench;
 mod router_bench;
@@ -41,6 +42,8 @@ enum Command {
     /// Push of each fixture app to its first 200, re-push, and kill -9 to serving again
     /// (a micro cloud from the binaries next to this one; needs root).
     Push(push_bench::PushOptions),
+    /// How many instances of a tiny app one node holds, and what each costs (needs root).
+    Density(density_bench::DensityOptions),
 }
 
 /// Parses `10s`, `500ms`, `1m` or a plain number of seconds.
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Router(options) => router_bench::run(&options, cli.json),
         Command::Container(options) => container_bench::run(&options, cli.json),
         Command::Push(options) => push_bench::run(&options, cli.json),
+        Command::Density(options) => density_bench::run(&options, cli.json),
     }
 }
 
