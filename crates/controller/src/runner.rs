@@ -68,8 +68,10 @@ impl Drop for RollingMark {
     }
 }
 
-/// Picks a DEA for one instance (REFERENCE §5): enough memory and the right stack, then
-/// the fewest instances of this app, preferring the upper half by free memory, then random.
+/// Picks a DEA for one instance (REFERENCE §5): enough memory and the right stack; then
+/// the availability zone with the fewest instances of this app (so losing a zone loses
+/// as few as can be), in it the DEA with the fewest, preferring the upper half by free
+/// memory, then random.
 pub fn place<'a>(
     deas: &'a [DeaAdvertise],
     app: &str,
@@ -87,6 +89,15 @@ pub fn place<'a>(
         return None;
     }
     let count = |d: &DeaAdvertise| d.app_id_to_count.get(app).copied().unwrap_or(0);
+    let mut per_zone: HashMap<&str, u32> = HashMap::new();
+    for d in deas {
+        *per_zone
+            .entry(d.placement_properties.zone.as_str())
+            .or_default() += count(d);
+    }
+    let zone_count = |d: &DeaAdvertise| per_zone[d.placement_properties.zone.as_str()];
+    let emptiest = fit.iter().map(|d| zone_count(d)).min().unwrap_or(0);
+    fit.retain(|d| zone_count(d) == emptiest);
     let fewest = fit.iter().map(|d| count(d)).min().unwrap_or(0);
     fit.retain(|d| count(d) == fewest);
     fit.sort_by_key(|d| std::cmp::Reverse(d.available_memory));
@@ -718,6 +729,27 @@ mod tests {
                 proptest::prop_assert!(max - min <= 1, "{:?}", counts);
             }
         }
+    }
+
+    #[test]
+    fn placement_spreads_over_zones_before_deas() {
+        let mut deas = vec![
+            dea("a1", 10_000, 0),
+            dea("a2", 10_000, 0),
+            dea("b1", 10_000, 0),
+        ];
+        deas[0].placement_properties.zone = "a".into();
+        deas[1].placement_properties.zone = "a".into();
+        deas[2].placement_properties.zone = "b".into();
+        for _ in 0..6 {
+            let id = place(&deas, "app", 64, "default").unwrap().id.clone();
+            let d = deas.iter_mut().find(|d| d.id == id).unwrap();
+            *d.app_id_to_count.entry("app".into()).or_default() += 1;
+        }
+        let count = |id: &str| deas.iter().find(|d| d.id == id).unwrap().app_id_to_count["app"];
+        assert_eq!(count("b1"), 3, "zone b holds half");
+        assert_eq!(count("a1") + count("a2"), 3, "zone a the other half");
+        assert!(count("a1") >= 1 && count("a2") >= 1);
     }
 
     #[test]

@@ -453,3 +453,47 @@ fn a_node_with_a_copied_id_is_refused() {
         "{refused}"
     );
 }
+
+#[test]
+fn instances_spread_over_availability_zones_first() {
+    let c = Cluster::start(0, 3).expect("cluster");
+    for (dea, zone) in [(0, "zone-a"), (1, "zone-a"), (2, "zone-b")] {
+        let address = c.deas[dea].address.to_string();
+        let out = c.kato(&["node", "availabilityzone", zone, "-n", &address]);
+        assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    }
+    let out = c.kato(&[
+        "node",
+        "availabilityzone",
+        "-n",
+        &c.deas[2].address.to_string(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("zone-b"),
+        "{}",
+        strato_e2e::output_text(&out)
+    );
+    let out = c.kato(&["node", "availabilityzone", "no zone!"]);
+    assert!(!out.status.success(), "a bad zone name is refused");
+    // The DEAs start again with their zone and advertise it.
+    std::thread::sleep(Duration::from_secs(6));
+
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n", "--instances", "4"]);
+    let api = Api::login(&c);
+    let guid = api.app_guid(APP);
+    let (_, hosts) = api.wait_running(&guid, 4, None, Duration::from_secs(60), &c);
+    let spread = per_host(&hosts);
+    let on = |i: usize| {
+        spread
+            .get(&c.deas[i].address.to_string())
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(on(2), 2, "zone-b (one DEA) holds half: {spread:?}");
+    assert_eq!(
+        (on(0), on(1)),
+        (1, 1),
+        "zone-a's half over its two DEAs: {spread:?}"
+    );
+}

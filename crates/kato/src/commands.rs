@@ -127,6 +127,14 @@ enum RoleCmd {
 enum NodeCmd {
     /// Every node of the cluster: its id, address and roles (asked over the bus).
     List,
+    /// Show or set a node's availability zone; placement spreads each app's instances
+    /// over zones first, then over the DEAs in a zone.
+    Availabilityzone {
+        zone: Option<String>,
+        /// The node (id, id prefix or address; default: this one).
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
     /// Node set-up: `micro` makes this node a micro cloud (every role);
     /// `firstuser EMAIL ORG [--password P]` creates an administrator and their org.
     Setup {
@@ -253,6 +261,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Cmd::Node { cmd: NodeCmd::List } => node_list(&ctl, cli.json).await,
         Cmd::Role { cmd } => role(&ctl, cmd, cli.json).await,
+        Cmd::Node {
+            cmd: NodeCmd::Availabilityzone { zone, node },
+        } => {
+            let path = format!("/node/zone{}", role_query(node, false));
+            let v = match zone {
+                Some(z) => ctl.call("PUT", &path, Some(&json!({ "zone": z }))).await?,
+                None => ctl.call("GET", &path, None).await?,
+            };
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "node {}: availability zone {}",
+                    v["node"].as_str().unwrap_or("?"),
+                    v["zone"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
         Cmd::Config { cmd } => config(&ctl, cmd, cli.json).await,
         Cmd::Op { cmd } => op(&ctl, cmd, cli.json).await,
     }

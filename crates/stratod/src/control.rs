@@ -35,6 +35,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/roles/{role}/add", post(role_add))
         .route("/roles/{role}/remove", post(role_remove))
         .route("/roles/info", get(roles_info))
+        .route("/node/zone", get(zone_get).put(zone_set))
         .route("/roles/start", post(roles_start))
         .route("/roles/stop", post(roles_stop))
         .route("/setup/micro", post(setup_micro))
@@ -307,6 +308,54 @@ async fn refuse_removing_the_last_dea(node: &S, id: &str) -> Result<(), (StatusC
             started.join(", ")
         ),
     ))
+}
+
+/// `kato node availabilityzone [-n NODE]`.
+async fn zone_get(
+    State(node): State<S>,
+    axum::extract::Query(t): axum::extract::Query<RoleTarget>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let id = target_node(&node, t.node.as_deref()).await?;
+    let zone = node
+        .kv
+        .get(&crate::node::zone_key(&id))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .and_then(|v| v.value.as_str().map(String::from))
+        .unwrap_or_else(|| "default".to_string());
+    Ok(Json(json!({"node": id, "zone": zone})))
+}
+
+#[derive(serde::Deserialize)]
+struct ZoneRequest {
+    zone: String,
+}
+
+/// `kato node availabilityzone ZONE [-n NODE]`: the node's DEA advertises it from now on.
+async fn zone_set(
+    State(node): State<S>,
+    axum::extract::Query(t): axum::extract::Query<RoleTarget>,
+    Json(req): Json<ZoneRequest>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let zone = req.zone.trim();
+    let valid = !zone.is_empty()
+        && zone.len() <= 63
+        && zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("'{zone}' is not a zone name: use up to 63 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let id = target_node(&node, t.node.as_deref()).await?;
+    node.kv
+        .set(&crate::node::zone_key(&id), Value::String(zone.to_string()))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    record(&node, &format!("node availabilityzone {zone} -n {id}"));
+    Ok(Json(json!({"node": id, "zone": zone})))
 }
 
 /// `kato role info [-n NODE]`: the roles the config store holds for a node.

@@ -51,6 +51,9 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut requests = node.bus.subscribe(subjects::COMPONENT_DISCOVER).await?;
+    // Once this returns the server knows the subscription: a node that says it runs
+    // answers the very next discover.
+    node.bus.flush().await?;
     Ok(tokio::spawn(async move {
         // The roles start in the background: announce once they had a moment.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -79,6 +82,7 @@ pub async fn serve(
 pub async fn discover(bus: &SharedBus, wait: Duration) -> anyhow::Result<Vec<Value>> {
     let inbox = bus.new_inbox();
     let mut answers = bus.subscribe(&inbox).await?;
+    bus.flush().await?;
     bus.publish_with_reply(subjects::COMPONENT_DISCOVER, &inbox, Default::default())
         .await?;
     let mut found = Vec::new();

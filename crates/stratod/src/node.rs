@@ -325,6 +325,7 @@ impl Node {
                         node.opts.app_port_base.saturating_add(999),
                     );
                     cfg.memory_mb = dea_memory_mb();
+                    cfg.zone = node.availability_zone().await;
                     let c = Role::Dea.component();
                     cfg.advertise_interval = node
                         .config_secs(c, "advertise_interval", cfg.advertise_interval)
@@ -430,6 +431,19 @@ impl Node {
             _ = lead.lost(Duration::from_secs(2)) => {
                 anyhow::bail!("lost the health manager's lock (its database connection broke)")
             }
+        }
+    }
+
+    /// This node's availability zone (`kato node availabilityzone`), `default` unset.
+    pub async fn availability_zone(&self) -> String {
+        match self.kv.get(&zone_key(&self.identity.id)).await {
+            Ok(Some(v)) => v
+                .value
+                .as_str()
+                .filter(|z| !z.is_empty())
+                .unwrap_or("default")
+                .to_string(),
+            _ => "default".to_string(),
         }
     }
 
@@ -618,18 +632,36 @@ impl Node {
     }
 }
 
-/// Follows `node/<id>/roles` in the config store and applies every change, so a role
-/// is added or removed live, without restarting `stratod`.
+/// Where a node's availability zone is kept.
+pub fn zone_key(node_id: &str) -> String {
+    format!("node/{node_id}/availability_zone")
+}
+
+/// Follows `node/<id>` in the config store and applies every change live, without
+/// restarting `stratod`: roles added or removed, and a new availability zone (the DEA
+/// starts again to advertise it).
 async fn follow_roles(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut changes = node
         .kv
-        .watch(&format!("node/{}/roles", node.identity.id), None)
+        .watch(&format!("node/{}", node.identity.id), None)
         .await?;
+    let zone = zone_key(&node.identity.id);
     Ok(tokio::spawn(async move {
         while let Some(change) = changes.next().await {
-            if let Err(e) = change {
-                tracing::warn!("lost the watch on this node's roles: {e}");
-                return;
+            let change = match change {
+                Ok(change) => change,
+                Err(e) => {
+                    tracing::warn!("lost the watch on this node's settings: {e}");
+                    return;
+                }
+            };
+            if change.path == zone
+                && node
+                    .supervisor
+                    .stop(Role::Dea, Duration::from_secs(30))
+                    .await
+            {
+                tracing::info!("availability zone changed: restarting the DEA");
             }
             if let Err(e) = node.apply_roles().await {
                 tracing::warn!("cannot apply this node's roles: {e:#}");
