@@ -139,6 +139,9 @@ pub struct InstanceState {
     pub since: Option<f64>,
     #[serde(default)]
     pub uptime: Option<f64>,
+    /// The DEA node's address (in a cluster, where the instance runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// `GET /v2/apps/:guid/instances`, keyed by index.

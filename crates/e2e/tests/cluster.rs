@@ -195,6 +195,11 @@ fn instances_spread_over_deas_and_move_when_one_dies() {
         spread.values().all(|&n| n == 2),
         "6 instances over 3 DEAs: {spread:?}"
     );
+    // The user sees where each instance runs.
+    let table = c.strato_ok(c.client_home.path(), &["instances", APP]);
+    for address in &dea_addresses {
+        assert!(table.contains(address.as_str()), "{table}");
+    }
 
     // Both routers reach instances on other hosts.
     for router in [&c.core, &c.routers[0]] {

@@ -144,11 +144,12 @@ pub async fn instances(ctx: &Ctx, name: &str) -> Result<()> {
                 i.state.clone(),
                 i.since.map(unix_time).unwrap_or_default(),
                 i.uptime.map(duration).unwrap_or_default(),
+                i.host.clone().unwrap_or_default(),
             ]
         })
         .collect();
     ctx.out.print_table(
-        &["Index", "State", "Since", "Uptime"],
+        &["Index", "State", "Since", "Uptime", "Host"],
         &rows,
         &format!("{name} has no instances."),
     );
