@@ -29,14 +29,36 @@ impl NatsBus {
     /// being reachable again: a node cut off from the cluster notices soon, and is back
     /// (heartbeats, route registrations) soon after the network heals.
     pub async fn connect(url: &str) -> Result<NatsBus, BusError> {
+        Self::connect_with(url, async_nats::ConnectOptions::new()).await
+    }
+
+    /// Connects with replies under `prefix` instead of `_INBOX` (a user allowed to read
+    /// only its own inbox subjects, such as a node joining a cluster), trying once.
+    pub async fn connect_with_inbox_prefix(url: &str, prefix: &str) -> Result<NatsBus, BusError> {
         let options = async_nats::ConnectOptions::new()
+            .custom_inbox_prefix(prefix)
+            .connection_timeout(Duration::from_secs(5));
+        Self::connect_with(url, options).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        options: async_nats::ConnectOptions,
+    ) -> Result<NatsBus, BusError> {
+        let options = options
             .ping_interval(Duration::from_secs(2))
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((attempts as u64 * 200).min(1000))
             });
-        let client = options.connect(url).await.map_err(|e| {
+        let shown = strato_core::names::without_password(url);
+        let (credentials, url) = strato_core::names::split_credentials(url);
+        let options = match credentials {
+            Some((user, password)) => options.user_and_password(user, password),
+            None => options,
+        };
+        let client = options.connect(url.as_str()).await.map_err(|e| {
             BusError::Backend(format!(
-                "cannot connect to NATS at {url}: {e}; check that nats-server is running and the URL is right"
+                "cannot connect to NATS at {shown}: {e}; check that nats-server is running and the URL is right"
             ))
         })?;
         Ok(NatsBus { client })

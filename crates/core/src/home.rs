@@ -91,8 +91,64 @@ impl Layout {
     pub fn tls_ca(&self) -> PathBuf {
         self.root.join("tls/ca")
     }
+    /// How this node reaches its cluster (`kato node attach` writes it, mode 0600): the
+    /// NATS URL with the node's own credentials, and the node's address.
+    pub fn cluster_file(&self) -> PathBuf {
+        self.root.join("cluster.json")
+    }
+    /// On the core node: the cluster's NATS server (config, users, JetStream store).
+    pub fn bus_server(&self) -> PathBuf {
+        self.root.join("nats")
+    }
     /// Operator-installed certificates (`kato op custom_ssl_cert`), chosen by SNI.
     pub fn tls_custom(&self) -> PathBuf {
         self.root.join("tls/custom")
+    }
+}
+
+/// What `kato node attach` learned from the core, kept in [`Layout::cluster_file`]:
+/// `stratod` joins the cluster with it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ClusterMembership {
+    pub node_id: String,
+    /// The cluster's NATS server, with this node's own credentials.
+    pub nats_url: String,
+    /// Where other nodes reach this one.
+    pub address: std::net::IpAddr,
+}
+
+/// A node's identity, kept in `node.json` and made on first use (by `stratod`, or by
+/// `kato node attach` before the node first starts).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NodeIdentity {
+    pub id: String,
+    pub created_at: String,
+}
+
+impl NodeIdentity {
+    /// The node's identity, made and saved when it has none yet.
+    pub fn load_or_create(layout: &Layout) -> std::io::Result<NodeIdentity> {
+        let path = layout.node_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is damaged ({e}); move it away to make a new node id",
+                        path.display()
+                    ),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = NodeIdentity {
+                    id: crate::new_guid(),
+                    created_at: crate::now_rfc3339(),
+                };
+                let text = serde_json::to_vec_pretty(&id).map_err(std::io::Error::other)?;
+                std::fs::write(&path, text)?;
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

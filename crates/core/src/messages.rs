@@ -532,3 +532,29 @@ impl std::fmt::Debug for BrokerAnnounce {
             .finish()
     }
 }
+
+/// `strato.cluster.join`: a node presents a join token (`kato node attach`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub node_id: String,
+    /// Where other nodes reach the joining one.
+    pub address: String,
+    /// The roles it starts with (`-e`); empty: `dea`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The core's answer to a [`JoinRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JoinReply {
+    /// Joined: the node's own NATS URL (its credentials included).
+    Joined {
+        node_id: String,
+        nats_url: String,
+    },
+    Refused {
+        reason: String,
+    },
+}

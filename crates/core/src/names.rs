@@ -58,6 +58,33 @@ pub fn debian_package_name(p: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
 }
 
+/// A URL's `user:password@` taken out: `((user, password), url without them)`.
+pub fn split_credentials(url: &str) -> (Option<(String, String)>, String) {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
+            let userinfo = &url[scheme + 3..at];
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (
+                Some((user.to_string(), password.to_string())),
+                format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
+            )
+        }
+        _ => (None, url.to_string()),
+    }
+}
+
+/// A URL with the password of its userinfo masked (`nats://node-1:***@10.0.0.1:4222`), so
+/// credentials in a URL never reach a log or an error message.
+pub fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +118,32 @@ mod tests {
         for bad in ["-y", "--allow-unauthenticated", "a", "Libpq", "pkg;rm", ""] {
             assert!(!debian_package_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_come_out_of_urls() {
+        assert_eq!(
+            split_credentials("nats://u:p@10.0.0.1:4222"),
+            (
+                Some(("u".to_string(), "p".to_string())),
+                "nats://10.0.0.1:4222".to_string()
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://10.0.0.1:4222"),
+            (None, "nats://10.0.0.1:4222".to_string())
+        );
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            without_password("nats://node-1:s3cret@10.0.0.1:4222"),
+            "nats://node-1:***@10.0.0.1:4222"
+        );
+        assert_eq!(
+            without_password("nats://10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
     }
 }

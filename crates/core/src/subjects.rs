@@ -57,3 +57,9 @@ pub fn staging_log(task_id: &str) -> String {
 pub const SERVICE_ANNOUNCE: &str = "strato.services.announce";
 /// The controller asks every gateway to announce itself again (after its own start).
 pub const SERVICE_DISCOVER: &str = "strato.services.discover";
+
+/// A node asks the core to join the cluster (`kato node attach`), as the restricted
+/// `join` NATS user: [`crate::messages::JoinRequest`].
+pub const CLUSTER_JOIN: &str = "strato.cluster.join";
+/// The inbox prefix of joining nodes: the only subjects the `join` user may read.
+pub const JOIN_INBOX_PREFIX: &str = "_JOIN";

@@ -239,7 +239,10 @@ pub struct Cluster {
     pub deas: Vec<Node>,
     pub client_home: tempfile::TempDir,
     pub password: String,
-    nats: NatsServer,
+    /// The test's NATS server, unless the core runs the cluster's own.
+    nats: Option<NatsServer>,
+    /// `ADDRESS:PORT` of the core's own NATS server, once it runs one.
+    pub core_bus: Option<String>,
     _postgres: Postgres,
     lan: Lan,
 }
@@ -258,7 +261,7 @@ impl Cluster {
             NodeKind::Core,
             None,
             gateway,
-            &nats,
+            Some(nats.url()),
             &password,
             Some(postgres.url()),
         )?;
@@ -270,7 +273,8 @@ impl Cluster {
                 .prefix("strato-client-")
                 .tempdir()?,
             password,
-            nats,
+            nats: Some(nats),
+            core_bus: None,
             _postgres: postgres,
             lan,
         };
@@ -302,7 +306,7 @@ impl Cluster {
             NodeKind::Dea,
             Some(host),
             address,
-            &self.nats,
+            self.nats.as_ref().map(NatsServer::url),
             &self.password,
             None,
         )
@@ -318,6 +322,111 @@ impl Cluster {
         }
     }
 
+    /// A cluster as an operator builds one: the core runs the cluster's own NATS server
+    /// (`kato node setup core`), and each DEA joins with a token (`kato node attach`)
+    /// before its first start.
+    pub fn start_self_hosted(deas: usize) -> anyhow::Result<Cluster> {
+        let lan = Lan::new()?;
+        let gateway = lan.gateway();
+        let postgres = Postgres::start()?;
+        let password = format!("pw-{}", std::process::id());
+        let core = Self::node(
+            "core",
+            NodeKind::Core,
+            None,
+            gateway,
+            None,
+            &password,
+            Some(postgres.url()),
+        )?;
+        let mut cluster = Cluster {
+            core,
+            routers: Vec::new(),
+            deas: Vec::new(),
+            client_home: tempfile::Builder::new()
+                .prefix("strato-client-")
+                .tempdir()?,
+            password,
+            nats: None,
+            core_bus: None,
+            _postgres: postgres,
+            lan,
+        };
+        cluster.core.spawn()?;
+        cluster.wait_api(Duration::from_secs(90))?;
+        let port = strato_testkit::free_port();
+        let out = cluster.kato(&[
+            "node",
+            "setup",
+            "core",
+            &gateway.to_string(),
+            "--port",
+            &port.to_string(),
+            "--no-restart",
+        ]);
+        anyhow::ensure!(
+            out.status.success(),
+            "setup core: {}",
+            crate::output_text(&out)
+        );
+        cluster.core.stop(Duration::from_secs(30));
+        cluster.core.restart()?;
+        cluster.wait_api(Duration::from_secs(90))?;
+        cluster.core_bus = Some(format!("{gateway}:{port}"));
+        if deas > 0 {
+            let token = cluster.join_token(deas)?;
+            for i in 0..deas {
+                let name = format!("dea{i}");
+                cluster.attach_dea(&name, &token)?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// A join token from the core, good for `uses` nodes.
+    pub fn join_token(&self, uses: usize) -> anyhow::Result<String> {
+        let out = self.kato(&["node", "token", "--uses", &uses.to_string(), "--json"]);
+        anyhow::ensure!(
+            out.status.success(),
+            "node token: {}",
+            crate::output_text(&out)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["token"].as_str().context("no token")?.to_string())
+    }
+
+    /// Makes a host, runs `kato node attach` there with `token` and, when it succeeds,
+    /// starts the node as a DEA. Returns the attach's output either way.
+    pub fn attach_dea(&mut self, name: &str, token: &str) -> anyhow::Result<Output> {
+        let host = self.lan.add_host(name)?;
+        let address = host.address();
+        let mut node = Self::node(
+            name,
+            NodeKind::Dea,
+            Some(host),
+            address,
+            None,
+            &self.password,
+            None,
+        )?;
+        let core = self
+            .core_bus
+            .clone()
+            .context("the core runs no NATS server")?;
+        let out = node
+            .command(&bin("kato"))
+            .env("STRATO_HOME", node.home.path())
+            .args(["node", "attach", &core, "--token", token, "-e", "dea"])
+            .stdin(Stdio::null())
+            .output()?;
+        if out.status.success() {
+            node.spawn()?;
+            node.wait_started(Duration::from_secs(60))?;
+        }
+        self.deas.push(node);
+        Ok(out)
+    }
+
     fn add_node(&mut self, name: &str, kind: NodeKind) -> anyhow::Result<Node> {
         let host = self.lan.add_host(name)?;
         let address = host.address();
@@ -326,7 +435,7 @@ impl Cluster {
             kind,
             Some(host),
             address,
-            &self.nats,
+            self.nats.as_ref().map(NatsServer::url),
             &self.password,
             None,
         )?;
@@ -339,7 +448,7 @@ impl Cluster {
         kind: NodeKind,
         host: Option<Host>,
         address: Ipv4Addr,
-        nats: &NatsServer,
+        nats_url: Option<String>,
         password: &str,
         database_url: Option<String>,
     ) -> anyhow::Result<Node> {
@@ -354,7 +463,6 @@ impl Cluster {
             ("STRATO_HTTP_PORT", http_port.to_string()),
             ("STRATO_HTTPS_PORT", "0".to_string()),
             ("STRATO_HTTP_ADDR", "0.0.0.0".to_string()),
-            ("STRATO_NATS_URL", nats.url()),
             ("STRATO_NODE_ADDRESS", address.to_string()),
             ("STRATO_ROLES", kind.roles().to_string()),
             ("STRATO_ADMIN_PASSWORD", password.to_string()),
@@ -362,6 +470,9 @@ impl Cluster {
         ];
         if let Some(url) = database_url {
             env.push(("STRATO_DATABASE_URL", url));
+        }
+        if let Some(url) = nats_url {
+            env.push(("STRATO_NATS_URL", url));
         }
         Ok(Node {
             name: name.to_string(),

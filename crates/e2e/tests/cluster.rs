@@ -502,3 +502,88 @@ fn instances_spread_over_availability_zones_first() {
         "zone-a's half over its two DEAs: {spread:?}"
     );
 }
+
+#[test]
+fn nodes_join_with_a_token_and_a_removed_node_is_shut_out() {
+    let mut c = Cluster::start_self_hosted(1).expect("cluster");
+    let core = c.core_bus.clone().unwrap();
+
+    // A wrong token is refused and leaves nothing behind.
+    let out = c.attach_dea("stranger", "not-a-token").unwrap();
+    let text = strato_e2e::output_text(&out);
+    assert!(!out.status.success() && text.contains("token"), "{text}");
+    assert!(!c.deas[1].home.path().join("cluster.json").exists());
+
+    // A token is spent: one use, one node.
+    let token = c.join_token(1).unwrap();
+    let out = c.attach_dea("dea2", &token).unwrap();
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    let out = c.attach_dea("dea3", &token).unwrap();
+    let text = strato_e2e::output_text(&out);
+    assert!(!out.status.success() && text.contains("used up"), "{text}");
+    assert!(!c.deas[3].home.path().join("cluster.json").exists());
+
+    // An unreachable core: a clear error, nothing written.
+    let o = c.core.address.octets();
+    let port = core.rsplit(':').next().unwrap();
+    let unreachable = format!("{}.{}.{}.250:{port}", o[0], o[1], o[2]);
+    let out = std::process::Command::new(strato_e2e::bin("kato"))
+        .env("STRATO_HOME", c.deas[3].home.path())
+        .args(["node", "attach", &unreachable, "--token", &token])
+        .output()
+        .unwrap();
+    let text = strato_e2e::output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("cannot reach"),
+        "{text}"
+    );
+    assert!(!c.deas[3].home.path().join("cluster.json").exists());
+
+    // The joined DEAs run apps, and their credentials are their own.
+    let joined = c.deas[0].home.path().join("cluster.json");
+    let membership = std::fs::read_to_string(&joined).unwrap();
+    assert!(membership.contains("node-"), "{membership}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&joined).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n", "--instances", "2"]);
+    let api = Api::login(&c);
+    let guid = api.app_guid(APP);
+    let (_, hosts) = api.wait_running(&guid, 2, None, Duration::from_secs(60), &c);
+    let removed = c.deas[0].address.to_string();
+    assert!(hosts.contains(&removed), "{hosts:?}");
+
+    // Removed on the core: its credentials are revoked, it drops off the bus, and its
+    // instance runs on the other DEA.
+    let out = c.kato(&["node", "remove", &removed]);
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    let (took, _) = api.wait_running(&guid, 2, Some(&removed), Duration::from_secs(60), &c);
+    eprintln!(
+        "MEASURED node remove: its instance ran elsewhere after {:.1} s",
+        took.as_secs_f64()
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.kato(&["node", "list", "--json"]);
+        let list = String::from_utf8_lossy(&out.stdout).to_string();
+        if !list.contains(&format!("\"{removed}\"")) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the removed node still answers: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        c.deas[0]
+            .log_tail()
+            .to_lowercase()
+            .contains("authorization"),
+        "the removed node's log shows it refused:\n{}",
+        c.deas[0].log_tail()
+    );
+}

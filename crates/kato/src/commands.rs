@@ -127,6 +127,36 @@ enum RoleCmd {
 enum NodeCmd {
     /// Every node of the cluster: its id, address and roles (asked over the bus).
     List,
+    /// Make a join token on the core: `kato node attach` on a new node spends it.
+    Token {
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays good, in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Join this node to a cluster: CORE is the core's address (and NATS port, default
+    /// 4222). Run it before this node's first start; it writes cluster.json.
+    Attach {
+        core: String,
+        /// The token `kato node setup core` or `kato node token` printed.
+        #[arg(long)]
+        token: String,
+        /// The roles this node starts with (comma-separated; default dea).
+        #[arg(short = 'e', long = "enable", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The address other nodes reach this one at (default: the default route's).
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
+    },
+    /// Leave the cluster (this node must be stopped).
+    Detach,
+    /// Revoke nodes' credentials and forget their roles (run on the core).
+    Remove {
+        /// Node ids, id prefixes or addresses.
+        nodes: Vec<String>,
+    },
     /// Show or set a node's availability zone; placement spreads each app's instances
     /// over zones first, then over the DEAs in a zone.
     Availabilityzone {
@@ -138,12 +168,19 @@ enum NodeCmd {
     /// Node set-up: `micro` makes this node a micro cloud (every role);
     /// `firstuser EMAIL ORG [--password P]` creates an administrator and their org.
     Setup {
+        /// `micro`, `core [ADDRESS]` or `firstuser EMAIL ORG`.
         kind: String,
         /// firstuser: the user's name (an email address) and the organization.
         args: Vec<String>,
         /// firstuser: the password (generated and printed once when not given).
         #[arg(long)]
         password: Option<String>,
+        /// core: the NATS port the cluster uses (default 4222).
+        #[arg(long)]
+        port: Option<u16>,
+        /// core: write the settings but do not restart stratod now.
+        #[arg(long)]
+        no_restart: bool,
     },
 }
 
@@ -224,11 +261,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Node {
-            cmd: NodeCmd::Setup {
-                kind,
-                args,
-                password,
-            },
+            cmd:
+                NodeCmd::Setup {
+                    kind,
+                    args,
+                    password,
+                    port,
+                    no_restart,
+                },
         } => match kind.as_str() {
             "firstuser" => {
                 let [user, org] = args.as_slice() else {
@@ -257,9 +297,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("this node is a micro cloud; roles: {}", join(&r["roles"]));
                 Ok(())
             }
-            other => anyhow::bail!("unknown setup '{other}'; this version supports: micro, firstuser (core and load_balancer come with the cluster)"),
+            "core" => setup_core(&ctl, &home, args, *port, *no_restart, cli.json).await,
+            other => anyhow::bail!("unknown setup '{other}'; this version supports: micro, core, firstuser (load_balancer is not there yet)"),
         },
         Cmd::Node { cmd: NodeCmd::List } => node_list(&ctl, cli.json).await,
+        Cmd::Node {
+            cmd: NodeCmd::Token { uses, hours },
+        } => {
+            let v = ctl
+                .call("POST", "/cluster/tokens", Some(&json!({"uses": uses, "hours": hours})))
+                .await?;
+            print_token(&v, cli.json)
+        }
+        Cmd::Node {
+            cmd:
+                NodeCmd::Attach {
+                    core,
+                    token,
+                    roles,
+                    address,
+                },
+        } => crate::attach::attach(&home, core, token, roles, *address).await,
+        Cmd::Node {
+            cmd: NodeCmd::Detach,
+        } => crate::attach::detach(&home),
+        Cmd::Node {
+            cmd: NodeCmd::Remove { nodes },
+        } => {
+            if nodes.is_empty() {
+                anyhow::bail!("name the nodes to remove (ids or addresses; see `kato node list`)");
+            }
+            for n in nodes {
+                let v = ctl
+                    .call("DELETE", &format!("/cluster/nodes/{}", percent_encode(n)), None)
+                    .await?;
+                println!("removed node {}", v["removed"].as_str().unwrap_or(n));
+            }
+            Ok(())
+        }
         Cmd::Role { cmd } => role(&ctl, cmd, cli.json).await,
         Cmd::Node {
             cmd: NodeCmd::Availabilityzone { zone, node },
@@ -602,6 +677,67 @@ async fn node_list(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
     }
     println!("{table}");
     Ok(())
+}
+
+fn print_token(v: &Value, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let token = v["token"].as_str().unwrap_or("?");
+    println!(
+        "join token (good for {} node(s), {} h; shown once):\n  {token}",
+        v["uses"], v["hours"]
+    );
+    println!(
+        "on each new node:\n  kato node attach {} --token {token} -e dea && kato start",
+        v["core"].as_str().unwrap_or("CORE-ADDRESS")
+    );
+    Ok(())
+}
+
+/// `kato node setup core [ADDRESS]`: records the cluster's NATS server settings, restarts
+/// stratod so it runs it, and prints a first join token.
+async fn setup_core(
+    ctl: &Control,
+    home: &std::path::Path,
+    args: &[String],
+    port: Option<u16>,
+    no_restart: bool,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let address = match args.first() {
+        Some(a) => Some(a.parse::<std::net::IpAddr>().with_context(|| {
+            format!("'{a}' is not an IP address; give the address other nodes reach this one at")
+        })?),
+        None => None,
+    };
+    let v = ctl
+        .call(
+            "POST",
+            "/setup/core",
+            Some(&json!({"address": address, "port": port})),
+        )
+        .await?;
+    println!(
+        "this node is the core; the cluster's NATS server listens on {}:{}",
+        v["address"].as_str().unwrap_or("?"),
+        v["port"]
+    );
+    if no_restart {
+        println!("restart stratod (`kato restart`) to run it, then make a join token with `kato node token`");
+        return Ok(());
+    }
+    stop(ctl, &[]).await?;
+    launch(ctl, home).await?;
+    let v = ctl
+        .call(
+            "POST",
+            "/cluster/tokens",
+            Some(&json!({"uses": 1, "hours": 24})),
+        )
+        .await?;
+    print_token(&v, json_out)
 }
 
 /// `node=..&force=..` for the role endpoints.

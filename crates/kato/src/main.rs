@@ -1,6 +1,7 @@
 //! `kato`, the operator's tool. Thin: parses the command line, talks to the local
 //! `stratod` through its control socket ([`control`]), prints tables or JSON.
 
+mod attach;
 mod commands;
 mod control;
 

@@ -40,6 +40,12 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/roles/stop", post(roles_stop))
         .route("/setup/micro", post(setup_micro))
         .route("/setup/firstuser", post(setup_firstuser))
+        .route("/setup/core", post(setup_core))
+        .route("/cluster/tokens", post(create_join_token))
+        .route(
+            "/cluster/nodes/{target}",
+            axum::routing::delete(remove_node),
+        )
         .route(
             "/op/regenerate-token-signing-secret",
             post(regenerate_token_secret),
@@ -164,6 +170,120 @@ async fn role_stop(
     }
     record(&node, &format!("stop {name}"));
     Ok(Json(json!({"stopped": stopped})))
+}
+
+#[derive(serde::Deserialize)]
+struct SetupCoreRequest {
+    address: Option<std::net::IpAddr>,
+    port: Option<u16>,
+}
+
+/// `kato node setup core [ADDRESS]`: this node runs the cluster's NATS server from its
+/// next start (kato restarts it).
+async fn setup_core(
+    State(node): State<S>,
+    Json(req): Json<SetupCoreRequest>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let address = req
+        .address
+        .or(node.opts.node_address)
+        .or_else(strato_services::address::default_route_address)
+        .ok_or_else(|| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "this host has no default route: give the address other nodes reach it at, `kato node setup core ADDRESS`",
+            )
+        })?;
+    if address.is_loopback() || address.is_unspecified() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("{address} cannot be reached from other nodes: give this node's LAN address"),
+        ));
+    }
+    let settings = crate::bus_server::CoreSettings {
+        address,
+        port: req.port.unwrap_or(4222),
+    };
+    crate::bus_server::BusServer::set_up(&node.layout.bus_server(), &settings)
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    record(
+        &node,
+        &format!("node setup core {address}:{}", settings.port),
+    );
+    Ok(Json(
+        json!({"address": address, "port": settings.port, "restart": true}),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct TokenRequest {
+    uses: Option<u32>,
+    hours: Option<u64>,
+}
+
+/// `kato node token`: a join token (shown once).
+async fn create_join_token(
+    State(node): State<S>,
+    Json(req): Json<TokenRequest>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let Some(server) = &node.bus_server else {
+        return Err(err(StatusCode::CONFLICT, "this node is not the core: make join tokens on the node where `kato node setup core` ran"));
+    };
+    let ttl = req
+        .hours
+        .map(|h| Duration::from_secs(h.clamp(1, 24 * 365) * 3600))
+        .unwrap_or(crate::cluster_join::DEFAULT_TTL);
+    let uses = req.uses.unwrap_or(1).clamp(1, 10_000);
+    let token = crate::cluster_join::create_token(node.kv.as_ref(), uses, ttl)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let endpoint = server
+        .lock()
+        .map(|s| s.endpoint())
+        .unwrap_or_else(|p| p.into_inner().endpoint());
+    record(&node, "node token");
+    Ok(Json(json!({
+        "token": token, "uses": uses, "hours": ttl.as_secs() / 3600, "core": endpoint,
+    })))
+}
+
+/// `kato node remove NODE`: revokes its NATS credentials (its connection is dropped) and
+/// forgets its roles.
+async fn remove_node(
+    State(node): State<S>,
+    Path(target): Path<String>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let Some(server) = &node.bus_server else {
+        return Err(err(
+            StatusCode::CONFLICT,
+            "this node is not the core: remove nodes on the node where `kato node setup core` ran",
+        ));
+    };
+    // A node that is down does not answer discovery: then the target must be its id.
+    let id = match target_node(&node, Some(&target)).await {
+        Ok(id) => id,
+        Err(_) => target.clone(),
+    };
+    if id == node.identity.id {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "the core cannot remove itself",
+        ));
+    }
+    let revoked = server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove_node(&id)
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    if !revoked {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no node '{target}' has joined this cluster; see `kato node list`"),
+        ));
+    }
+    let _ = node.kv.del(&format!("node/{id}")).await;
+    record(&node, &format!("node remove {id}"));
+    Ok(Json(json!({"removed": id})))
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -5,6 +5,8 @@
 //! and the container driver. [`supervisor`] runs each role and restarts it with back-off
 //! when it fails; [`control`] serves the local control API that `kato` talks to.
 
+pub mod bus_server;
+pub mod cluster_join;
 pub mod control;
 pub mod discovery;
 pub mod node;

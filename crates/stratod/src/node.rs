@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use serde::{Deserialize, Serialize};
 use strato_bus::{InProcBus, SharedBus};
 use strato_container::ContainerDriver;
 use strato_core::home::Layout;
@@ -94,12 +93,7 @@ impl Options {
     }
 }
 
-/// The node's identity, kept in `node.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeIdentity {
-    pub id: String,
-    pub created_at: String,
-}
+pub use strato_core::home::NodeIdentity;
 
 /// The uid and gid apps and staging run as (no such user on the host).
 const APP_UID: u32 = 20000;
@@ -116,26 +110,10 @@ pub struct Node {
     pub driver: Arc<dyn ContainerDriver>,
     pub api_listener: TcpListener,
     pub supervisor: Supervisor,
+    /// The cluster's NATS server, on the core node (`kato node setup core`).
+    pub bus_server: Option<Arc<std::sync::Mutex<crate::bus_server::BusServer>>>,
     pub shutdown: CancellationToken,
     pub started_at: String,
-}
-
-fn load_identity(layout: &Layout) -> anyhow::Result<NodeIdentity> {
-    let path = layout.node_file();
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is damaged; move it away to make a new node id",
-                path.display()
-            )
-        });
-    }
-    let id = NodeIdentity {
-        id: strato_core::new_guid(),
-        created_at: strato_core::now_rfc3339(),
-    };
-    std::fs::write(&path, serde_json::to_vec_pretty(&id)?)?;
-    Ok(id)
 }
 
 fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
@@ -703,6 +681,45 @@ fn lock_pid_file(layout: &Layout) -> anyhow::Result<nix::fcntl::Flock<std::fs::F
     Ok(lock)
 }
 
+/// Where this node's cluster settings come from, first found wins: the environment
+/// (`STRATO_NATS_URL`, `STRATO_NODE_ADDRESS`); on the core node its own NATS server,
+/// started here; on an attached node `cluster.json` (`kato node attach`).
+fn join_settings(
+    opts: &mut Options,
+    layout: &Layout,
+) -> anyhow::Result<Option<crate::bus_server::BusServer>> {
+    use crate::bus_server::BusServer;
+    let dir = layout.bus_server();
+    if let Some(settings) = BusServer::settings(&dir)? {
+        let address = settings.address;
+        let server =
+            BusServer::start(&dir, settings).context("starting the cluster's NATS server")?;
+        if opts.nats_url.is_none() {
+            opts.nats_url = Some(server.core_url()?);
+        }
+        opts.node_address.get_or_insert(address);
+        return Ok(Some(server));
+    }
+    if opts.nats_url.is_none() {
+        match std::fs::read(layout.cluster_file()) {
+            Ok(bytes) => {
+                let m: strato_core::home::ClusterMembership = serde_json::from_slice(&bytes)
+                    .with_context(|| {
+                        format!(
+                            "{} is damaged; attach again with `kato node attach`",
+                            layout.cluster_file().display()
+                        )
+                    })?;
+                opts.nats_url = Some(m.nats_url);
+                opts.node_address.get_or_insert(m.address);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("cannot read cluster.json"),
+        }
+    }
+    Ok(None)
+}
+
 /// The bus and the config store: NATS and a JetStream bucket in a cluster, in-process and
 /// a redb file on a micro cloud.
 async fn connect_bus_and_store(
@@ -716,7 +733,8 @@ async fn connect_bus_and_store(
     };
     let bus = strato_bus::NatsBus::connect(url).await.with_context(|| {
         format!(
-            "cannot connect to NATS at {url}: check STRATO_NATS_URL and that the core node is up"
+            "cannot connect to NATS at {}: check STRATO_NATS_URL and that the core node is up",
+            strato_core::names::without_password(url)
         )
     })?;
     let kv = strato_kv::JetStreamStore::connect(
@@ -726,7 +744,10 @@ async fn connect_bus_and_store(
     )
     .await
     .with_context(|| {
-        format!("opening the cluster's config store (JetStream bucket {CONFIG_BUCKET} at {url})")
+        format!(
+            "opening the cluster's config store (JetStream bucket {CONFIG_BUCKET} at {})",
+            strato_core::names::without_password(url)
+        )
     })?;
     Ok((Arc::new(bus), Arc::new(kv)))
 }
@@ -804,7 +825,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
     let _lock = lock_pid_file(&layout)?;
-    let identity = load_identity(&layout)?;
+    let identity = NodeIdentity::load_or_create(&layout)?;
+    let mut opts = opts;
+    let bus_server = join_settings(&mut opts, &layout)?;
     let (bus, kv) = connect_bus_and_store(&opts, &layout).await?;
     if opts.clustered() {
         refuse_a_taken_id(&bus, &identity.id).await?;
@@ -829,6 +852,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         driver,
         api_listener,
         supervisor: Supervisor::default(),
+        bus_server: bus_server.map(|s| Arc::new(std::sync::Mutex::new(s))),
         shutdown: CancellationToken::new(),
         started_at: strato_core::now_rfc3339(),
     });
@@ -837,6 +861,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let control = crate::control::serve(node.clone()).await?;
     let discovery = crate::discovery::serve(node.clone(), node.shutdown.clone()).await?;
     let follower = follow_roles(node.clone()).await?;
+    let joins = match &node.bus_server {
+        Some(server) => Some(
+            crate::cluster_join::serve(node.clone(), server.clone(), node.shutdown.clone()).await?,
+        ),
+        None => None,
+    };
     let roles = node.start_roles().await?;
     tracing::info!(node = %node.identity.id, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), driver = node.driver.name(), "stratod running; router on port {}", opts.http_port);
 
@@ -850,6 +880,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     control.abort();
     discovery.abort();
     follower.abort();
+    if let Some(joins) = joins {
+        joins.abort();
+    }
     let _ = std::fs::remove_file(layout.control_socket());
     if let Some(db) = node.db.get() {
         db.close().await;

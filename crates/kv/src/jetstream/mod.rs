@@ -161,12 +161,16 @@ struct Written {
 impl JetStreamStore {
     /// Connects to NATS at `nats_url` and opens (creating if needed) the KV bucket `bucket`.
     pub async fn connect(nats_url: &str, bucket: &str, options: JetStreamOptions) -> Result<Self> {
-        let client = async_nats::ConnectOptions::new()
-            .name("strato-kv")
-            .connect(nats_url)
+        let (credentials, url) = strato_core::names::split_credentials(nats_url);
+        let mut connect = async_nats::ConnectOptions::new().name("strato-kv");
+        if let Some((user, password)) = credentials {
+            connect = connect.user_and_password(user, password);
+        }
+        let client = connect
+            .connect(url.as_str())
             .await
             .map_err(|e| KvError::Open {
-                path: nats_url.to_string(),
+                path: strato_core::names::without_password(nats_url),
                 message: format!("cannot connect to NATS: {e}"),
             })?;
         Self::with_client(client, bucket, options).await

@@ -1,0 +1,155 @@
+//! `kato node attach CORE --token T [-e ROLES]`: joins this node to a cluster before its
+//! first start.
+//!
+//! It connects to the core's NATS server as the restricted `join` user (which may only
+//! ask to join and read the answer), presents the token with this node's id, address and
+//! roles, and on success writes `cluster.json` (0600) with the node's own credentials;
+//! `stratod` joins the cluster with it from then on. On any failure nothing is written.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use strato_bus::Bus;
+use strato_core::home::{ClusterMembership, Layout, NodeIdentity};
+use strato_core::messages::{JoinReply, JoinRequest};
+use strato_core::subjects;
+
+/// The core's NATS port unless CORE names another.
+const DEFAULT_PORT: u16 = 4222;
+
+/// `ADDRESS` or `ADDRESS:PORT`.
+fn core_endpoint(core: &str) -> anyhow::Result<(IpAddr, u16)> {
+    if let Ok(ip) = core.parse::<IpAddr>() {
+        return Ok((ip, DEFAULT_PORT));
+    }
+    let addr: std::net::SocketAddr = core.parse().with_context(|| {
+        format!("'{core}' is not an address: give the core's IP address, e.g. 10.0.0.1 or 10.0.0.1:4222")
+    })?;
+    Ok((addr.ip(), addr.port()))
+}
+
+/// The source address of this host's default route.
+fn default_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback()).then_some(ip)
+}
+
+pub async fn attach(
+    home: &Path,
+    core: &str,
+    token: &str,
+    roles: &[String],
+    address: Option<IpAddr>,
+) -> anyhow::Result<()> {
+    let layout = Layout::new(home.to_path_buf());
+    if layout.control_socket().exists()
+        && std::os::unix::net::UnixStream::connect(layout.control_socket()).is_ok()
+    {
+        bail!("stratod is running on this node: stop it first (`kato stop`), attach, then `kato start`");
+    }
+    if layout.cluster_file().exists() {
+        bail!(
+            "this node already belongs to a cluster ({}): detach it first (`kato node detach`)",
+            layout.cluster_file().display()
+        );
+    }
+    let (core_ip, port) = core_endpoint(core)?;
+    let address = address
+        .or_else(default_address)
+        .context("this host has no default route: give its address with --address")?;
+    for r in roles {
+        r.parse::<strato_core::Role>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+    let identity = NodeIdentity::load_or_create(&layout)?;
+    // The join user's password is public: the token is the secret.
+    let join_url = format!(
+        "nats://join:join@{}",
+        std::net::SocketAddr::new(core_ip, port)
+    );
+    let bus = tokio::time::timeout(
+        Duration::from_secs(10),
+        strato_bus::NatsBus::connect_with_inbox_prefix(&join_url, subjects::JOIN_INBOX_PREFIX),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the core at {core_ip}:{port} did not answer within 10 s"))?
+    .with_context(|| format!("cannot reach the core's NATS server at {core_ip}:{port}; check the address and that `kato node setup core` ran there"))?;
+    let request = JoinRequest {
+        token: token.trim().to_string(),
+        node_id: identity.id.clone(),
+        address: address.to_string(),
+        roles: roles.to_vec(),
+    };
+    let reply = bus
+        .request(
+            subjects::CLUSTER_JOIN,
+            serde_json::to_vec(&request)?.into(),
+            Duration::from_secs(10),
+        )
+        .await
+        .with_context(|| format!("the core at {core_ip}:{port} did not take the join request"))?;
+    let answer: JoinReply =
+        serde_json::from_slice(&reply.payload).context("the core's answer is malformed")?;
+    let nats_url = match answer {
+        JoinReply::Joined { nats_url, .. } => nats_url,
+        JoinReply::Refused { reason } => bail!("the core refused this node: {reason}"),
+    };
+    let membership = ClusterMembership {
+        node_id: identity.id.clone(),
+        nats_url,
+        address,
+    };
+    let path = layout.cluster_file();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&membership)?)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, &path)?;
+    println!(
+        "node {} joined the cluster of {core_ip}:{port} as {address}; start it with `kato start`",
+        identity.id
+    );
+    Ok(())
+}
+
+/// `kato node detach`: this node leaves its cluster (it must be stopped). The core still
+/// holds its credentials until `kato node remove` there.
+pub fn detach(home: &Path) -> anyhow::Result<()> {
+    let layout = Layout::new(home.to_path_buf());
+    if std::os::unix::net::UnixStream::connect(layout.control_socket()).is_ok() {
+        bail!("stratod is running on this node: stop it first (`kato stop`)");
+    }
+    match std::fs::remove_file(layout.cluster_file()) {
+        Ok(()) => {
+            println!("this node left its cluster; on the core, `kato node remove` revokes its credentials");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("this node is not attached to a cluster")
+        }
+        Err(e) => Err(e).context("cannot remove cluster.json"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_core_is_an_address_with_an_optional_port() {
+        assert_eq!(
+            core_endpoint("10.0.0.1").unwrap(),
+            ("10.0.0.1".parse().unwrap(), 4222)
+        );
+        assert_eq!(
+            core_endpoint("10.0.0.1:5000").unwrap(),
+            ("10.0.0.1".parse().unwrap(), 5000)
+        );
+        assert!(core_endpoint("core.example.com").is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! The cluster's NATS server, run by the core node's `stratod` (`kato node setup core`).
+//!
+//! Every node connects with credentials of its own, issued when it joins with a token and
+//! revoked by `kato node remove` (the server reloads its users and drops the removed
+//! node's connection). A restricted `join` user may only ask to join and read the answer,
+//! so an attaching node needs nothing but the core's address and a token. The users, the
+//! generated config and the JetStream store live under `STRATO_HOME/nats` (0700).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The password of the restricted `join` user: not a secret, it grants only the join
+/// request (the token is the secret).
+pub const JOIN_PASSWORD: &str = "join";
+/// Where Debian (and other installs) put `nats-server`.
+const NATS_SERVER_PATHS: [&str; 3] = [
+    "/usr/sbin/nats-server",
+    "/usr/bin/nats-server",
+    "/usr/local/bin/nats-server",
+];
+
+fn nats_server() -> anyhow::Result<&'static str> {
+    NATS_SERVER_PATHS
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).is_file())
+        .context("nats-server is not installed: `apt-get install nats-server` on the core node")
+}
+
+/// What `kato node setup core` decided, kept in `core.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CoreSettings {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// The cluster's NATS users: `core` (this node) and one per joined node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Users {
+    pub passwords: BTreeMap<String, String>,
+}
+
+/// The user name of a node.
+pub fn node_user(node_id: &str) -> String {
+    format!("node-{node_id}")
+}
+
+/// A running NATS server, killed with the node.
+pub struct BusServer {
+    dir: PathBuf,
+    settings: CoreSettings,
+    child: std::process::Child,
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+impl BusServer {
+    /// The settings of a core node, if `kato node setup core` made it one.
+    pub fn settings(dir: &Path) -> anyhow::Result<Option<CoreSettings>> {
+        match std::fs::read(dir.join("core.json")) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is damaged", dir.join("core.json").display())
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("cannot read the core settings"),
+        }
+    }
+
+    /// Makes this node the core: records where the cluster's NATS server listens.
+    pub fn set_up(dir: &Path, settings: &CoreSettings) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        write_private(
+            &dir.join("core.json"),
+            &serde_json::to_vec_pretty(settings)?,
+        )
+    }
+
+    fn users_file(dir: &Path) -> PathBuf {
+        dir.join("users.json")
+    }
+
+    /// The users, with a `core` user made on first use.
+    pub fn users(dir: &Path) -> anyhow::Result<Users> {
+        let mut users: Users = match std::fs::read(Self::users_file(dir)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).context("users.json is damaged")?,
+            Err(_) => Users::default(),
+        };
+        if !users.passwords.contains_key("core") {
+            users
+                .passwords
+                .insert("core".to_string(), random_password());
+            write_private(&Self::users_file(dir), &serde_json::to_vec_pretty(&users)?)?;
+        }
+        Ok(users)
+    }
+
+    fn save_users(&self, users: &Users) -> anyhow::Result<()> {
+        write_private(
+            &Self::users_file(&self.dir),
+            &serde_json::to_vec_pretty(users)?,
+        )?;
+        write_config(&self.dir, &self.settings, users)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(dir: &Path, settings: CoreSettings) -> anyhow::Result<BusServer> {
+        let users = Self::users(dir)?;
+        write_config(dir, &settings, &users)?;
+        let log = std::fs::File::create(dir.join("nats-server.log"))?;
+        let mut server = BusServer {
+            dir: dir.to_path_buf(),
+            settings,
+            child: spawn(dir, log)?,
+        };
+        server.wait_ready(Duration::from_secs(15))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, wait: Duration) -> anyhow::Result<()> {
+        let addr = SocketAddr::new(self.settings.address, self.settings.port);
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "nats-server exited ({status}); its log: {}",
+                    std::fs::read_to_string(self.dir.join("nats-server.log")).unwrap_or_default()
+                );
+            }
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nats-server did not listen on {addr} within {wait:?}")
+    }
+
+    /// `ADDRESS:PORT`, what `kato node attach` is given.
+    pub fn endpoint(&self) -> String {
+        SocketAddr::new(self.settings.address, self.settings.port).to_string()
+    }
+
+    /// The URL this node (the core) connects with.
+    pub fn core_url(&self) -> anyhow::Result<String> {
+        let users = Self::users(&self.dir)?;
+        Ok(self.url_for("core", &users.passwords["core"]))
+    }
+
+    fn url_for(&self, user: &str, password: &str) -> String {
+        format!(
+            "nats://{user}:{password}@{}",
+            SocketAddr::new(self.settings.address, self.settings.port)
+        )
+    }
+
+    /// Gives node `node_id` credentials of its own and returns its URL. Refused when the
+    /// node already has some (an id in use).
+    pub fn add_node(&self, node_id: &str) -> anyhow::Result<String> {
+        let mut users = Self::users(&self.dir)?;
+        let user = node_user(node_id);
+        if users.passwords.contains_key(&user) {
+            bail!("node id {node_id} has already joined; remove it first (`kato node remove {node_id}`) or attach with a fresh STRATO_HOME");
+        }
+        let password = random_password();
+        users.passwords.insert(user.clone(), password.clone());
+        self.save_users(&users)?;
+        self.reload()?;
+        Ok(self.url_for(&user, &password))
+    }
+
+    /// Revokes node `node_id`'s credentials; `false` when it had none. The server drops
+    /// its connection on reload.
+    pub fn remove_node(&self, node_id: &str) -> anyhow::Result<bool> {
+        let mut users = Self::users(&self.dir)?;
+        if users.passwords.remove(&node_user(node_id)).is_none() {
+            return Ok(false);
+        }
+        self.save_users(&users)?;
+        self.reload()?;
+        Ok(true)
+    }
+
+    /// Makes the running server read its config again (SIGHUP).
+    fn reload(&self) -> anyhow::Result<()> {
+        // SAFETY: plain syscall on our own child.
+        if unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) } != 0 {
+            bail!(
+                "cannot signal nats-server: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // The server applies a reload at once; give it a moment before the caller goes on.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+}
+
+/// Writes `nats.conf`: where to listen, the JetStream store, every user; the `join`
+/// user may only publish join requests and read the answers.
+fn write_config(dir: &Path, settings: &CoreSettings, users: &Users) -> anyhow::Result<()> {
+    let mut entries: Vec<String> = users
+        .passwords
+        .iter()
+        .map(|(user, pw)| format!("    {{ user: \"{user}\", password: \"{pw}\" }}"))
+        .collect();
+    entries.push(format!(
+        "    {{ user: \"join\", password: \"{JOIN_PASSWORD}\", permissions: {{ publish: [\"{}\"], subscribe: [\"{}.>\"] }} }}",
+        strato_core::subjects::CLUSTER_JOIN,
+        strato_core::subjects::JOIN_INBOX_PREFIX
+    ));
+    let config = format!(
+        "listen: \"{}\"\njetstream {{ store_dir: \"{}\" }}\nauthorization {{\n  users: [\n{}\n  ]\n}}\n",
+        SocketAddr::new(settings.address, settings.port),
+        dir.join("jetstream").display(),
+        entries.join(",\n")
+    );
+    write_private(&dir.join("nats.conf"), config.as_bytes())
+}
+
+fn spawn(dir: &Path, log: std::fs::File) -> anyhow::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let err = log.try_clone()?;
+    let mut cmd = std::process::Command::new(nats_server()?);
+    cmd.arg("-c")
+        .arg(dir.join("nats.conf"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    // SAFETY: prctl only; the server dies with stratod instead of outliving it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().context("cannot start nats-server")
+}
+
+impl Drop for BusServer {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
