@@ -301,23 +301,30 @@ async fn target_node(node: &S, target: Option<&str>) -> Result<String, (StatusCo
     let Some(target) = target.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(node.identity.id.clone());
     };
-    let found = crate::discovery::discover(&node.bus, Duration::from_millis(700))
-        .await
-        .map_err(|e| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot ask the cluster: {e}"),
-            )
-        })?;
-    let ids: std::collections::BTreeSet<String> = found
-        .iter()
-        .filter(|c| {
-            c["node"] == target
-                || c["host"] == target
-                || c["node"].as_str().is_some_and(|n| n.starts_with(target))
-        })
-        .filter_map(|c| c["node"].as_str().map(String::from))
-        .collect();
+    // A node busy starting may answer late: a second, longer round before giving up.
+    let mut ids = std::collections::BTreeSet::new();
+    for wait in [700, 2000] {
+        let found = crate::discovery::discover(&node.bus, Duration::from_millis(wait))
+            .await
+            .map_err(|e| {
+                err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot ask the cluster: {e}"),
+                )
+            })?;
+        ids = found
+            .iter()
+            .filter(|c| {
+                c["node"] == target
+                    || c["host"] == target
+                    || c["node"].as_str().is_some_and(|n| n.starts_with(target))
+            })
+            .filter_map(|c| c["node"].as_str().map(String::from))
+            .collect();
+        if !ids.is_empty() {
+            break;
+        }
+    }
     match ids.len() {
         1 => Ok(ids.into_iter().next().unwrap_or_default()),
         0 => Err(err(

@@ -54,13 +54,17 @@ pub async fn serve(
     // Once this returns the server knows the subscription: a node that says it runs
     // answers the very next discover.
     node.bus.flush().await?;
-    Ok(tokio::spawn(async move {
-        // The roles start in the background: announce once they had a moment.
+    // The roles start in the background: announce them once they had a moment.
+    let announcing = node.clone();
+    tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for c in components(&node) {
+        for c in components(&announcing) {
             let _ =
-                strato_bus::publish_json(node.bus.as_ref(), subjects::COMPONENT_ANNOUNCE, &c).await;
+                strato_bus::publish_json(announcing.bus.as_ref(), subjects::COMPONENT_ANNOUNCE, &c)
+                    .await;
         }
+    });
+    Ok(tokio::spawn(async move {
         loop {
             let message = tokio::select! {
                 _ = cancel.cancelled() => return,
