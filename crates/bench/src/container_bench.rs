@@ -145,7 +145,8 @@ async fn time_one(driver: &RuncDriver, id: &str) -> anyhow::Result<Timing> {
     Ok(Timing { started, exited })
 }
 
-async fn remove_all(driver: &RuncDriver) {
+/// Deletes every container the driver knows (the benchmarks' normal clean-up).
+pub(crate) async fn remove_all(driver: &RuncDriver) {
     let Ok(ids) = driver.list().await else {
         return;
     };

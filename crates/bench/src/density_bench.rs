@@ -128,7 +128,10 @@ pub fn run(options: &DensityOptions, as_json: bool) -> anyhow::Result<()> {
                     silent.retain(|a| !answers(*a));
                 }
                 if let Some(first) = silent.first() {
-                    eprintln!("{} instance(s) never answered, e.g. at {first}", silent.len());
+                    eprintln!(
+                        "{} instance(s) never answered, e.g. at {first}",
+                        silent.len()
+                    );
                 }
                 let answering = addrs.len() - silent.len();
                 let after = mem_available();
@@ -136,7 +139,7 @@ pub fn run(options: &DensityOptions, as_json: bool) -> anyhow::Result<()> {
             }
             Err(e) => Err(e),
         };
-        remove_all(&driver).await;
+        crate::container_bench::remove_all(&driver).await;
         measured
     });
     let (started, answering, mut starts, after) = outcome?;
@@ -239,15 +242,4 @@ async fn start_all(
         }
     }
     Ok((addrs, starts, held))
-}
-
-async fn remove_all(driver: &RuncDriver) {
-    let Ok(ids) = driver.list().await else {
-        return;
-    };
-    for id in ids {
-        if let Err(error) = driver.delete(&id).await {
-            eprintln!("warning: cannot delete container {id}: {error}");
-        }
-    }
 }

@@ -216,19 +216,9 @@ impl Node {
         }
     }
 
-    /// Unmounts what the node left under its home (instance disk images), deepest first.
+    /// Unmounts what the node left under its home (instance disk images).
     fn unmount_all(&self) {
-        let prefix = self.home.path().to_string_lossy().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut targets: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        for t in targets {
-            let _ = Command::new("umount").args(["-l", t]).output();
-        }
+        crate::unmount_under(self.home.path());
     }
 }
 
@@ -255,29 +245,7 @@ impl Cluster {
         let gateway = lan.gateway();
         let nats = NatsServer::start_on(IpAddr::V4(gateway))?;
         let postgres = Postgres::start()?;
-        let password = format!("pw-{}", std::process::id());
-        let core = Self::node(
-            "core",
-            NodeKind::Core,
-            None,
-            gateway,
-            Some(nats.url()),
-            &password,
-            Some(postgres.url()),
-        )?;
-        let mut cluster = Cluster {
-            core,
-            routers: Vec::new(),
-            deas: Vec::new(),
-            client_home: tempfile::Builder::new()
-                .prefix("strato-client-")
-                .tempdir()?,
-            password,
-            nats: Some(nats),
-            core_bus: None,
-            _postgres: postgres,
-            lan,
-        };
+        let mut cluster = Self::with_core(lan, postgres, Some(nats))?;
         cluster.core.spawn()?;
         cluster.wait_api(Duration::from_secs(90))?;
         for i in 0..routers {
@@ -322,24 +290,24 @@ impl Cluster {
         }
     }
 
-    /// A cluster as an operator builds one: the core runs the cluster's own NATS server
-    /// (`kato node setup core`), and each DEA joins with a token (`kato node attach`)
-    /// before its first start.
-    pub fn start_self_hosted(deas: usize) -> anyhow::Result<Cluster> {
-        let lan = Lan::new()?;
-        let gateway = lan.gateway();
-        let postgres = Postgres::start()?;
+    /// The cluster's parts and its core node (not started yet); the core uses `nats`
+    /// when given, else it will run the cluster's own NATS server.
+    fn with_core(
+        lan: Lan,
+        postgres: Postgres,
+        nats: Option<NatsServer>,
+    ) -> anyhow::Result<Cluster> {
         let password = format!("pw-{}", std::process::id());
         let core = Self::node(
             "core",
             NodeKind::Core,
             None,
-            gateway,
-            None,
+            lan.gateway(),
+            nats.as_ref().map(NatsServer::url),
             &password,
             Some(postgres.url()),
         )?;
-        let mut cluster = Cluster {
+        Ok(Cluster {
             core,
             routers: Vec::new(),
             deas: Vec::new(),
@@ -347,11 +315,21 @@ impl Cluster {
                 .prefix("strato-client-")
                 .tempdir()?,
             password,
-            nats: None,
+            nats,
             core_bus: None,
             _postgres: postgres,
             lan,
-        };
+        })
+    }
+
+    /// A cluster as an operator builds one: the core runs the cluster's own NATS server
+    /// (`kato node setup core`), and each DEA joins with a token (`kato node attach`)
+    /// before its first start.
+    pub fn start_self_hosted(deas: usize) -> anyhow::Result<Cluster> {
+        let lan = Lan::new()?;
+        let gateway = lan.gateway();
+        let postgres = Postgres::start()?;
+        let mut cluster = Self::with_core(lan, postgres, None)?;
         cluster.core.spawn()?;
         cluster.wait_api(Duration::from_secs(90))?;
         let port = strato_testkit::free_port();
@@ -538,12 +516,7 @@ impl Cluster {
 
     /// `kato` against the core node.
     pub fn kato(&self, args: &[&str]) -> Output {
-        Command::new(bin("kato"))
-            .args(args)
-            .env("STRATO_HOME", self.core.home.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kato")
+        crate::kato_at(self.core.home.path(), args)
     }
 
     /// Targets the core and logs in as admin.
@@ -551,13 +524,6 @@ impl Cluster {
         let here = self.client_home.path();
         self.strato_ok(here, &["target", &self.url()]);
         self.strato_ok(here, &["login", "admin", "--password", &self.password]);
-    }
-
-    /// The DEA node at `address`.
-    pub fn dea_at(&self, address: &str) -> Option<usize> {
-        self.deas
-            .iter()
-            .position(|d| d.address.to_string() == address)
     }
 
     /// Every node's log tail, for assertion messages.

@@ -266,12 +266,7 @@ impl MicroCloud {
     }
 
     pub fn kato(&self, args: &[&str]) -> Output {
-        Command::new(bin("kato"))
-            .args(args)
-            .env("STRATO_HOME", self.home.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kato")
+        kato_at(self.home.path(), args)
     }
 
     /// Targets and logs in as admin.
@@ -401,18 +396,7 @@ impl MicroCloud {
                 .args(["delete", "-f", &id])
                 .output();
         }
-        // Unmount anything left under the home dir, deepest first.
-        let prefix = self.home.path().to_string_lossy().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut targets: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        for t in targets {
-            let _ = Command::new("umount").args(["-l", t]).output();
-        }
+        unmount_under(self.home.path());
     }
 }
 
@@ -450,6 +434,32 @@ pub fn strato_as(home: &Path, dir: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run strato")
+}
+
+/// `kato ARGS` against the node whose `STRATO_HOME` is `home`.
+pub fn kato_at(home: &Path, args: &[&str]) -> Output {
+    Command::new(bin("kato"))
+        .args(args)
+        .env("STRATO_HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kato")
+}
+
+/// Unmounts anything a test's daemon left mounted under `dir` (instance disk images),
+/// deepest first.
+pub fn unmount_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = Command::new("umount").args(["-l", t]).output();
+    }
 }
 
 /// A command's status, stdout and stderr, for assertion messages.

@@ -782,16 +782,7 @@ async fn role(ctl: &Control, cmd: &RoleCmd, json_out: bool) -> anyhow::Result<()
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let list = |k: &str| {
-                    v[k].as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        })
-                        .unwrap_or_default()
-                };
+                let list = |k: &str| join(&v[k]);
                 println!("node {}", v["node"].as_str().unwrap_or("?"));
                 println!("assigned:  {}", list("roles"));
                 println!("available: {}", list("available"));

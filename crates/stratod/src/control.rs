@@ -119,15 +119,20 @@ async fn status(State(node): State<S>) -> Json<Value> {
 async fn cluster_components(
     State(node): State<S>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
-    let found = crate::discovery::discover(&node.bus, Duration::from_millis(700))
+    let found = discover(&node, Duration::from_millis(700)).await?;
+    Ok(Json(json!({ "components": found })))
+}
+
+/// The cluster's components that answer within `wait`.
+async fn discover(node: &S, wait: Duration) -> Result<Vec<Value>, (StatusCode, Json<Value>)> {
+    crate::discovery::discover(&node.bus, wait)
         .await
         .map_err(|e| {
             err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot ask the cluster: {e}"),
             )
-        })?;
-    Ok(Json(json!({ "components": found })))
+        })
 }
 
 async fn stop(State(node): State<S>) -> StatusCode {
@@ -304,14 +309,7 @@ async fn target_node(node: &S, target: Option<&str>) -> Result<String, (StatusCo
     // A node busy starting may answer late: a second, longer round before giving up.
     let mut ids = std::collections::BTreeSet::new();
     for wait in [700, 2000] {
-        let found = crate::discovery::discover(&node.bus, Duration::from_millis(wait))
-            .await
-            .map_err(|e| {
-                err(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot ask the cluster: {e}"),
-                )
-            })?;
+        let found = discover(node, Duration::from_millis(wait)).await?;
         ids = found
             .iter()
             .filter(|c| {
