@@ -539,6 +539,13 @@ fn nodes_join_with_a_token_and_a_removed_node_is_shut_out() {
     );
     assert!(!c.deas[3].home.path().join("cluster.json").exists());
 
+    // kato info tells the core from its members, never showing a password.
+    let info = strato_e2e::output_text(&c.kato(&["info"]));
+    assert!(
+        info.contains("cluster:    core") && info.contains(":***@"),
+        "{info}"
+    );
+
     // The joined DEAs run apps, and their credentials are their own.
     let joined = c.deas[0].home.path().join("cluster.json");
     let membership = std::fs::read_to_string(&joined).unwrap();

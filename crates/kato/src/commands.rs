@@ -239,6 +239,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("CA SHA-256: {fp}");
                 }
                 println!("bus:        {}", s["bus"].as_str().unwrap_or("?"));
+                let c = &s["cluster"];
+                println!("cluster:    {}", c["membership"].as_str().unwrap_or("?"));
+                if let Some(nats) = c["nats"].as_str() {
+                    println!("nats:       {nats}");
+                }
+                if let Some(address) = c["address"].as_str() {
+                    println!("address:    {address}");
+                }
                 let roles: Vec<&str> = s["roles"].as_array().map(|a| a.iter().filter_map(|r| r["role"].as_str()).collect()).unwrap_or_default();
                 println!("assigned roles: {}", roles.join(", "));
                 println!("available roles: {}", strato_core::Role::all().map(|r| r.name()).collect::<Vec<_>>().join(", "));

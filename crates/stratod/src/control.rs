@@ -109,6 +109,11 @@ async fn status(State(node): State<S>) -> Json<Value> {
         "ca_fingerprint": node.authority().ok().map(|a| a.fingerprint()),
         "api_url": format!("http://127.0.0.1:{}", node.opts.http_port),
         "bus": if node.opts.nats_url.is_some() { "nats" } else { "in-process" },
+        "cluster": {
+            "membership": if node.bus_server.is_some() { "core" } else if node.opts.clustered() { "member" } else { "micro cloud" },
+            "nats": node.opts.nats_url.as_deref().map(strato_core::names::without_password),
+            "address": node.opts.cluster_address().filter(|_| node.opts.clustered()),
+        },
         "container_driver": node.driver.name(),
         "isolated": node.driver.isolated(),
         "roles": roles,
