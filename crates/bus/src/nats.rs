@@ -32,12 +32,25 @@ impl NatsBus {
         Self::connect_with(url, async_nats::ConnectOptions::new()).await
     }
 
+    /// Like [`NatsBus::connect`], over TLS verified against the CA certificate(s) in the
+    /// PEM file `ca` (a cluster's own NATS server).
+    pub async fn connect_tls(url: &str, ca: &std::path::Path) -> Result<NatsBus, BusError> {
+        Self::connect_with(url, tls(async_nats::ConnectOptions::new(), Some(ca))).await
+    }
+
     /// Connects with replies under `prefix` instead of `_INBOX` (a user allowed to read
-    /// only its own inbox subjects, such as a node joining a cluster), trying once.
-    pub async fn connect_with_inbox_prefix(url: &str, prefix: &str) -> Result<NatsBus, BusError> {
+    /// only its own inbox subjects, such as a node joining a cluster), trying once, over
+    /// TLS with the given client configuration (which decides what to trust).
+    pub async fn connect_with_inbox_prefix(
+        url: &str,
+        prefix: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<NatsBus, BusError> {
         let options = async_nats::ConnectOptions::new()
             .custom_inbox_prefix(prefix)
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            .tls_client_config(tls)
+            .require_tls(true);
         Self::connect_with(url, options).await
     }
 
@@ -72,6 +85,19 @@ impl NatsBus {
     /// The underlying client, for JetStream and other NATS-only features.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+}
+
+/// Requires TLS verified against the CA certificates in `ca`, when given.
+pub fn tls(
+    options: async_nats::ConnectOptions,
+    ca: Option<&std::path::Path>,
+) -> async_nats::ConnectOptions {
+    match ca {
+        Some(ca) => options
+            .add_root_certificates(ca.to_path_buf())
+            .require_tls(true),
+        None => options,
     }
 }
 

@@ -96,6 +96,10 @@ impl Layout {
     pub fn cluster_file(&self) -> PathBuf {
         self.root.join("cluster.json")
     }
+    /// The cluster CA's certificate, as `kato node attach` pinned it.
+    pub fn cluster_ca_file(&self) -> PathBuf {
+        self.root.join("cluster-ca.pem")
+    }
     /// On the core node: the cluster's NATS server (config, users, JetStream store).
     pub fn bus_server(&self) -> PathBuf {
         self.root.join("nats")
@@ -115,6 +119,10 @@ pub struct ClusterMembership {
     pub nats_url: String,
     /// Where other nodes reach this one.
     pub address: std::net::IpAddr,
+    /// The cluster CA's certificate (PEM), pinned at attach: the NATS server must present
+    /// a certificate it signed.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A node's identity, kept in `node.json` and made on first use (by `stratod`, or by

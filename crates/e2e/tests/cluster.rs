@@ -514,21 +514,42 @@ fn nodes_join_with_a_token_and_a_removed_node_is_shut_out() {
     assert!(!out.status.success() && text.contains("token"), "{text}");
     assert!(!c.deas[1].home.path().join("cluster.json").exists());
 
+    // The core's NATS speaks TLS only.
+    {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&core).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut info = [0u8; 1024];
+        let n = s.read(&mut info).unwrap();
+        let info = String::from_utf8_lossy(&info[..n]);
+        assert!(info.contains("\"tls_required\":true"), "{info}");
+    }
+
     // A token is spent: one use, one node.
     let token = c.join_token(1).unwrap();
+
+    // A token naming another CA is refused before its secret is sent (a core that is
+    // not ours), and nothing is written.
+    let (secret, _) = token.split_once('.').unwrap();
+    let forged = format!("{secret}.{}", "ab".repeat(32));
+    let out = c.attach_dea("impostor", &forged).unwrap();
+    let text = strato_e2e::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(!c.deas[2].home.path().join("cluster.json").exists());
+
     let out = c.attach_dea("dea2", &token).unwrap();
     assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
     let out = c.attach_dea("dea3", &token).unwrap();
     let text = strato_e2e::output_text(&out);
     assert!(!out.status.success() && text.contains("used up"), "{text}");
-    assert!(!c.deas[3].home.path().join("cluster.json").exists());
+    assert!(!c.deas[4].home.path().join("cluster.json").exists());
 
     // An unreachable core: a clear error, nothing written.
     let o = c.core.address.octets();
     let port = core.rsplit(':').next().unwrap();
     let unreachable = format!("{}.{}.{}.250:{port}", o[0], o[1], o[2]);
     let out = std::process::Command::new(strato_e2e::bin("kato"))
-        .env("STRATO_HOME", c.deas[3].home.path())
+        .env("STRATO_HOME", c.deas[4].home.path())
         .args(["node", "attach", &unreachable, "--token", &token])
         .output()
         .unwrap();
@@ -537,7 +558,7 @@ fn nodes_join_with_a_token_and_a_removed_node_is_shut_out() {
         !out.status.success() && text.contains("cannot reach"),
         "{text}"
     );
-    assert!(!c.deas[3].home.path().join("cluster.json").exists());
+    assert!(!c.deas[4].home.path().join("cluster.json").exists());
 
     // kato info tells the core from its members, never showing a password.
     let info = strato_e2e::output_text(&c.kato(&["info"]));

@@ -59,6 +59,9 @@ pub async fn attach(
         );
     }
     let (core_ip, port) = core_endpoint(core)?;
+    let (secret, ca_fingerprint) = token.trim().split_once('.').with_context(|| {
+        "this token does not name the cluster's CA: copy the whole token `kato node token` printed".to_string()
+    })?;
     let address = address
         .or_else(default_address)
         .context("this host has no default route: give its address with --address")?;
@@ -73,15 +76,20 @@ pub async fn attach(
         "nats://join:join@{}",
         std::net::SocketAddr::new(core_ip, port)
     );
+    let pinned = std::sync::Arc::new(strato_tls::PinnedCa::new(ca_fingerprint));
+    let tls = pinned.client_config().context("TLS set-up")?;
     let bus = tokio::time::timeout(
         Duration::from_secs(10),
-        strato_bus::NatsBus::connect_with_inbox_prefix(&join_url, subjects::JOIN_INBOX_PREFIX),
+        strato_bus::NatsBus::connect_with_inbox_prefix(&join_url, subjects::JOIN_INBOX_PREFIX, tls),
     )
     .await
     .map_err(|_| anyhow::anyhow!("the core at {core_ip}:{port} did not answer within 10 s"))?
     .with_context(|| format!("cannot reach the core's NATS server at {core_ip}:{port}; check the address and that `kato node setup core` ran there"))?;
+    let ca = pinned
+        .ca()
+        .context("the core's TLS certificate was not checked")?;
     let request = JoinRequest {
-        token: token.trim().to_string(),
+        token: secret.to_string(),
         node_id: identity.id.clone(),
         address: address.to_string(),
         roles: roles.to_vec(),
@@ -100,10 +108,14 @@ pub async fn attach(
         JoinReply::Joined { nats_url, .. } => nats_url,
         JoinReply::Refused { reason } => bail!("the core refused this node: {reason}"),
     };
+    let ca_file = layout.cluster_ca_file();
+    std::fs::write(&ca_file, strato_tls::certificate_pem(ca.as_ref()))
+        .with_context(|| format!("cannot write {}", ca_file.display()))?;
     let membership = ClusterMembership {
         node_id: identity.id.clone(),
         nats_url,
         address,
+        ca_file: Some(ca_file),
     };
     let path = layout.cluster_file();
     let tmp = path.with_extension("tmp");

@@ -4,7 +4,9 @@
 //! revoked by `kato node remove` (the server reloads its users and drops the removed
 //! node's connection). A restricted `join` user may only ask to join and read the answer,
 //! so an attaching node needs nothing but the core's address and a token. The users, the
-//! generated config and the JetStream store live under `STRATO_HOME/nats` (0700).
+//! generated config and the JetStream store live under `STRATO_HOME/nats` (0700). The
+//! server speaks TLS only, with a certificate from this node's CA for the core's address;
+//! a joining node pins that CA by the fingerprint its join token carries.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -121,9 +123,20 @@ impl BusServer {
         write_config(&self.dir, &self.settings, users)
     }
 
-    /// Starts the server and waits until it accepts connections.
-    pub fn start(dir: &Path, settings: CoreSettings) -> anyhow::Result<BusServer> {
+    /// Starts the server (TLS only, with a certificate for the core's address from
+    /// `authority`) and waits until it accepts connections.
+    pub fn start(
+        dir: &Path,
+        settings: CoreSettings,
+        authority: &strato_tls::Authority,
+    ) -> anyhow::Result<BusServer> {
         let users = Self::users(dir)?;
+        let (chain, key) = authority
+            .issue_pem(&settings.address.to_string())
+            .context("issuing the NATS server's certificate")?;
+        write_private(&dir.join("server.pem"), chain.as_bytes())?;
+        write_private(&dir.join("server.key"), key.as_bytes())?;
+        write_private(&dir.join("ca.pem"), authority.ca_pem().as_bytes())?;
         write_config(dir, &settings, &users)?;
         let log = std::fs::File::create(dir.join("nats-server.log"))?;
         let mut server = BusServer {
@@ -151,6 +164,11 @@ impl BusServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("nats-server did not listen on {addr} within {wait:?}")
+    }
+
+    /// The cluster CA's certificate, which every client verifies the server with.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// `ADDRESS:PORT`, what `kato node attach` is given.
@@ -227,9 +245,11 @@ fn write_config(dir: &Path, settings: &CoreSettings, users: &Users) -> anyhow::R
         strato_core::subjects::JOIN_INBOX_PREFIX
     ));
     let config = format!(
-        "listen: \"{}\"\njetstream {{ store_dir: \"{}\" }}\nauthorization {{\n  users: [\n{}\n  ]\n}}\n",
+        "listen: \"{}\"\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\", timeout: 5 }}\nauthorization {{\n  users: [\n{}\n  ]\n}}\n",
         SocketAddr::new(settings.address, settings.port),
         dir.join("jetstream").display(),
+        dir.join("server.pem").display(),
+        dir.join("server.key").display(),
         entries.join(",\n")
     );
     write_private(&dir.join("nats.conf"), config.as_bytes())

@@ -244,9 +244,18 @@ async fn create_join_token(
         .map(|h| Duration::from_secs(h.clamp(1, 24 * 365) * 3600))
         .unwrap_or(crate::cluster_join::DEFAULT_TTL);
     let uses = req.uses.unwrap_or(1).clamp(1, 10_000);
-    let token = crate::cluster_join::create_token(node.kv.as_ref(), uses, ttl)
+    let secret = crate::cluster_join::create_token(node.kv.as_ref(), uses, ttl)
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The token also names the cluster CA, so the joining node can check it talks to
+    // this core before it sends the secret.
+    let ca = node
+        .authority()
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let token = format!(
+        "{secret}.{}",
+        strato_tls::normalize_fingerprint(&ca.fingerprint())
+    );
     let endpoint = server
         .lock()
         .map(|s| s.endpoint())

@@ -52,6 +52,9 @@ pub struct Options {
     /// node's app instances there, and DEAs elsewhere fetch droplets from its controller.
     #[arg(long, env = "STRATO_NODE_ADDRESS")]
     pub node_address: Option<std::net::IpAddr>,
+    /// CA certificate(s), PEM: talk to NATS over TLS verified against them.
+    #[arg(long, env = "STRATO_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
     /// Use the unisolated process driver even where runc works (development only).
     #[arg(long, env = "STRATO_PROCESS_DRIVER", default_value_t = false)]
     pub process_driver: bool,
@@ -692,10 +695,15 @@ fn join_settings(
     let dir = layout.bus_server();
     if let Some(settings) = BusServer::settings(&dir)? {
         let address = settings.address;
-        let server =
-            BusServer::start(&dir, settings).context("starting the cluster's NATS server")?;
+        let short = load_short_id(layout);
+        let authority =
+            strato_tls::Authority::load_or_create(&layout.tls_ca(), &format!("Strato CA {short}"))
+                .context("the node's certificate authority")?;
+        let server = BusServer::start(&dir, settings, &authority)
+            .context("starting the cluster's NATS server")?;
         if opts.nats_url.is_none() {
             opts.nats_url = Some(server.core_url()?);
+            opts.nats_ca = Some(server.ca_file());
         }
         opts.node_address.get_or_insert(address);
         return Ok(Some(server));
@@ -712,12 +720,22 @@ fn join_settings(
                     })?;
                 opts.nats_url = Some(m.nats_url);
                 opts.node_address.get_or_insert(m.address);
+                if opts.nats_ca.is_none() {
+                    opts.nats_ca = m.ca_file;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).context("cannot read cluster.json"),
         }
     }
     Ok(None)
+}
+
+/// The first 8 characters of this node's id (its CA's name), before the node is made.
+fn load_short_id(layout: &Layout) -> String {
+    NodeIdentity::load_or_create(layout)
+        .map(|i| i.id.chars().take(8).collect())
+        .unwrap_or_default()
 }
 
 /// The bus and the config store: NATS and a JetStream bucket in a cluster, in-process and
@@ -731,7 +749,11 @@ async fn connect_bus_and_store(
             .context("opening the config store")?;
         return Ok((Arc::new(InProcBus::new()), Arc::new(kv)));
     };
-    let bus = strato_bus::NatsBus::connect(url).await.with_context(|| {
+    let bus = match &opts.nats_ca {
+        Some(ca) => strato_bus::NatsBus::connect_tls(url, ca).await,
+        None => strato_bus::NatsBus::connect(url).await,
+    };
+    let bus = bus.with_context(|| {
         format!(
             "cannot connect to NATS at {}: check STRATO_NATS_URL and that the core node is up",
             strato_core::names::without_password(url)
@@ -740,7 +762,10 @@ async fn connect_bus_and_store(
     let kv = strato_kv::JetStreamStore::connect(
         url,
         CONFIG_BUCKET,
-        strato_kv::JetStreamOptions::default(),
+        strato_kv::JetStreamOptions {
+            ca_file: opts.nats_ca.clone(),
+            ..Default::default()
+        },
     )
     .await
     .with_context(|| {

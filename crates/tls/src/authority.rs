@@ -148,10 +148,31 @@ impl Authority {
         self.fingerprint.clone()
     }
 
+    /// Like [`Authority::issue`], for a server that reads PEM files (the cluster's NATS
+    /// server): the chain `[leaf, CA]` and the leaf's private key, both PEM.
+    pub fn issue_pem(&self, host: &str) -> Result<(String, String), TlsError> {
+        let (leaf, key) = self.sign_leaf(host)?;
+        Ok((
+            format!("{}{}", leaf.pem(), self.ca_pem),
+            key.serialize_pem(),
+        ))
+    }
+
     /// Issues a leaf certificate for exactly `host` (a lower-case DNS name, or an IP
     /// address), valid for a year, with a fresh key; the chain is `[leaf, CA]`. Wildcards
     /// are never issued.
     pub fn issue(&self, host: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+        let (leaf, key) = self.sign_leaf(host)?;
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signer = rustls::crypto::ring::sign::any_ecdsa_type(&private)?;
+        Ok(Arc::new(CertifiedKey::new(
+            vec![leaf.der().clone(), self.ca_der.clone()],
+            signer,
+        )))
+    }
+
+    /// A fresh key and a leaf certificate for exactly `host`, signed by this CA.
+    fn sign_leaf(&self, host: &str) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
         let ip = host.parse::<IpAddr>().ok();
         if ip.is_none() {
             names::check_host(host).map_err(|reason| TlsError::InvalidHost {
@@ -173,12 +194,7 @@ impl Authority {
         params.not_before = now - BACKDATE;
         params.not_after = now + LEAF_VALIDITY;
         let leaf = params.signed_by(&key, &self.issuer)?;
-        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let signer = rustls::crypto::ring::sign::any_ecdsa_type(&private)?;
-        Ok(Arc::new(CertifiedKey::new(
-            vec![leaf.der().clone(), self.ca_der.clone()],
-            signer,
-        )))
+        Ok((leaf, key))
     }
 }
 

@@ -78,6 +78,8 @@ pub struct JetStreamOptions {
     pub request_timeout: Duration,
     /// How long an operation keeps retrying while NATS is unreachable before it fails.
     pub unavailable_timeout: Duration,
+    /// A PEM file of CA certificates: connect over TLS verified against them.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for JetStreamOptions {
@@ -90,6 +92,7 @@ impl Default for JetStreamOptions {
             stalled_write_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(2),
             unavailable_timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }
@@ -165,6 +168,9 @@ impl JetStreamStore {
         let mut connect = async_nats::ConnectOptions::new().name("strato-kv");
         if let Some((user, password)) = credentials {
             connect = connect.user_and_password(user, password);
+        }
+        if let Some(ca) = &options.ca_file {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
         }
         let client = connect
             .connect(url.as_str())
