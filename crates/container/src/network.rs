@@ -171,25 +171,38 @@ impl IsolatedNetwork {
 
     /// Makes each of `ports` of the container at `attachment` reachable at the same port
     /// on every non-loopback address of this host. Fails, publishing none of them, when
-    /// another container of this host already publishes one.
+    /// another container of this host already publishes one (the error names it). Ports
+    /// left published by a `stratod` that died are taken over.
     pub fn publish(&self, attachment: &Attachment, ports: &[u16]) -> Result<(), ContainerError> {
+        let ports = distinct_ports(ports)?;
         if ports.is_empty() {
             return Ok(());
         }
-        let elements = ports
-            .iter()
-            .map(|p| format!("{p} : {}", attachment.address))
-            .collect::<Vec<_>>()
-            .join(", ");
         // One transaction: all or nothing; `create` fails on a port already in the map.
-        nft(&format!(
-            "create element inet {TABLE} published {{ {elements} }}\n"
-        ))
-        .map_err(|e| {
-            ContainerError::InvalidSpec(format!(
-                "cannot publish port(s) {ports:?}: another container on this host publishes one of them ({e})"
-            ))
-        })
+        let create = format!(
+            "create element inet {TABLE} published {{ {} }}\n",
+            published_elements(&ports, attachment.address)
+        );
+        let Err(error) = nft(&create) else {
+            return Ok(());
+        };
+        let held = published_holders(&ports);
+        if held.is_empty() {
+            // Not a conflict: nft itself failed (the table gone, nft broken).
+            return Err(error);
+        }
+        let (stale, live): (Vec<_>, Vec<_>) = held
+            .into_iter()
+            .partition(|&(_, holder)| self.address_unclaimed(holder));
+        if live.is_empty() {
+            let stale_ports: Vec<u16> = stale.iter().map(|&(port, _)| port).collect();
+            self.unpublish(&stale_ports);
+            return match nft(&create) {
+                Ok(()) => Ok(()),
+                Err(error) => Err(publish_conflict(&published_holders(&ports)).unwrap_or(error)),
+            };
+        }
+        Err(publish_conflict(&live).unwrap_or(error))
     }
 
     /// Stops publishing `ports` (those not published are ignored).
@@ -199,6 +212,16 @@ impl IsolatedNetwork {
                 "delete element inet {TABLE} published {{ {p} }}\n"
             ));
         }
+    }
+
+    /// Whether no live container holds `address`: its slot is free, or the `stratod`
+    /// that claimed it is gone. Addresses outside this network's subnet count as held.
+    fn address_unclaimed(&self, address: Ipv4Addr) -> bool {
+        let Some(slot) = slot_of(self.cfg.subnet, address) else {
+            return false;
+        };
+        let path = self.slot_file(slot);
+        !path.exists() || owner_gone(&path)
     }
 
     /// Removes the namespace and veth pair of `slot` and frees it. Idempotent.
@@ -217,7 +240,7 @@ impl IsolatedNetwork {
     }
 
     /// Claims a free slot by creating its file exclusively; a slot whose owner process is
-    /// gone is reclaimed (its namespace and veth removed first).
+    /// gone is reclaimed (its namespace, veth and published ports removed first).
     fn claim(&self, id: &str) -> Result<(u32, File), ContainerError> {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..SLOTS {
@@ -237,6 +260,7 @@ impl IsolatedNetwork {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     if owner_gone(&path) {
                         unplumb(slot);
+                        withdraw_published_to(self.attachment(slot).address);
                         let _ = std::fs::remove_file(&path);
                     }
                 }
@@ -300,6 +324,13 @@ fn slot_attachment(subnet: Ipv4Addr, slot: u32) -> Attachment {
         gateway: Ipv4Addr::from(base + 1),
         netns_path: PathBuf::from(format!("/var/run/netns/{}", netns_name(slot))),
     }
+}
+
+/// The slot whose container has `address`, if it is one of `subnet`'s container
+/// addresses.
+fn slot_of(subnet: Ipv4Addr, address: Ipv4Addr) -> Option<u32> {
+    let offset = u32::from(address).checked_sub(u32::from(subnet))?;
+    (offset % 4 == 2 && offset / 4 < SLOTS).then_some(offset / 4)
 }
 
 fn netns_name(slot: u32) -> String {
@@ -413,6 +444,96 @@ fn published_map_exists() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// `ports` without repeats, in order; port 0 cannot be published.
+fn distinct_ports(ports: &[u16]) -> Result<Vec<u16>, ContainerError> {
+    if ports.contains(&0) {
+        return Err(ContainerError::InvalidSpec(
+            "port 0 cannot be published: list the TCP ports the app listens on".to_string(),
+        ));
+    }
+    let mut distinct = Vec::with_capacity(ports.len());
+    for &p in ports {
+        if !distinct.contains(&p) {
+            distinct.push(p);
+        }
+    }
+    Ok(distinct)
+}
+
+/// `port : address, …` for the `published` map.
+fn published_elements(ports: &[u16], address: Ipv4Addr) -> String {
+    ports
+        .iter()
+        .map(|p| format!("{p} : {address}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The error for ports that containers of this host already publish (`None` for none).
+fn publish_conflict(held: &[(u16, Ipv4Addr)]) -> Option<ContainerError> {
+    if held.is_empty() {
+        return None;
+    }
+    let which = held
+        .iter()
+        .map(|(port, holder)| format!("port {port} (to {holder})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(ContainerError::InvalidSpec(format!(
+        "cannot publish {which}: another container on this host publishes it; \
+         pick another port or stop that container first"
+    )))
+}
+
+/// The entries of the `published` map (empty when it cannot be read).
+fn published_entries() -> Vec<(u16, Ipv4Addr)> {
+    let out = Command::new("/usr/sbin/nft")
+        .args(["-j", "list", "map", "inet", TABLE, "published"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(out) if out.status.success() => parse_published(&out.stdout),
+        _ => Vec::new(),
+    }
+}
+
+/// Which of `ports` are published, and to which container address.
+fn published_holders(ports: &[u16]) -> Vec<(u16, Ipv4Addr)> {
+    published_entries()
+        .into_iter()
+        .filter(|(port, _)| ports.contains(port))
+        .collect()
+}
+
+/// Stops publishing every port that leads to `address` (a container that is gone).
+fn withdraw_published_to(address: Ipv4Addr) {
+    for (port, _) in published_entries()
+        .into_iter()
+        .filter(|&(_, holder)| holder == address)
+    {
+        let _ = nft(&format!(
+            "delete element inet {TABLE} published {{ {port} }}\n"
+        ));
+    }
+}
+
+/// Reads `nft -j list map …` output: `{"map": {…, "elem": [[port, "address"], …]}}`.
+fn parse_published(json: &[u8]) -> Vec<(u16, Ipv4Addr)> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let maps = value["nftables"].as_array().into_iter().flatten();
+    maps.filter_map(|item| item["map"]["elem"].as_array())
+        .flatten()
+        .filter_map(|pair| {
+            let port = u16::try_from(pair.get(0)?.as_u64()?).ok()?;
+            let address = pair.get(1)?.as_str()?.parse().ok()?;
+            Some((port, address))
+        })
+        .collect()
 }
 
 fn port_list(ports: &[(u16, u16)]) -> String {
@@ -539,6 +660,177 @@ mod tests {
         assert!(
             host_if(SLOTS - 1).len() <= 15,
             "Linux interface names are at most 15 bytes"
+        );
+    }
+
+    #[test]
+    fn container_addresses_map_back_to_their_slots() {
+        let subnet = NetworkConfig::default().subnet;
+        for slot in [0, 70, SLOTS - 1] {
+            assert_eq!(
+                slot_of(subnet, slot_attachment(subnet, slot).address),
+                Some(slot)
+            );
+        }
+        assert_eq!(slot_of(subnet, slot_attachment(subnet, 3).gateway), None);
+        assert_eq!(slot_of(subnet, Ipv4Addr::new(10, 212, 255, 254)), None);
+        assert_eq!(slot_of(subnet, Ipv4Addr::new(10, 214, 0, 2)), None);
+    }
+
+    #[test]
+    fn published_ports_are_distinct_and_never_zero() {
+        assert_eq!(distinct_ports(&[8080, 9000, 8080]).unwrap(), [8080, 9000]);
+        let err = distinct_ports(&[8080, 0]).unwrap_err().to_string();
+        assert!(err.contains("port 0"), "{err}");
+        assert_eq!(
+            published_elements(&[80, 443], Ipv4Addr::new(10, 213, 0, 2)),
+            "80 : 10.213.0.2, 443 : 10.213.0.2"
+        );
+    }
+
+    #[test]
+    fn conflicts_name_the_port_and_say_who_holds_it() {
+        assert!(publish_conflict(&[]).is_none());
+        let err = publish_conflict(&[(8080, Ipv4Addr::new(10, 213, 0, 6))])
+            .unwrap()
+            .to_string();
+        assert!(err.contains("port 8080"), "{err}");
+        assert!(
+            err.contains("another container on this host publishes it"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn published_map_json_is_read() {
+        // What `nft -j list map inet strato published` prints (nftables 1.0.6).
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "inet", "name": "published", "table": "strato", "type": "inet_service", "handle": 6, "map": "ipv4_addr", "elem": [[8001, "10.213.0.2"], [9000, "10.213.0.6"]]}}]}"#;
+        assert_eq!(
+            parse_published(json),
+            [
+                (8001, Ipv4Addr::new(10, 213, 0, 2)),
+                (9000, Ipv4Addr::new(10, 213, 0, 6))
+            ]
+        );
+        assert!(parse_published(b"{}").is_empty());
+        assert!(parse_published(b"garbage").is_empty());
+    }
+
+    /// A network namespace of its own for nft experiments, removed on drop.
+    struct ScratchNetns(String);
+
+    impl ScratchNetns {
+        fn new(tag: &str) -> ScratchNetns {
+            let name = format!("strato-unit-{tag}-{}", std::process::id());
+            let ok = Command::new("/usr/sbin/ip")
+                .args(["netns", "add", &name])
+                .status()
+                .expect("run ip (needs root and iproute2)")
+                .success();
+            assert!(ok, "ip netns add {name}");
+            ScratchNetns(name)
+        }
+
+        /// Runs `nft` in the namespace with `script` on stdin (empty: none), returning
+        /// stdout or panicking with stderr.
+        fn nft(&self, args: &[&str], script: &str) -> String {
+            let mut child = Command::new("/usr/sbin/ip")
+                .args(["netns", "exec", &self.0, "/usr/sbin/nft"])
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run nft");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft {args:?}: {}\n{script}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    }
+
+    impl Drop for ScratchNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("/usr/sbin/ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+
+    /// The table as Strato made it before published ports existed.
+    const TABLE_WITHOUT_PUBLISHING: &str = "table inet strato {
+  set open_ports { type inet_service; flags interval; }
+  chain input {
+    type filter hook input priority filter - 5; policy accept;
+    iifname \"stv*\" ct state established,related accept
+    iifname \"stv*\" icmp type { echo-request, destination-unreachable, time-exceeded } accept
+    iifname \"stv*\" tcp dport @open_ports accept
+    iifname \"stv*\" meta l4proto tcp reject with tcp reset
+    iifname \"stv*\" reject
+  }
+  chain forward {
+    type filter hook forward priority filter - 5; policy accept;
+    iifname \"stv*\" oifname \"stv*\" reject
+    oifname \"stv*\" ct state established,related accept
+    oifname \"stv*\" drop
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr 10.213.0.0/16 oifname != \"stv*\" masquerade
+  }
+}
+add element inet strato open_ports { 8080 }
+";
+
+    fn sorted_lines(listing: &str) -> Vec<String> {
+        let mut lines: Vec<String> = listing.lines().map(|l| l.trim().to_string()).collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn an_old_table_is_upgraded_to_exactly_the_new_rules() {
+        let subnet = NetworkConfig::default().subnet;
+        let fresh = ScratchNetns::new("fresh");
+        fresh.nft(&["-f", "-"], &ruleset(subnet));
+        fresh.nft(
+            &["-f", "-"],
+            "add element inet strato open_ports { 8080 }\n",
+        );
+        let fresh_listing = fresh.nft(&["list", "table", "inet", TABLE], "");
+        assert!(
+            fresh_listing.contains("dnat ip to tcp dport map @published"),
+            "{fresh_listing}"
+        );
+
+        let old = ScratchNetns::new("old");
+        old.nft(&["-f", "-"], TABLE_WITHOUT_PUBLISHING);
+        old.nft(&["-f", "-"], &publishing_upgrade());
+        let upgraded = old.nft(&["list", "table", "inet", TABLE], "");
+        // Same rules, each once (the open port kept); only the order of chains differs.
+        assert_eq!(
+            sorted_lines(&upgraded),
+            sorted_lines(&fresh_listing),
+            "{upgraded}"
+        );
+        let at = |rule: &str| {
+            upgraded
+                .find(rule)
+                .unwrap_or_else(|| panic!("{rule} missing:\n{upgraded}"))
+        };
+        assert!(
+            at("iifname \"stv*\" oifname \"stv*\" reject") < at("ct status dnat accept")
+                && at("ct status dnat accept") < at("oifname \"stv*\" drop"),
+            "container to container is rejected before DNAT'd traffic is let in:\n{upgraded}"
         );
     }
 

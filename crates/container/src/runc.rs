@@ -526,7 +526,8 @@ fn parse_stats(out: &[u8]) -> Option<Stats> {
 }
 
 /// Publishes `ports` of the container at `attachment` and records them in its bundle
-/// (recorded first, so a crash in between still lets `delete` withdraw them).
+/// (recorded first, so a crash in between still lets `delete` withdraw them; removed
+/// again when publishing fails, so `delete` never withdraws another container's ports).
 fn publish(
     net: &IsolatedNetwork,
     bundle: &Path,
@@ -536,10 +537,12 @@ fn publish(
     if ports.is_empty() {
         return Ok(());
     }
+    let record = bundle.join(PUBLISHED_FILE);
     let list: String = ports.iter().map(|p| format!("{p}\n")).collect();
-    std::fs::write(bundle.join(PUBLISHED_FILE), list)
-        .map_err(ContainerError::io("record the published ports"))?;
-    net.publish(attachment, ports)
+    std::fs::write(&record, list).map_err(ContainerError::io("record the published ports"))?;
+    net.publish(attachment, ports).inspect_err(|_| {
+        let _ = std::fs::remove_file(&record);
+    })
 }
 
 #[cfg(test)]

@@ -191,35 +191,89 @@ fn host_address() -> Option<Ipv4Addr> {
     }
 }
 
+/// A free TCP port of this host.
+fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `/run/strato/net/slots`: which container network slots of this host are claimed.
+fn slot_claims() -> Vec<(String, String)> {
+    std::fs::read_dir("/run/strato/net/slots")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| {
+                    let claim = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    (e.file_name().to_string_lossy().into_owned(), claim)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Namespaces `strato-<slot>` whose slot is not claimed: leaked by a failed start.
+/// (Slots are claimed before their namespace is made and freed after it is removed.)
+fn unclaimed_namespaces() -> Vec<String> {
+    let claimed: Vec<String> = slot_claims().into_iter().map(|(slot, _)| slot).collect();
+    std::fs::read_dir("/var/run/netns")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let slot = name.strip_prefix("strato-")?.to_string();
+                    (slot.parse::<u32>().is_ok() && !claimed.contains(&slot)).then_some(name)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What `host:port` leads to: `Some(true)` connected, `Some(false)` refused, `None`
+/// nothing within 3 s.
+async fn connects(host: Ipv4Addr, port: u16) -> Option<bool> {
+    let attempt = tokio::net::TcpStream::connect((IpAddr::V4(host), port));
+    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+        Ok(Ok(_)) => Some(true),
+        Ok(Err(_)) => Some(false),
+        Err(_) => None,
+    }
+}
+
 #[tokio::test]
 async fn a_published_port_is_reached_at_the_host_address_by_the_host_only() {
     let Some(host) = host_address() else {
         eprintln!("SKIPPED: this host has no default route, so no address to publish on");
         return;
     };
-    let port = TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut fx = Fixture::new(vec![]);
     let mut server = fx.spec(
         "pub",
         &format!("exec /usr/bin/python3 -m http.server {port} --bind 0.0.0.0"),
     );
     server.publish = vec![port];
+    let id = server.id.clone();
     let running = fx.driver.run(server).await.expect("server container");
     let own = running.address.expect("an address of its own");
     wait_for_listener(own, port).await;
-    // The host (as a router on this node would) reaches it at the host's address.
+    // Nothing of the host listens on the port: only the DNAT can answer there. The host
+    // (as a router on this node would, and as routers on other hosts do) reaches it.
     wait_for_listener(IpAddr::V4(host), port).await;
 
-    // Publishing the same port again fails and leaves nothing behind.
+    // Publishing the same port again fails, names it and leaves nothing behind.
     let mut twin = fx.spec("twin", "sleep 30");
     twin.publish = vec![port];
     let twin_id = twin.id.clone();
     let err = fx.driver.run(twin).await.err().expect("the port is taken");
-    assert!(err.to_string().contains("publish"), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("port {port}"))
+            && message.contains("another container on this host publishes it"),
+        "{message}"
+    );
     assert!(
         !fx.state
             .path()
@@ -227,6 +281,19 @@ async fn a_published_port_is_reached_at_the_host_address_by_the_host_only() {
             .join(&twin_id)
             .exists(),
         "no bundle left for the refused container"
+    );
+    let twin_claims: Vec<_> = slot_claims()
+        .into_iter()
+        .filter(|(_, claim)| claim.contains(&twin_id))
+        .collect();
+    assert!(twin_claims.is_empty(), "slot left claimed: {twin_claims:?}");
+    let leaked = unclaimed_namespaces();
+    assert!(leaked.is_empty(), "namespaces left behind: {leaked:?}");
+    // The refused start did not withdraw the first container's port.
+    assert_eq!(
+        connects(host, port).await,
+        Some(true),
+        "the first container's port still answers at {host}:{port}"
     );
 
     // Another container cannot use the published port to reach the first one.
@@ -237,17 +304,114 @@ async fn a_published_port_is_reached_at_the_host_address_by_the_host_only() {
         "a container must not reach another through its published port: {out}"
     );
 
-    // Deleted: the port no longer leads anywhere.
-    let id = fx.ids[0].clone();
+    // Deleted: the port no longer connects, and it is the host's own again (a host
+    // listener gets the connections instead of a DNAT to a container that is gone).
     drop(running);
     fx.driver.delete(&id).await.expect("delete");
-    let gone = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect((IpAddr::V4(host), port)),
-    )
-    .await;
-    assert!(
-        !matches!(gone, Ok(Ok(_))),
+    assert_ne!(
+        connects(host, port).await,
+        Some(true),
         "the published port still connects after delete"
     );
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .expect("the port is free on the host again");
+    let (accepted, connected) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(3), listener.accept()),
+        connects(host, port)
+    );
+    assert!(
+        matches!(accepted, Ok(Ok(_))) && connected == Some(true),
+        "after delete {host}:{port} must reach the host, not the deleted container"
+    );
+}
+
+/// A slot claimed by a process that has exited, as a crashed `stratod` leaves it, and
+/// `port` published to it. On drop the claim file is removed unless another driver
+/// already took the slot over, and the port if it still leads to the dead slot.
+struct DeadClaim {
+    path: std::path::PathBuf,
+    address: Ipv4Addr,
+    port: u16,
+}
+
+impl DeadClaim {
+    fn new(port: u16) -> DeadClaim {
+        let mut exited = std::process::Command::new("/bin/true").spawn().unwrap();
+        exited.wait().unwrap();
+        // High slots: drivers claim from slot 0 up, so none will race for this one.
+        let slot = (1 << 14) - 1 - std::process::id() % 1000;
+        let path = std::path::PathBuf::from(format!("/run/strato/net/slots/{slot}"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("claim {}: {e}", path.display()));
+        std::io::Write::write_all(&mut file, format!("{} crashed", exited.id()).as_bytes())
+            .unwrap();
+        let address = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 213, 0, 0)) + 4 * slot + 2);
+        let claim = DeadClaim {
+            path,
+            address,
+            port,
+        };
+        nft(&format!(
+            "add element inet strato published {{ {port} : {address} }}\n"
+        ));
+        claim
+    }
+}
+
+impl Drop for DeadClaim {
+    fn drop(&mut self) {
+        if std::fs::read_to_string(&self.path).is_ok_and(|c| c.ends_with(" crashed")) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        let entry = std::process::Command::new("/usr/sbin/nft")
+            .args(["list", "map", "inet", "strato", "published"])
+            .output();
+        let leftover = format!("{} : {}", self.port, self.address);
+        if entry.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(&leftover)) {
+            let _ = std::process::Command::new("/usr/sbin/nft")
+                .args(["delete", "element", "inet", "strato", "published"])
+                .arg(format!("{{ {} }}", self.port))
+                .status();
+        }
+    }
+}
+
+fn nft(script: &str) {
+    let mut child = std::process::Command::new("/usr/sbin/nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f: {script}");
+}
+
+#[tokio::test]
+async fn a_port_left_published_by_a_crashed_stratod_is_taken_over() {
+    let Some(host) = host_address() else {
+        eprintln!("SKIPPED: this host has no default route, so no address to publish on");
+        return;
+    };
+    let port = free_port();
+    let mut fx = Fixture::new(vec![]);
+    let dead = DeadClaim::new(port);
+    let mut server = fx.spec(
+        "takeover",
+        &format!("exec /usr/bin/python3 -m http.server {port} --bind 0.0.0.0"),
+    );
+    server.publish = vec![port];
+    let id = server.id.clone();
+    let running = fx
+        .driver
+        .run(server)
+        .await
+        .expect("a port of a dead container is free to publish");
+    wait_for_listener(IpAddr::V4(host), port).await;
+    drop(running);
+    fx.driver.delete(&id).await.expect("delete");
+    drop(dead);
 }
