@@ -7,13 +7,10 @@
 //! `STRATO_SKIP_SSL_VALIDATION`/`STACKATO_SKIP_SSL_VALIDATION` turn checking off. The same
 //! rules serve HTTPS requests (reqwest) and WebSockets (`wss://` for `run`, `ssh`, `tunnel`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::config::Session;
 
@@ -56,7 +53,7 @@ impl Trust {
         let config = if self.skip {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny::default()))
+                .with_custom_certificate_verifier(Arc::new(strato_tls::ChainRecorder::default()))
                 .with_no_client_auth()
         } else {
             let mut roots = rustls::RootCertStore {
@@ -82,7 +79,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The certificates `host:port` presents, leaf first, read without checking them (to show
 /// the user what they are asked to trust).
 pub async fn presented_chain(host: &str, port: u16) -> Result<Vec<CertificateDer<'static>>> {
-    let verifier = Arc::new(AcceptAny::default());
+    let verifier = Arc::new(strato_tls::ChainRecorder::default());
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow!("TLS set-up: {e}"))?
@@ -102,7 +99,7 @@ pub async fn presented_chain(host: &str, port: u16) -> Result<Vec<CertificateDer
         .connect(name, tcp)
         .await
         .with_context(|| format!("TLS handshake with {host}:{port}"))?;
-    let chain = verifier.seen.lock().map(|c| c.clone()).unwrap_or_default();
+    let chain = verifier.chain();
     if chain.is_empty() {
         return Err(anyhow!("{host}:{port} presented no certificate"));
     }
@@ -111,35 +108,18 @@ pub async fn presented_chain(host: &str, port: u16) -> Result<Vec<CertificateDer
 
 /// SHA-256 of a certificate, as upper-case hex pairs joined by `:` (as `kato info` shows).
 pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    strato_tls::fingerprint_of(der)
 }
 
 /// Whether two fingerprints are the same, ignoring case and separators.
 pub fn same_fingerprint(a: &str, b: &str) -> bool {
-    let norm = |s: &str| {
-        s.chars()
-            .filter(char::is_ascii_hexdigit)
-            .map(|c| c.to_ascii_uppercase())
-            .collect::<String>()
-    };
-    !norm(a).is_empty() && norm(a) == norm(b)
+    let a = strato_tls::normalize_fingerprint(a);
+    !a.is_empty() && a == strato_tls::normalize_fingerprint(b)
 }
 
 /// A DER certificate as PEM.
 pub fn to_pem(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(chunk));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
+    strato_tls::certificate_pem(der)
 }
 
 fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -158,65 +138,6 @@ pub fn is_untrusted_certificate(error: &str) -> bool {
         || e.contains("unknown issuer")
         || e.contains("invalid peer certificate")
         || e.contains("certificate verify failed")
-}
-
-/// Accepts every certificate and remembers the chain it saw.
-#[derive(Debug, Default)]
-struct AcceptAny {
-    seen: Mutex<Vec<CertificateDer<'static>>>,
-}
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = std::iter::once(end_entity)
-                .chain(intermediates)
-                .map(|c| c.clone().into_owned())
-                .collect();
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 pub use authority::{Authority, CA_CERT_FILE, CA_KEY_FILE};
 pub use custom::{CustomCertInfo, CustomCerts};
 pub use error::TlsError;
-pub use pinned::{certificate_pem, normalize_fingerprint, PinnedCa};
+pub use pinned::{certificate_pem, normalize_fingerprint, ChainRecorder, PinnedCa};
 pub use resolver::{CertResolver, NameFilter, MAX_ISSUED};
 
 /// The protocols offered in ALPN: the router's server speaks both.

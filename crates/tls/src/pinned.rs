@@ -1,8 +1,14 @@
-//! Trusting a server by the fingerprint of its CA, as a node joining a cluster does: the
-//! join token carries the sha256 of the cluster CA's certificate, the server presents
-//! `[leaf, CA]`, and the connection is trusted only if the presented CA has exactly that
-//! fingerprint and signed the leaf for the address dialled (full WebPKI checks against
-//! that one CA). The CA found is kept, so the node can trust it from then on.
+//! Client-side trust by fingerprint, before a CA is known.
+//!
+//! [`PinnedCa`]: a node joining a cluster trusts the core by the fingerprint its join
+//! token carries. The server presents `[leaf, CA]`, and the connection is trusted only if
+//! the presented CA has exactly that fingerprint and signed the leaf for the address
+//! dialled (full WebPKI checks against that one CA). The CA found is kept, so the node
+//! can trust it from then on.
+//!
+//! [`ChainRecorder`]: `strato target` shows the user the chain a server presents (to
+//! compare its CA's fingerprint with `kato info`) before anything is trusted, and
+//! `--skip-ssl-validation` accepts any certificate.
 
 use std::sync::{Arc, Mutex};
 
@@ -107,12 +113,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -121,19 +122,111 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schemes(&self.provider)
     }
+}
+
+/// Accepts every certificate and remembers the chain it saw (handshake signatures are
+/// still checked, so the peer does hold the leaf's key).
+#[derive(Debug)]
+pub struct ChainRecorder {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Mutex<Vec<CertificateDer<'static>>>,
+}
+
+impl Default for ChainRecorder {
+    fn default() -> Self {
+        ChainRecorder {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl ChainRecorder {
+    /// The chain of the last handshake, leaf first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.seen.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl ServerCertVerifier for ChainRecorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = std::iter::once(end_entity)
+                .chain(intermediates)
+                .map(|c| c.clone().into_owned())
+                .collect();
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12(&self.provider, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes(&self.provider)
+    }
+}
+
+fn verify_tls12(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+fn verify_tls13(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+fn schemes(provider: &rustls::crypto::CryptoProvider) -> Vec<SignatureScheme> {
+    provider
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 fn hex(bytes: &[u8]) -> String {
