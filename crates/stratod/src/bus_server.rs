@@ -231,6 +231,27 @@ impl BusServer {
     }
 }
 
+/// The cluster's NATS server as the node shares it.
+pub type SharedBusServer = std::sync::Arc<std::sync::Mutex<BusServer>>;
+
+/// Gives node `node_id` credentials (see [`BusServer::add_node`]) off the async
+/// workers: the files, the reload and its pause block.
+pub async fn add_node(server: &SharedBusServer, node_id: &str) -> anyhow::Result<String> {
+    let (server, id) = (server.clone(), node_id.to_string());
+    tokio::task::spawn_blocking(move || lock(&server).add_node(&id)).await?
+}
+
+/// Revokes node `node_id`'s credentials (see [`BusServer::remove_node`]) off the async
+/// workers.
+pub async fn remove_node(server: &SharedBusServer, node_id: &str) -> anyhow::Result<bool> {
+    let (server, id) = (server.clone(), node_id.to_string());
+    tokio::task::spawn_blocking(move || lock(&server).remove_node(&id)).await?
+}
+
+fn lock(server: &SharedBusServer) -> std::sync::MutexGuard<'_, BusServer> {
+    server.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Writes `nats.conf`: where to listen, the JetStream store, every user; the `join`
 /// user may only publish join requests and read the answers.
 fn write_config(dir: &Path, settings: &CoreSettings, users: &Users) -> anyhow::Result<()> {

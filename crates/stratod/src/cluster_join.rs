@@ -8,7 +8,7 @@
 //! its own and its first roles, and answers with its URL. Anything wrong is refused with
 //! the reason and changes nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -18,7 +18,7 @@ use strato_core::{subjects, Role};
 use strato_kv::{Condition, ConfigStore, KvError};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus_server::BusServer;
+use crate::bus_server::{self, SharedBusServer};
 use crate::node::Node;
 
 /// A join token's lifetime unless told otherwise.
@@ -117,7 +117,7 @@ fn check(req: &JoinRequest) -> Result<Vec<Role>, String> {
 /// Answers join requests until `cancel`.
 pub async fn serve(
     node: Arc<Node>,
-    server: Arc<Mutex<BusServer>>,
+    server: SharedBusServer,
     cancel: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut requests = node.bus.subscribe(subjects::CLUSTER_JOIN).await?;
@@ -145,7 +145,7 @@ pub async fn serve(
     }))
 }
 
-async fn join(node: &Node, server: &Mutex<BusServer>, req: &JoinRequest) -> JoinReply {
+async fn join(node: &Node, server: &SharedBusServer, req: &JoinRequest) -> JoinReply {
     let refused = |reason: String| JoinReply::Refused { reason };
     let roles = match check(req) {
         Ok(r) => r,
@@ -154,12 +154,9 @@ async fn join(node: &Node, server: &Mutex<BusServer>, req: &JoinRequest) -> Join
     if let Err(e) = spend(node.kv.as_ref(), &req.token).await {
         return refused(e);
     }
-    let url = {
-        let server = server.lock().unwrap_or_else(|p| p.into_inner());
-        match server.add_node(&req.node_id) {
-            Ok(url) => url,
-            Err(e) => return refused(format!("{e:#}")),
-        }
+    let url = match bus_server::add_node(server, &req.node_id).await {
+        Ok(url) => url,
+        Err(e) => return refused(format!("{e:#}")),
     };
     let mut doc = serde_json::Map::new();
     for r in &roles {
@@ -171,10 +168,7 @@ async fn join(node: &Node, server: &Mutex<BusServer>, req: &JoinRequest) -> Join
         .set(&format!("node/{}/roles", req.node_id), Value::Object(doc))
         .await
     {
-        let _ = server
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove_node(&req.node_id);
+        let _ = bus_server::remove_node(server, &req.node_id).await;
         return refused(format!("cannot record the node's roles: {e}"));
     }
     tracing::info!(node = %req.node_id, address = %req.address, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), "a node joined the cluster");

@@ -289,10 +289,8 @@ async fn remove_node(
             "the core cannot remove itself",
         ));
     }
-    let revoked = server
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove_node(&id)
+    let revoked = crate::bus_server::remove_node(server, &id)
+        .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     if !revoked {
         return Err(err(

@@ -114,7 +114,7 @@ pub struct Node {
     pub api_listener: TcpListener,
     pub supervisor: Supervisor,
     /// The cluster's NATS server, on the core node (`kato node setup core`).
-    pub bus_server: Option<Arc<std::sync::Mutex<crate::bus_server::BusServer>>>,
+    pub bus_server: Option<crate::bus_server::SharedBusServer>,
     pub shutdown: CancellationToken,
     pub started_at: String,
 }
@@ -430,9 +430,7 @@ impl Node {
 
     /// The node's certificate authority, created on first use.
     pub fn authority(&self) -> anyhow::Result<strato_tls::Authority> {
-        let short: String = self.identity.id.chars().take(8).collect();
-        strato_tls::Authority::load_or_create(&self.layout.tls_ca(), &format!("Strato CA {short}"))
-            .context("the node's certificate authority")
+        node_authority(&self.layout, &self.identity.id)
     }
 
     /// The certificates operators installed (`kato op custom_ssl_cert`).
@@ -690,15 +688,13 @@ fn lock_pid_file(layout: &Layout) -> anyhow::Result<nix::fcntl::Flock<std::fs::F
 fn join_settings(
     opts: &mut Options,
     layout: &Layout,
+    node_id: &str,
 ) -> anyhow::Result<Option<crate::bus_server::BusServer>> {
     use crate::bus_server::BusServer;
     let dir = layout.bus_server();
     if let Some(settings) = BusServer::settings(&dir)? {
         let address = settings.address;
-        let short = load_short_id(layout);
-        let authority =
-            strato_tls::Authority::load_or_create(&layout.tls_ca(), &format!("Strato CA {short}"))
-                .context("the node's certificate authority")?;
+        let authority = node_authority(layout, node_id)?;
         let server = BusServer::start(&dir, settings, &authority)
             .context("starting the cluster's NATS server")?;
         if opts.nats_url.is_none() {
@@ -731,11 +727,11 @@ fn join_settings(
     Ok(None)
 }
 
-/// The first 8 characters of this node's id (its CA's name), before the node is made.
-fn load_short_id(layout: &Layout) -> String {
-    NodeIdentity::load_or_create(layout)
-        .map(|i| i.id.chars().take(8).collect())
-        .unwrap_or_default()
+/// The certificate authority of node `node_id`, created on first use under its home.
+fn node_authority(layout: &Layout, node_id: &str) -> anyhow::Result<strato_tls::Authority> {
+    let short: String = node_id.chars().take(8).collect();
+    strato_tls::Authority::load_or_create(&layout.tls_ca(), &format!("Strato CA {short}"))
+        .context("the node's certificate authority")
 }
 
 /// The bus and the config store: NATS and a JetStream bucket in a cluster, in-process and
@@ -852,7 +848,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _lock = lock_pid_file(&layout)?;
     let identity = NodeIdentity::load_or_create(&layout)?;
     let mut opts = opts;
-    let bus_server = join_settings(&mut opts, &layout)?;
+    let bus_server = join_settings(&mut opts, &layout, &identity.id)?;
     let (bus, kv) = connect_bus_and_store(&opts, &layout).await?;
     if opts.clustered() {
         refuse_a_taken_id(&bus, &identity.id).await?;
