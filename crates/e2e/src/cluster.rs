@@ -119,21 +119,10 @@ impl Node {
 
     /// Stops stratod gracefully (SIGTERM), killing it after `grace`.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: plain syscall on our own, not yet reaped, child (nsenter execs stratod
-        // in place, so this is stratod itself).
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + grace;
-        while Instant::now() < until {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // nsenter execs stratod in place, so the child is stratod itself.
+        if let Some(child) = self.child.take() {
+            crate::stop_child(child, grace);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Kills the node as a crash or power loss would: stratod and every process of its

@@ -298,19 +298,8 @@ impl MicroCloud {
 
     /// Stops stratod (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let until = Instant::now() + Duration::from_secs(45);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(child) = self.child.take() {
+            stop_child(child, Duration::from_secs(45));
         }
     }
 
@@ -434,6 +423,22 @@ pub fn strato_as(home: &Path, dir: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run strato")
+}
+
+/// Stops a daemon the way an operator does (SIGTERM), killing it after `grace`, and
+/// reaps it.
+pub fn stop_child(mut child: Child, grace: Duration) {
+    // SAFETY: plain syscall on our own, not yet reaped, child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// `kato ARGS` against the node whose `STRATO_HOME` is `home`.
