@@ -450,7 +450,7 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
                 return;
             }
             // A batched rolling replacement starts this version's instances itself.
-            if req.reason != "crashed" && c.runner.is_rolling(&app.guid, &app.version) {
+            if !req.known_gone() && c.runner.is_rolling(&app.guid, &app.version) {
                 return;
             }
             let indices: Vec<u32> = req
@@ -459,8 +459,9 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
                 .copied()
                 .filter(|i| (*i as i64) < app.instances)
                 .collect();
-            // A crash is known to have ended the instance: no start shield applies.
-            let force = req.reason == "crashed";
+            // A crash or a lost DEA is known to have ended the instance: no start shield
+            // applies.
+            let force = req.known_gone();
             let started = match start_request(c, &app).await {
                 Ok(tpl) => c.runner.start_instances(&tpl, &indices, force).await,
                 Err(e) => Err(e),

@@ -423,6 +423,13 @@ pub struct HmRequest {
 }
 
 impl HmRequest {
+    /// Whether the instances this request starts are known to be gone (they crashed, or
+    /// their heartbeats stopped with their DEA): no start shield or rolling replacement
+    /// should hold them back.
+    pub fn known_gone(&self) -> bool {
+        matches!(self.reason.as_str(), "crashed" | "lost")
+    }
+
     /// Start these indices of `droplet` at `version`.
     pub fn start(droplet: &str, version: &str, indices: Vec<u32>, reason: &str) -> Self {
         HmRequest {

@@ -260,9 +260,11 @@ async fn reconcile(
                     .is_some_and(|c| c.not_before > now)
             };
             let p = plan(d, seen, &blocked);
-            // A backed-off crash whose time has come is restarted as a crash (once);
-            // anything else missing is an ordinary start.
+            // A backed-off crash whose time has come is restarted as a crash (once), an
+            // instance whose heartbeats stopped as lost; anything else missing is an
+            // ordinary start.
             let mut crashed = Vec::new();
+            let mut gone = Vec::new();
             let mut missing = Vec::new();
             for i in p.start {
                 match a.crashes.get_mut(&(d.droplet.clone(), i)) {
@@ -270,15 +272,14 @@ async fn reconcile(
                         c.restart_sent = true;
                         crashed.push(i);
                     }
-                    _ if lost.contains(&(d.droplet.clone(), i)) => crashed.push(i),
+                    _ if lost.contains(&(d.droplet.clone(), i)) => gone.push(i),
                     _ => missing.push(i),
                 }
             }
-            if !missing.is_empty() {
-                todo.push(HmRequest::start(&d.droplet, &d.version, missing, "missing"));
-            }
-            if !crashed.is_empty() {
-                todo.push(HmRequest::start(&d.droplet, &d.version, crashed, "crashed"));
+            for (indices, reason) in [(missing, "missing"), (crashed, "crashed"), (gone, "lost")] {
+                if !indices.is_empty() {
+                    todo.push(HmRequest::start(&d.droplet, &d.version, indices, reason));
+                }
             }
             if !p.stop.is_empty() {
                 todo.push(HmRequest::stop(&d.droplet, p.stop, "extra"));
