@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use strato_blobs::BlobKind;
@@ -1043,15 +1044,24 @@ pub(crate) async fn remove_app(
 
 /// Removes a droplet or package blob once no app refers to it.
 pub async fn release_blob(c: &Shared, kind: BlobKind, sha: &str) {
+    if release_local_blob(c, kind, sha).await {
+        crate::peers::blob_released(c, kind, sha).await;
+    }
+}
+
+/// Deletes this controller's copy of a blob when no app uses it; true when it did.
+pub(crate) async fn release_local_blob(c: &Shared, kind: BlobKind, sha: &str) -> bool {
     let users = match kind {
         BlobKind::Droplet => c.db.apps_using_droplet(sha).await,
         BlobKind::Package => c.db.apps_using_package(sha).await,
     };
     if let Ok(0) = users {
-        if let Err(e) = c.blobs.delete(kind, sha) {
-            tracing::warn!(error = %e, "could not remove an unused blob");
+        match c.blobs.delete(kind, sha) {
+            Ok(_) => return true,
+            Err(e) => tracing::warn!(error = %e, "could not remove an unused blob"),
         }
     }
+    false
 }
 
 async fn app_routes(
@@ -1207,6 +1217,7 @@ async fn upload_bits(
     })
     .await
     .map_err(|e| ApiError::server(e.to_string()))??;
+    crate::peers::blob_stored(&c, BlobKind::Package, &sha).await;
     if a.package_hash.as_deref() != Some(sha.as_str()) || a.package_state == package_state::FAILED {
         a.package_hash = Some(sha);
         a.package_state = package_state::PENDING.into();
@@ -1255,21 +1266,58 @@ async fn staging_log(
     Path((guid, task)): Path<(String, String)>,
 ) -> CfResult<Response> {
     app_for(&c, &access, Action::Read, &guid).await?;
-    let log = c.staging.get(&task).ok_or_else(|| {
-        ApiError::new(404, 10000, "CF-NotFound", format!("no staging task {task}"))
-    })?;
-    let stream = futures::stream::unfold((log, 0usize), |(log, from)| async move {
-        let lines = log.next_lines(from).await?;
-        let n = lines.len();
-        let mut text = lines.join("\n");
-        text.push('\n');
-        Some((Ok::<_, std::io::Error>(text), (log, from + n)))
-    });
+    let stream = match c.staging.get(&task) {
+        Some(log) => futures::stream::unfold((log, 0usize), |(log, from)| async move {
+            let lines = log.next_lines(from).await?;
+            let n = lines.len();
+            Some((Ok::<_, std::io::Error>(log_text(&lines)), (log, from + n)))
+        })
+        .boxed(),
+        None => peer_staging_log(&c, &task).await?,
+    };
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .header("x-content-type-options", "nosniff")
         .body(Body::from_stream(stream))
         .map_err(|e| ApiError::server(e.to_string()))?)
+}
+
+fn log_text(lines: &[String]) -> String {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The staging log of a task another controller of the cluster runs, relayed: the lines
+/// are asked for in turn from the controller that runs it (404 when none does).
+async fn peer_staging_log(
+    c: &Shared,
+    task: &str,
+) -> CfResult<futures::stream::BoxStream<'static, Result<String, std::io::Error>>> {
+    let first = crate::peers::staging_lines(c, task, 0)
+        .await
+        .ok_or_else(|| {
+            ApiError::new(404, 10000, "CF-NotFound", format!("no staging task {task}"))
+        })?;
+    let state = (c.clone(), task.to_string(), 0usize, Some(first));
+    Ok(
+        futures::stream::unfold(state, |(c, task, from, mut chunk)| async move {
+            loop {
+                let got = match chunk.take() {
+                    Some(got) => got,
+                    None => crate::peers::staging_lines(&c, &task, from).await?,
+                };
+                if !got.lines.is_empty() {
+                    let n = got.lines.len();
+                    return Some((Ok(log_text(&got.lines)), (c, task, from + n, None)));
+                }
+                if got.done {
+                    return None;
+                }
+            }
+        })
+        .boxed(),
+    )
 }
 
 // ---------------------------------------------------------------- instances, stats, logs
@@ -1404,7 +1452,7 @@ async fn app_logs(
             }
         });
         let first = futures::stream::once(async move { Ok::<_, std::io::Error>(head) });
-        Body::from_stream(futures::StreamExt::chain(first, live))
+        Body::from_stream(first.chain(live))
     } else {
         Body::from(head)
     };

@@ -236,6 +236,10 @@ async fn download(
     let kind = parse_kind(&kind)?;
     authorize(&c, &Method::GET, kind, &sha, query.as_deref())?;
     let path = c.blobs.path_of(kind, &sha).map_err(blob_err)?;
+    // Another controller may hold it (it stored it while the copy here was on its way).
+    if !path.is_file() {
+        crate::peers::fetch_missing(&c, kind, &sha).await;
+    }
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -282,6 +286,7 @@ async fn upload(
                 ApiError::invalid_request(format!("the upload broke off ({e}); upload it again"))
             })?;
         }
+        crate::peers::blob_stored(&c, kind, &sha).await;
         return Ok(StatusCode::CREATED);
     }
     let mut writer = c.blobs.writer(kind).map_err(blob_err)?;
@@ -293,6 +298,7 @@ async fn upload(
             .map_err(|e| ApiError::server(format!("storing the droplet: {e}")))?;
     }
     writer.commit_expecting(&sha).map_err(blob_err)?;
+    crate::peers::blob_stored(&c, kind, &sha).await;
     Ok(StatusCode::CREATED)
 }
 

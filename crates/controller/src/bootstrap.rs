@@ -186,9 +186,34 @@ pub async fn first_user(
 /// Replaces the token-signing secret with a new random one: every token signed with the
 /// old one stops working (`kato op regenerate token-signing-secret`). The controller must
 /// be restarted to sign with the new one.
-pub fn regenerate_token_secret(path: &Path) -> std::io::Result<()> {
+/// Where the token-signing secret lives in the controller database.
+const TOKEN_SECRET: &str = "token_signing_secret";
+
+/// The key tokens and blob URLs are signed with, one for every controller of a cluster:
+/// kept in the controller database. The first controller to start stores the secret it
+/// has in `path` (made there if missing, so a micro cloud's tokens stay good when the
+/// secret moves into the database); `path` then mirrors the database's, 0600.
+pub async fn shared_token_secret(db: &Db, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let candidate = token_secret(path)?;
+    let stored = db
+        .secret_or_insert(TOKEN_SECRET, &hex::encode(&candidate))
+        .await?;
+    let secret = hex::decode(stored.trim()).map_err(|_| {
+        anyhow::anyhow!("the token-signing secret in the controller database is damaged; run `kato op regenerate token-signing-secret`")
+    })?;
+    if secret != candidate {
+        write_secret(path, &secret)?;
+    }
+    Ok(secret)
+}
+
+/// `kato op regenerate token-signing-secret`: a new secret for every controller; each
+/// one reads it when it starts again, and every token issued before stops working.
+pub async fn regenerate_token_secret(db: &Db, path: &Path) -> anyhow::Result<()> {
     let secret: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-    write_secret(path, &secret)
+    db.set_secret(TOKEN_SECRET, &hex::encode(&secret)).await?;
+    write_secret(path, &secret)?;
+    Ok(())
 }
 
 /// Writes a file only its owner can read, atomically.

@@ -201,7 +201,11 @@ struct Sink {
 
 /// Follows app logs and the drain table until `shutdown`.
 pub async fn run_forwarder(c: Shared, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut sub = c.bus.subscribe("apptail.>").await?;
+    // Each line goes to one controller of the cluster, so a drain receives it once.
+    let mut sub = c
+        .bus
+        .queue_subscribe("apptail.>", "cloudcontrollers.drains")
+        .await?;
     tokio::spawn(async move {
         let mut sinks: HashMap<String, Vec<(String, Sink)>> = HashMap::new();
         let mut reload = tokio::time::interval(RELOAD);

@@ -18,6 +18,7 @@ pub mod domains;
 pub mod drains;
 pub mod exec;
 pub mod logs;
+pub mod peers;
 pub mod quota;
 pub mod quotas;
 pub mod releases;
@@ -59,6 +60,10 @@ pub struct ControllerConfig {
     /// (through the node's router). Set in a cluster: blobs then travel as signed HTTP
     /// URLs ([`blob_urls`]); unset on a micro cloud, where they are shared files.
     pub blob_base_url: Option<String>,
+    /// Where the cluster's routers reach this controller: set in a cluster, where every
+    /// controller registers `api.DOMAIN` there so routers spread API requests over them
+    /// ([`peers`]).
+    pub api_address: Option<std::net::SocketAddr>,
 }
 
 impl ControllerConfig {
@@ -76,12 +81,15 @@ impl ControllerConfig {
             runner: runner::RunnerTimings::default(),
             max_releases: 5,
             blob_base_url: None,
+            api_address: None,
         }
     }
 }
 
 /// Everything a request handler can reach.
 pub struct Controller {
+    /// This incarnation's id: how it tells its own bus messages from its peers'.
+    pub id: String,
     pub cfg: ControllerConfig,
     pub db: Db,
     pub bus: SharedBus,
@@ -94,6 +102,8 @@ pub struct Controller {
     pub runner: runner::Runner,
     pub brokers: services::Brokers,
     pub throttle: throttle::LoginThrottle,
+    /// The cluster's routers, whose `X-Forwarded-For` is believed.
+    pub routers: peers::RouterAddresses,
 }
 
 pub type Shared = Arc<Controller>;
@@ -117,6 +127,7 @@ impl Controller {
             .as_deref()
             .map(|base| blob_urls::BlobSigner::new(&cfg.token_secret, base));
         let c = Arc::new(Controller {
+            id: strato_core::new_guid(),
             cfg,
             db,
             bus,
@@ -128,12 +139,14 @@ impl Controller {
             runner,
             brokers: services::Brokers::default(),
             throttle: throttle::LoginThrottle::default(),
+            routers: peers::RouterAddresses::default(),
         });
         c.logs.listen(c.bus.clone(), shutdown.clone()).await?;
         c.runner.listen(shutdown.clone()).await?;
         runner::serve_health_manager(c.clone(), shutdown.clone()).await?;
         services::listen(c.clone(), shutdown.clone()).await?;
         drains::run_forwarder(c.clone(), shutdown.clone()).await?;
+        peers::listen(c.clone(), shutdown.clone()).await?;
         Ok(c)
     }
 }

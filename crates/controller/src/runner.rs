@@ -400,8 +400,15 @@ pub async fn serve_health_manager(
     c: Shared,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut desired = c.bus.subscribe(subjects::CC_DESIRED).await?;
-    let mut requests = c.bus.subscribe(subjects::CC_HM_REQUESTS).await?;
+    // One controller of the cluster answers each: a start asked for once runs once.
+    let mut desired = c
+        .bus
+        .queue_subscribe(subjects::CC_DESIRED, subjects::CC_GROUP)
+        .await?;
+    let mut requests = c
+        .bus
+        .queue_subscribe(subjects::CC_HM_REQUESTS, subjects::CC_GROUP)
+        .await?;
     tokio::spawn(async move {
         loop {
             tokio::select! {

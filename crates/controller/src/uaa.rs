@@ -32,14 +32,14 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-/// The address a request came from: the peer, or — when the peer is the local router —
-/// the last `X-Forwarded-For` entry, which the router appends.
+/// The address a request came from: the peer, or — when the peer is the local router or
+/// one of the cluster's — the last `X-Forwarded-For` entry, which the router appends.
 pub struct ClientAddress(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+impl FromRequestParts<Shared> for ClientAddress {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, c: &Shared) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -53,7 +53,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
                 .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
         };
         Ok(ClientAddress(match peer {
-            Some(p) if p.is_loopback() => forwarded().or(Some(p)),
+            Some(p) if p.is_loopback() || c.routers.contains(p) => forwarded().or(Some(p)),
             other => other,
         }))
     }

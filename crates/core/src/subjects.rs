@@ -3,6 +3,8 @@
 pub const ROUTER_REGISTER: &str = "router.register";
 pub const ROUTER_UNREGISTER: &str = "router.unregister";
 pub const ROUTER_START: &str = "router.start";
+/// Asks every router to answer with its `router.start` (CF's `router.greet`).
+pub const ROUTER_GREET: &str = "router.greet";
 pub const DEA_ADVERTISE: &str = "dea.advertise";
 pub const DEA_HEARTBEAT: &str = "dea.heartbeat";
 pub const DEA_SHUTDOWN: &str = "dea.shutdown";
@@ -21,6 +23,8 @@ pub const COMPONENT_ANNOUNCE: &str = "vcap.component.announce";
 pub const CC_DESIRED: &str = "cloudcontrollers.hm.desired";
 /// Health manager asks the controller to start or stop instances.
 pub const CC_HM_REQUESTS: &str = "cloudcontrollers.hm.requests";
+/// The queue group of the cluster's controllers, for what only one of them may handle.
+pub const CC_GROUP: &str = "cloudcontrollers";
 
 /// Direct start request to one DEA.
 pub fn dea_start(dea_id: &str) -> String {

@@ -13,6 +13,7 @@ mod models;
 mod quotas;
 mod releases;
 mod repo;
+mod secrets;
 mod services;
 mod tenancy;
 

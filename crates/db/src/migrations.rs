@@ -277,6 +277,14 @@ CREATE TABLE app_drains (
 )
 "#;
 
+const PLATFORM_SECRETS: &str = r#"
+CREATE TABLE platform_secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)
+"#;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -325,6 +333,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "app drains: where an app's log lines are also sent",
         sqlite: APP_DRAINS,
         postgres: APP_DRAINS,
+    },
+    Migration {
+        version: 9,
+        name: "platform secrets: one token-signing secret for every controller",
+        sqlite: PLATFORM_SECRETS,
+        postgres: PLATFORM_SECRETS,
     },
 ];
 

@@ -7,7 +7,7 @@ use strato_db::{
 };
 
 async fn suite(db: &Db) {
-    assert_eq!(db.schema_version().await.unwrap(), 8);
+    assert_eq!(db.schema_version().await.unwrap(), 9);
 
     // users
     let u = db.create_user("admin", "hash", true).await.unwrap();
@@ -358,6 +358,21 @@ async fn suite(db: &Db) {
     assert!(db.route_by_guid(&r.guid).await.unwrap().is_some());
     assert!(db.apps_of_route(&r.guid).await.unwrap().is_empty());
     assert!(db.delete_route(&r.guid).await.unwrap());
+
+    // secrets: the first candidate wins, a second controller reads it back
+    assert_eq!(
+        db.secret_or_insert("token", "first").await.unwrap(),
+        "first"
+    );
+    assert_eq!(
+        db.secret_or_insert("token", "second").await.unwrap(),
+        "first"
+    );
+    db.set_secret("token", "rotated").await.unwrap();
+    assert_eq!(
+        db.secret_or_insert("token", "third").await.unwrap(),
+        "rotated"
+    );
 }
 
 #[tokio::test]
@@ -369,7 +384,7 @@ async fn sqlite_backend() {
     db.close().await;
     // migrations are not re-run on reopen and data survives
     let db = Db::connect(&Db::sqlite_url(&path)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 8);
+    assert_eq!(db.schema_version().await.unwrap(), 9);
     assert!(db.user_by_name("admin").await.unwrap().is_some());
 }
 
@@ -380,7 +395,7 @@ async fn postgres_backend() {
     suite(&db).await;
     db.close().await;
     let db = Db::connect(&pg.url()).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 8);
+    assert_eq!(db.schema_version().await.unwrap(), 9);
 }
 
 #[tokio::test]

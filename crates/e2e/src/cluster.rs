@@ -26,6 +26,8 @@ pub enum NodeKind {
     Core,
     Router,
     Dea,
+    /// A second controller, on the core's PostgreSQL.
+    Controller,
 }
 
 impl NodeKind {
@@ -34,6 +36,7 @@ impl NodeKind {
             NodeKind::Core => "controller,stager,health_manager,router,logs",
             NodeKind::Router => "router",
             NodeKind::Dea => "dea",
+            NodeKind::Controller => "controller",
         }
     }
 }
@@ -216,13 +219,14 @@ pub struct Cluster {
     pub core: Node,
     pub routers: Vec<Node>,
     pub deas: Vec<Node>,
+    pub controllers: Vec<Node>,
     pub client_home: tempfile::TempDir,
     pub password: String,
     /// The test's NATS server, unless the core runs the cluster's own.
     nats: Option<NatsServer>,
     /// `ADDRESS:PORT` of the core's own NATS server, once it runs one.
     pub core_bus: Option<String>,
-    _postgres: Postgres,
+    postgres: Postgres,
     lan: Lan,
 }
 
@@ -233,7 +237,7 @@ impl Cluster {
         let lan = Lan::new()?;
         let gateway = lan.gateway();
         let nats = NatsServer::start_on(IpAddr::V4(gateway))?;
-        let postgres = Postgres::start()?;
+        let postgres = Postgres::start_on(IpAddr::V4(gateway))?;
         let mut cluster = Self::with_core(lan, postgres, Some(nats))?;
         cluster.core.spawn()?;
         cluster.wait_api(Duration::from_secs(90))?;
@@ -300,13 +304,14 @@ impl Cluster {
             core,
             routers: Vec::new(),
             deas: Vec::new(),
+            controllers: Vec::new(),
             client_home: tempfile::Builder::new()
                 .prefix("strato-client-")
                 .tempdir()?,
             password,
             nats,
             core_bus: None,
-            _postgres: postgres,
+            postgres,
             lan,
         })
     }
@@ -317,7 +322,7 @@ impl Cluster {
     pub fn start_self_hosted(deas: usize) -> anyhow::Result<Cluster> {
         let lan = Lan::new()?;
         let gateway = lan.gateway();
-        let postgres = Postgres::start()?;
+        let postgres = Postgres::start_on(IpAddr::V4(gateway))?;
         let mut cluster = Self::with_core(lan, postgres, None)?;
         cluster.core.spawn()?;
         cluster.wait_api(Duration::from_secs(90))?;
@@ -392,6 +397,36 @@ impl Cluster {
         }
         self.deas.push(node);
         Ok(out)
+    }
+
+    /// Starts one more node running only a controller, on the core's database, and waits
+    /// until it started.
+    pub fn add_controller(&mut self, name: &str) -> anyhow::Result<()> {
+        let host = self.lan.add_host(name)?;
+        let address = host.address();
+        let mut node = Self::node(
+            name,
+            NodeKind::Controller,
+            Some(host),
+            address,
+            self.nats.as_ref().map(NatsServer::url),
+            &self.password,
+            Some(self.postgres.url_at(IpAddr::V4(self.lan.gateway()))),
+        )?;
+        node.spawn()?;
+        node.wait_started(Duration::from_secs(60))?;
+        self.controllers.push(node);
+        Ok(())
+    }
+
+    /// `kato` against `node`'s stratod.
+    pub fn kato_on(&self, node: &Node, args: &[&str]) -> Output {
+        crate::kato_at(node.home.path(), args)
+    }
+
+    /// The address a client reaches `node`'s router at.
+    pub fn router_url(&self, node: &Node) -> String {
+        format!("http://{}:{}", node.address, node.http_port)
     }
 
     fn add_node(&mut self, name: &str, kind: NodeKind) -> anyhow::Result<Node> {
@@ -520,6 +555,7 @@ impl Cluster {
         std::iter::once(&self.core)
             .chain(&self.routers)
             .chain(&self.deas)
+            .chain(&self.controllers)
             .map(|n| format!("---- {}:\n{}\n", n.name, n.log_tail()))
             .collect()
     }
@@ -527,7 +563,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in self.deas.iter_mut().chain(self.routers.iter_mut()) {
+        for node in self
+            .deas
+            .iter_mut()
+            .chain(self.routers.iter_mut())
+            .chain(self.controllers.iter_mut())
+        {
             node.stop(Duration::from_secs(20));
             node.kill();
             node.unmount_all();

@@ -24,11 +24,15 @@ struct Api {
 
 impl Api {
     fn login(c: &Cluster) -> Api {
+        Api::login_at(c, c.url())
+    }
+
+    /// Logs in through the API at `base` (a router of the cluster).
+    fn login_at(c: &Cluster, base: String) -> Api {
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let base = c.url();
         let tok: Value = http
             .post(format!("{base}/oauth/token"))
             .basic_auth("cf", Some(""))
@@ -616,5 +620,125 @@ fn nodes_join_with_a_token_and_a_removed_node_is_shut_out() {
             .contains("authorization"),
         "the removed node's log shows it refused:\n{}",
         c.deas[0].log_tail()
+    );
+}
+
+/// The droplets a node's controller holds.
+fn droplets_held(node: &strato_e2e::cluster::Node) -> usize {
+    std::fs::read_dir(node.home.path().join("blobs"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tgz"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn kato_ok(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "kato {what}: {}",
+        strato_e2e::output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn two_controllers_share_the_api_and_either_carries_on_alone() {
+    let mut c = Cluster::start(1, 2).expect("cluster");
+    c.add_controller("cc1").expect("second controller");
+    let cc1 = c.controllers[0].address.to_string();
+    // The client targets the router node: it sends the API to either controller.
+    let here = c.client_home.path().to_path_buf();
+    let router = c.router_url(&c.routers[0]);
+    c.strato_ok(&here, &["target", &router]);
+    c.strato_ok(
+        &here,
+        &["login", "admin", "--password", &c.password.clone()],
+    );
+    c.strato_ok(&fixture("static"), &["push", "-n", "--instances", "2"]);
+    let api = Api::login_at(&c, router.clone());
+    let first = api.app_guid(APP);
+    api.wait_running(&first, 2, None, Duration::from_secs(60), &c);
+    // The droplet is copied to the controller that did not stage it.
+    let until = Instant::now() + Duration::from_secs(20);
+    while droplets_held(&c.controllers[0]) < 1 || droplets_held(&c.core) < 1 {
+        assert!(
+            Instant::now() < until,
+            "the droplet was not copied to both controllers\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // kato on the core stops the other node's controller; the core's serves alone and
+    // stages a second app.
+    kato_ok(c.kato(&["stop", "controller", "-n", &cc1]), "stop -n");
+    let status = kato_ok(c.kato(&["status", "-n", &cc1, "--json"]), "status -n");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let controller = status["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "controller")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(controller["state"], "stopped", "{status}");
+    c.strato_ok(&fixture("static"), &["push", "second", "-n"]);
+    let second = api.app_guid("second");
+    api.wait_running(&second, 1, None, Duration::from_secs(60), &c);
+
+    // Back on: it copies what it missed. Then the core's controller stops and the
+    // other one runs everything: the same login, both droplets for new instances.
+    kato_ok(c.kato(&["start", "controller", "-n", &cc1]), "start -n");
+    kato_ok(
+        c.kato(&[
+            "process",
+            "ready",
+            "cloud_controller_ng",
+            "-n",
+            &cc1,
+            "-b",
+            "30",
+        ]),
+        "process ready -n",
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while droplets_held(&c.controllers[0]) < 2 {
+        assert!(
+            Instant::now() < until,
+            "the controller did not catch up on the droplet it missed\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kato_ok(c.kato(&["stop", "controller"]), "stop controller");
+    let apps = c.strato_ok(&here, &["apps"]);
+    assert!(apps.contains(APP) && apps.contains("second"), "{apps}");
+    c.strato_ok(&here, &["scale", APP, "--instances", "3"]);
+    c.strato_ok(&here, &["scale", "second", "--instances", "2"]);
+    api.wait_running(&first, 3, None, Duration::from_secs(60), &c);
+    api.wait_running(&second, 2, None, Duration::from_secs(60), &c);
+    let router_addr = std::net::SocketAddr::from((c.routers[0].address, c.routers[0].http_port));
+    for _ in 0..6 {
+        assert_eq!(http_get_at(router_addr, "second.localhost", "/").0, 200);
+    }
+
+    // Every node's processes, through the bus.
+    let processes = kato_ok(
+        c.kato(&["process", "list", "-c", "--json"]),
+        "process list -c",
+    );
+    let processes: Vec<Value> = serde_json::from_str(&processes).unwrap();
+    let nodes: std::collections::BTreeSet<&str> = processes
+        .iter()
+        .filter_map(|p| p["node"].as_str())
+        .collect();
+    assert!(nodes.len() >= 5, "core, router, 2 DEAs, cc1: {processes:?}");
+    assert!(
+        processes
+            .iter()
+            .any(|p| p["name"] == "dea_ng" && p["state"] == "running"),
+        "{processes:?}"
     );
 }

@@ -22,27 +22,59 @@ pub struct Cli {
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Print YAML.
+    #[arg(long, global = true, conflicts_with = "json")]
+    yaml: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Start stratod (as a daemon, if it is not running) or the given roles.
-    Start { roles: Vec<String> },
-    /// Stop the given roles, or stratod and every role.
-    Stop { roles: Vec<String> },
+    /// Start stratod (as a daemon, if it is not running) or the given roles; with
+    /// `-n NODE`, that node's roles.
+    Start {
+        roles: Vec<String>,
+        /// Another node of the cluster (id, id prefix or address).
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
+    /// Stop the given roles, or stratod and every role; with `-n NODE`, that node's
+    /// roles (its stratod keeps running, so `kato start -n NODE` brings them back).
+    Stop {
+        roles: Vec<String>,
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
     /// Stop then start.
-    Restart { roles: Vec<String> },
+    Restart {
+        roles: Vec<String>,
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
     /// Each role on this node, running or not; `--all`: every node of the cluster.
     Status {
         #[arg(short, long)]
         all: bool,
+        #[arg(short = 'n', long, conflicts_with = "all")]
+        node: Option<String>,
     },
     /// Node id, roles, versions.
-    Info,
+    Info {
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
     /// What kato did on this node, newest first.
-    History,
+    History {
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
+    /// The processes of a node: stratod, the roles it hosts (by their Stackato process
+    /// names: cloud_controller_ng, dea_ng, router2g, ...), the core's nats_server.
+    Process {
+        #[command(subcommand)]
+        cmd: ProcessCmd,
+    },
     /// Strato's version.
     Version,
     /// Node set-up.
@@ -65,6 +97,33 @@ enum Cmd {
     Op {
         #[command(subcommand)]
         cmd: OpCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProcessCmd {
+    /// Each process and its state; `-c`: every node of the cluster.
+    List {
+        #[arg(short = 'c', long)]
+        cluster: bool,
+        #[arg(short = 'n', long, conflicts_with = "cluster")]
+        node: Option<String>,
+    },
+    /// Waits until the named processes (default: all) run; exits 1 when they do not
+    /// within `--block` seconds.
+    Ready {
+        processes: Vec<String>,
+        /// How long to wait, in seconds (0: just check).
+        #[arg(short = 'b', long, default_value_t = 0)]
+        block: u64,
+        #[arg(short = 'n', long)]
+        node: Option<String>,
+    },
+    /// Restarts the named processes.
+    Restart {
+        processes: Vec<String>,
+        #[arg(short = 'n', long)]
+        node: Option<String>,
     },
 }
 
@@ -201,6 +260,26 @@ enum ConfigCmd {
     },
 }
 
+/// How structured output is printed (`--json`, `--yaml`).
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Yaml,
+}
+
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// Prints a value for scripts: JSON, or YAML with `--yaml`.
+fn print_data(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    match FORMAT.get() {
+        Some(Format::Yaml) => print!(
+            "{}",
+            serde_saphyr::to_string(v).map_err(|e| anyhow::anyhow!("cannot print YAML: {e}"))?
+        ),
+        None => println!("{}", serde_json::to_string_pretty(v)?),
+    }
+    Ok(())
+}
+
 fn home(cli: &Cli) -> PathBuf {
     cli.home
         .clone()
@@ -210,10 +289,34 @@ fn home(cli: &Cli) -> PathBuf {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = home(&cli);
     let ctl = Control::new(&home);
+    if cli.yaml {
+        let _ = FORMAT.set(Format::Yaml);
+    }
+    let json_out = cli.json || cli.yaml;
+    let cli = Cli {
+        json: json_out,
+        ..cli
+    };
     match &cli.cmd {
-        Cmd::Start { roles } => start(&ctl, &home, roles, cli.json).await,
-        Cmd::Stop { roles } => stop(&ctl, roles).await,
-        Cmd::Restart { roles } => {
+        Cmd::Start {
+            roles,
+            node: Some(node),
+        } => start_remote(&ctl.at(node), roles, cli.json).await,
+        Cmd::Start { roles, node: None } => start(&ctl, &home, roles, cli.json).await,
+        Cmd::Stop {
+            roles,
+            node: Some(node),
+        } => stop_remote(&ctl.at(node), roles).await,
+        Cmd::Stop { roles, node: None } => stop(&ctl, roles).await,
+        Cmd::Restart {
+            roles,
+            node: Some(node),
+        } => {
+            let at = ctl.at(node);
+            stop_remote(&at, roles).await?;
+            start_remote(&at, roles, cli.json).await
+        }
+        Cmd::Restart { roles, node: None } => {
             if roles.is_empty() {
                 stop(&ctl, roles).await?;
                 wait_down(&ctl, Duration::from_secs(60)).await?;
@@ -222,12 +325,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             start(&ctl, &home, roles, cli.json).await
         }
-        Cmd::Status { all: true } => cluster_status(&ctl, cli.json).await,
-        Cmd::Status { all: false } => status(&ctl, cli.json).await,
-        Cmd::Info => {
-            let s = ctl.call("GET", "/status", None).await?;
+        Cmd::Status { all: true, .. } => cluster_status(&ctl, cli.json).await,
+        Cmd::Status { all: false, node } => status(&ctl.maybe_at(node), cli.json).await,
+        Cmd::Process { cmd } => process(&ctl, cmd, cli.json).await,
+        Cmd::Info { node } => {
+            let s = ctl.maybe_at(node).call("GET", "/status", None).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                print_data(&s)?;
             } else {
                 println!("node id:    {}", s["node_id"].as_str().unwrap_or("?"));
                 println!("version:    {}", s["version"].as_str().unwrap_or("?"));
@@ -253,10 +357,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::History => {
-            let h = ctl.call("GET", "/history", None).await?;
+        Cmd::History { node } => {
+            let h = ctl.maybe_at(node).call("GET", "/history", None).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&h)?);
+                print_data(&h)?;
             } else {
                 for e in h.as_array().into_iter().flatten() {
                     println!("{}  {}", e["time"].as_str().unwrap_or(""), e["action"].as_str().unwrap_or(""));
@@ -584,6 +688,164 @@ async fn stop(ctl: &Control, roles: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kato start [ROLE...] -n NODE`: the node's stratod starts them (all of its roles when
+/// none are named).
+async fn start_remote(at: &Control, roles: &[String], json_out: bool) -> anyhow::Result<()> {
+    check_roles(roles)?;
+    if roles.is_empty() {
+        at.call("POST", "/roles/start", None).await?;
+    }
+    for r in roles {
+        at.call("POST", &format!("/roles/{r}/start"), None).await?;
+    }
+    status(at, json_out).await
+}
+
+/// `kato stop [ROLE...] -n NODE`: stops them (all when none are named); the node's
+/// stratod stays up to take the next command.
+async fn stop_remote(at: &Control, roles: &[String]) -> anyhow::Result<()> {
+    check_roles(roles)?;
+    if roles.is_empty() {
+        let v = at.call("POST", "/roles/stop", None).await?;
+        println!("stopped: {}", join(&v["stopped"]));
+    }
+    for r in roles {
+        let v = at.call("POST", &format!("/roles/{r}/stop"), None).await?;
+        println!("stopped: {}", join(&v["stopped"]));
+    }
+    Ok(())
+}
+
+/// `kato process list|ready|restart`.
+async fn process(ctl: &Control, cmd: &ProcessCmd, json_out: bool) -> anyhow::Result<()> {
+    match cmd {
+        ProcessCmd::List { cluster: true, .. } => {
+            let mut all = Vec::new();
+            for id in node_ids(ctl).await? {
+                let v = ctl.at(&id).call("GET", "/processes", None).await?;
+                for mut p in v["processes"].as_array().cloned().unwrap_or_default() {
+                    p["node"] = json!(id);
+                    all.push(p);
+                }
+            }
+            print_processes(&all, true, json_out)
+        }
+        ProcessCmd::List { node, .. } => {
+            let v = ctl.maybe_at(node).call("GET", "/processes", None).await?;
+            let list = v["processes"].as_array().cloned().unwrap_or_default();
+            print_processes(&list, false, json_out)
+        }
+        ProcessCmd::Ready {
+            processes,
+            block,
+            node,
+        } => process_ready(&ctl.maybe_at(node), processes, *block, json_out).await,
+        ProcessCmd::Restart { processes, node } => {
+            if processes.is_empty() {
+                anyhow::bail!("name the processes to restart; see `kato process list`");
+            }
+            let at = ctl.maybe_at(node);
+            for p in processes {
+                let v = at
+                    .call(
+                        "POST",
+                        &format!("/processes/{}/restart", percent_encode(p)),
+                        None,
+                    )
+                    .await?;
+                println!("restarted {}", v["restarted"].as_str().unwrap_or(p));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The ids of every node that answers discovery.
+async fn node_ids(ctl: &Control) -> anyhow::Result<Vec<String>> {
+    let ids: std::collections::BTreeSet<String> = components(ctl)
+        .await?
+        .iter()
+        .filter_map(|c| c["node"].as_str().map(String::from))
+        .collect();
+    Ok(ids.into_iter().collect())
+}
+
+fn print_processes(list: &[Value], with_node: bool, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        return print_data(&list);
+    }
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    let mut header = vec!["PROCESS", "STATE", "PID", "RESTARTS", "SINCE"];
+    if with_node {
+        header.insert(0, "NODE");
+    }
+    table.set_header(header);
+    for p in list {
+        let mut row = vec![
+            text(p, "name"),
+            text(p, "state"),
+            p["pid"].to_string(),
+            p["restarts"].to_string(),
+            text(p, "since"),
+        ];
+        if with_node {
+            row.insert(0, short_id(&text(p, "node")));
+        }
+        table.add_row(row);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// `kato process ready [PROC...] [-b SECS]`: succeeds once every named process (every
+/// process when none are named) runs.
+async fn process_ready(
+    at: &Control,
+    names: &[String],
+    block: u64,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + Duration::from_secs(block);
+    loop {
+        let v = at.call("GET", "/processes", None).await?;
+        let list = v["processes"].as_array().cloned().unwrap_or_default();
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                !list
+                    .iter()
+                    .any(|p| p["name"] == n.as_str() || p["role"] == n.as_str())
+            })
+            .collect();
+        let waiting: Vec<String> = list
+            .iter()
+            .filter(|p| {
+                names.is_empty()
+                    || names
+                        .iter()
+                        .any(|n| p["name"] == n.as_str() || p["role"] == n.as_str())
+            })
+            .filter(|p| p["state"] != "running")
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .chain(unknown.iter().map(|n| n.to_string()))
+            .collect();
+        if waiting.is_empty() {
+            if json_out {
+                print_data(&json!({"ready": true}))?;
+            } else {
+                println!("ready");
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            anyhow::bail!("not ready: {}", waiting.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn wait_down(ctl: &Control, wait: Duration) -> anyhow::Result<()> {
     let until = std::time::Instant::now() + wait;
     while std::time::Instant::now() < until {
@@ -598,7 +860,7 @@ async fn wait_down(ctl: &Control, wait: Duration) -> anyhow::Result<()> {
 async fn status(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
     let s = ctl.call("GET", "/status", None).await?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        print_data(&s)?;
         return Ok(());
     }
     let mut table = comfy_table::Table::new();
@@ -636,7 +898,7 @@ async fn components(ctl: &Control) -> anyhow::Result<Vec<Value>> {
 async fn cluster_status(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
     let found = components(ctl).await?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&found)?);
+        print_data(&found)?;
         return Ok(());
     }
     let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
@@ -674,7 +936,7 @@ async fn node_list(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
             .iter()
             .map(|((host, id), roles)| json!({"node": id, "address": host, "roles": roles}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        print_data(&list)?;
         return Ok(());
     }
     let mut table = comfy_table::Table::new();
@@ -689,7 +951,7 @@ async fn node_list(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
 
 fn print_token(v: &Value, json_out: bool) -> anyhow::Result<()> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        print_data(v)?;
         return Ok(());
     }
     let token = v["token"].as_str().unwrap_or("?");

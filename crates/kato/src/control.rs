@@ -8,14 +8,44 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use serde_json::Value;
 
+#[derive(Clone)]
 pub struct Control {
     pub socket: PathBuf,
+    /// `/nodes/NODE` when the calls are for another node of the cluster, which the
+    /// local stratod forwards them to over the bus.
+    prefix: String,
 }
 
 impl Control {
     pub fn new(home: &Path) -> Self {
         Control {
             socket: strato_core::home::Layout::new(home.to_path_buf()).control_socket(),
+            prefix: String::new(),
+        }
+    }
+
+    /// The same control API, its calls run by node `node` (id, id prefix or address).
+    pub fn at(&self, node: &str) -> Control {
+        let node: String = node
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => {
+                    (b as char).to_string()
+                }
+                b => format!("%{b:02X}"),
+            })
+            .collect();
+        Control {
+            socket: self.socket.clone(),
+            prefix: format!("/nodes/{node}"),
+        }
+    }
+
+    /// [`Control::at`] when a node is given, else this node's.
+    pub fn maybe_at(&self, node: &Option<String>) -> Control {
+        match node {
+            Some(n) => self.at(n),
+            None => self.clone(),
         }
     }
 
@@ -46,7 +76,7 @@ impl Control {
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(format!("{}{path}", self.prefix))
             .header("host", "stratod")
             .header("content-type", "application/json")
             .body(Full::new(bytes))?;

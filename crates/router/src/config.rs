@@ -62,6 +62,10 @@ pub struct RouterConfig {
     pub register_interval: Duration,
     /// How often `router.start` is published again after the first one (`None`: only once).
     pub announce_interval: Option<Duration>,
+    /// The address `router.start` names this router by (the node's cluster address):
+    /// controllers trust the `X-Forwarded-For` of requests from there. Default: the
+    /// listen address.
+    pub announce_host: Option<std::net::IpAddr>,
     /// Giving up on a TCP connect to a backend after this counts as a connect error.
     pub connect_timeout: Duration,
     /// A DEA silent (no `dea.heartbeat`) for this long is gone: its routes are dropped.
@@ -96,6 +100,7 @@ impl Default for RouterConfig {
             drain: timings::ROUTE_DRAIN,
             register_interval: timings::ROUTE_REGISTER_INTERVAL,
             announce_interval: Some(Duration::from_secs(30)),
+            announce_host: None,
             // Long enough for one lost SYN to be sent again (after 1 s); a backend that
             // does not answer by then is ejected and the request tried on another.
             connect_timeout: Duration::from_secs(2),

@@ -113,11 +113,12 @@ impl Proxy {
         response.map(Either::Left)
     }
 
-    /// The pool for a normalized host: the API server for internal names, else the table.
+    /// The pool for a normalized host: for the API's names, the controllers registered as
+    /// `api.<domain>` (a cluster's), else the local API server; other hosts from the table.
     fn route(&self, host: &str) -> Option<Arc<Pool>> {
-        if let Some(api) = &self.api {
-            if host == self.api_host || host::is_local_name(host) {
-                return Some(api.clone());
+        if host == self.api_host || host::is_local_name(host) {
+            if let Some(pool) = self.table.pool(&self.api_host).or_else(|| self.api.clone()) {
+                return Some(pool);
             }
         }
         self.table.pool(host)

@@ -166,6 +166,16 @@ impl BusServer {
         bail!("nats-server did not listen on {addr} within {wait:?}")
     }
 
+    /// True while nats-server runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// nats-server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The cluster CA's certificate, which every client verifies the server with.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")

@@ -21,13 +21,29 @@ fn err(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<Value>) 
     (status, Json(json!({"error": msg.into()})))
 }
 
-/// Binds the socket and serves until the node stops.
-pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Binds the socket and serves until the node stops; calls for other nodes go out over
+/// the bus, and theirs for this node come in through [`crate::remote`].
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let path = node.layout.control_socket();
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let app = Router::new()
+    let api = api(node.clone());
+    let remote = crate::remote::serve(node.clone(), api.clone(), node.shutdown.clone()).await?;
+    let app = api.merge(
+        Router::new()
+            .route("/nodes/{target}/{*path}", axum::routing::any(forward))
+            .with_state(node.clone()),
+    );
+    let local = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(vec![local, remote])
+}
+
+/// The control API's routes.
+fn api(node: Arc<Node>) -> Router {
+    Router::new()
         .route("/status", get(status))
         .route("/stop", post(stop))
         .route("/roles/{role}/start", post(role_start))
@@ -62,10 +78,131 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
             "/tls/custom/{domain}",
             axum::routing::put(tls_custom_install).delete(tls_custom_remove),
         )
-        .with_state(node.clone());
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    }))
+        .route("/processes", get(processes))
+        .route("/processes/{name}/restart", post(process_restart))
+        .with_state(node)
+}
+
+/// `kato … -n NODE`: the call runs on that node (here, when it is this one).
+async fn forward(
+    State(node): State<S>,
+    Path((target, path)): Path<(String, String)>,
+    method: axum::http::Method,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), (StatusCode, Json<Value>)> {
+    let id = target_node(&node, Some(&target)).await?;
+    let path = match query {
+        Some(q) => format!("/{path}?{q}"),
+        None => format!("/{path}"),
+    };
+    if !crate::remote::forwardable(&method, &path) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("`{method} {path}` is only run on the node itself: run kato there"),
+        ));
+    }
+    let body = if body.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(&body).map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            )
+        })?)
+    };
+    let call = crate::remote::RemoteCall {
+        method: method.to_string(),
+        path,
+        body,
+    };
+    let answer = crate::remote::call(&node, &id, &call)
+        .await
+        .map_err(|e| err(StatusCode::BAD_GATEWAY, e))?;
+    if id != node.identity.id {
+        record(
+            &node,
+            &format!("{} {} on node {id}", call.method, call.path),
+        );
+    }
+    Ok((crate::remote::status_of(&answer), Json(answer.body)))
+}
+
+/// `kato process list`: stratod, each role it hosts (by its Stackato process name) and
+/// the NATS server of a core node.
+async fn processes(State(node): State<S>) -> Json<Value> {
+    let mut out = vec![json!({
+        "name": "stratod",
+        "role": null,
+        "state": "running",
+        "pid": std::process::id(),
+        "since": node.started_at,
+        "restarts": 0,
+    })];
+    for st in node.supervisor.status() {
+        let component = st
+            .role
+            .parse::<Role>()
+            .map(|r| r.component())
+            .unwrap_or("?");
+        out.push(json!({
+            "name": component,
+            "role": st.role,
+            "state": st.state,
+            "pid": std::process::id(),
+            "since": st.since,
+            "restarts": st.restarts,
+            "last_error": st.last_error,
+        }));
+    }
+    if let Some(server) = &node.bus_server {
+        let mut server = server.lock().unwrap_or_else(|p| p.into_inner());
+        out.push(json!({
+            "name": "nats_server",
+            "role": null,
+            "state": if server.running() { "running" } else { "stopped" },
+            "pid": server.pid(),
+            "since": node.started_at,
+            "restarts": 0,
+        }));
+    }
+    Json(json!({"node": node.identity.id, "processes": out}))
+}
+
+/// `kato process restart NAME`: a role by its process name (`router2g`) or role name.
+async fn process_restart(
+    State(node): State<S>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let role = Role::all()
+        .find(|r| r.component() == name || r.name() == name)
+        .filter(|r| !matches!(r, Role::Base | Role::Primary))
+        .ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                format!("no process '{name}' on this node; see `kato process list`"),
+            )
+        })?;
+    let role = crate::node::hosting_role(role);
+    if !node.supervisor.stop(role, Duration::from_secs(30)).await {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!(
+                "{name} is not running on this node; start it with `kato start {}`",
+                role.name()
+            ),
+        ));
+    }
+    let f = node.factory(role).ok_or_else(|| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{name} cannot be started on this node"),
+        )
+    })?;
+    node.supervisor.start(role, f);
+    record(&node, &format!("process restart {name}"));
+    Ok(Json(json!({"restarted": role.component()})))
 }
 
 fn record(node: &Node, action: &str) {
@@ -530,7 +667,7 @@ async fn roles_stop(State(node): State<S>) -> Json<Value> {
 }
 
 /// Restarts the controller role (if it runs here) so it reads its settings again.
-async fn restart_controller(node: &S) -> bool {
+pub(crate) async fn restart_controller(node: &S) -> bool {
     let role = Role::Controller;
     if !node.supervisor.stop(role, Duration::from_secs(30)).await {
         return false;
@@ -547,14 +684,16 @@ async fn restart_controller(node: &S) -> bool {
 async fn regenerate_token_secret(
     State(node): State<S>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let db = node
+        .controller_db()
+        .await
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     let path = node.layout.token_secret_file();
-    strato_controller::bootstrap::regenerate_token_secret(&path).map_err(|e| {
-        err(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot write {}: {e}", path.display()),
-        )
-    })?;
+    strato_controller::bootstrap::regenerate_token_secret(&db, &path)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let restarted = restart_controller(&node).await;
+    crate::remote::restart_other_controllers(&node).await;
     record(&node, "op regenerate token-signing-secret");
     Ok(Json(json!({"restarted_controller": restarted})))
 }

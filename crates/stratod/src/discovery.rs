@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::node::Node;
 
 /// What one role of this node says about itself: `type`, `index`, `uuid` and `host` as
-/// Cloud Foundry's components announce them, plus the node, role and state.
-fn components(node: &Node) -> Vec<Value> {
+/// Cloud Foundry's components announce them, plus the node, role and state. A role the
+/// node is given but does not run (stopped with `kato stop ROLE`) answers as stopped, so
+/// the node can still be found and started again from another.
+async fn components(node: &Node) -> Vec<Value> {
     let host = node
         .opts
         .clustered()
@@ -24,25 +26,37 @@ fn components(node: &Node) -> Vec<Value> {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "127.0.0.1".to_string());
     let statuses = node.supervisor.status();
-    let mut out = Vec::new();
-    for status in statuses {
-        let Ok(role) = status.role.parse::<Role>() else {
-            continue;
-        };
-        out.push(json!({
-            "type": role.component(),
-            "index": 0,
-            "uuid": format!("{}:{}", node.identity.id, role.name()),
-            "host": host,
-            "node": node.identity.id,
-            "role": role.name(),
-            "state": status.state,
-            "since": status.since,
-            "restarts": status.restarts,
-            "version": strato_core::VERSION,
-        }));
+    let mut roles: Vec<Role> = statuses
+        .iter()
+        .filter_map(|s| s.role.parse::<Role>().ok())
+        .collect();
+    let configured = crate::node::configured_roles(node.kv.as_ref(), &node.identity.id)
+        .await
+        .unwrap_or_default();
+    for r in configured.into_iter().filter(|r| *r != Role::Base) {
+        let r = crate::node::hosting_role(r);
+        if !roles.contains(&r) {
+            roles.push(r);
+        }
     }
-    out
+    roles
+        .into_iter()
+        .map(|role| {
+            let status = statuses.iter().find(|s| s.role == role.name());
+            json!({
+                "type": role.component(),
+                "index": 0,
+                "uuid": format!("{}:{}", node.identity.id, role.name()),
+                "host": host,
+                "node": node.identity.id,
+                "role": role.name(),
+                "state": status.map_or("stopped", |s| s.state.as_str()),
+                "since": status.map_or(node.started_at.as_str(), |s| s.since.as_str()),
+                "restarts": status.map_or(0, |s| s.restarts),
+                "version": strato_core::VERSION,
+            })
+        })
+        .collect()
 }
 
 /// Announces this node's components now, then answers every discover until `cancel`.
@@ -58,7 +72,7 @@ pub async fn serve(
     let announcing = node.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for c in components(&announcing) {
+        for c in components(&announcing).await {
             let _ =
                 strato_bus::publish_json(announcing.bus.as_ref(), subjects::COMPONENT_ANNOUNCE, &c)
                     .await;
@@ -74,7 +88,7 @@ pub async fn serve(
                 },
             };
             let Some(reply) = message.reply else { continue };
-            for c in components(&node) {
+            for c in components(&node).await {
                 let _ = strato_bus::publish_json(node.bus.as_ref(), &reply, &c).await;
             }
         }

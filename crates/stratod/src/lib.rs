@@ -10,6 +10,7 @@ pub mod cluster_join;
 pub mod control;
 pub mod discovery;
 pub mod node;
+pub mod remote;
 pub mod supervisor;
 
 pub use node::{run, Options};

@@ -257,8 +257,17 @@ impl Node {
                     let mut cfg = strato_router::RouterConfig {
                         listen: SocketAddr::new(node.opts.http_addr, node.opts.http_port),
                         domain: node.opts.domain.clone(),
-                        api_backend: Some(node.api_listener.local_addr()?),
+                        // A cluster's controllers register `api.DOMAIN` instead.
+                        api_backend: if node.opts.clustered() {
+                            None
+                        } else {
+                            Some(node.api_listener.local_addr()?)
+                        },
                         https: node.https_settings()?,
+                        announce_host: node
+                            .opts
+                            .cluster_address()
+                            .filter(|_| node.opts.clustered()),
                         ..Default::default()
                     };
                     let c = Role::Router.component();
@@ -520,11 +529,14 @@ impl Node {
     }
 
     async fn run_controller(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut cfg = strato_controller::ControllerConfig::new(
-            &self.opts.domain,
-            &self.layout,
-            strato_controller::bootstrap::token_secret(&self.layout.token_secret_file())?,
-        );
+        let db = self.controller_db().await?;
+        let secret = strato_controller::bootstrap::shared_token_secret(
+            &db,
+            &self.layout.token_secret_file(),
+        )
+        .await?;
+        let mut cfg =
+            strato_controller::ControllerConfig::new(&self.opts.domain, &self.layout, secret);
         cfg.max_upload_mb = self
             .config_u64(
                 Role::Controller.component(),
@@ -546,23 +558,24 @@ impl Node {
             .config_u64(c, "max_releases", cfg.max_releases)
             .await
             .max(1);
-        if self.opts.clustered() {
+        let listener = if self.opts.clustered() {
+            // Its own port on the cluster address, closed when the role stops, so routers
+            // and DEAs elsewhere are refused at once and turn to another controller.
             let address = self.opts.cluster_address().context(
                 "this node has no default route to find its cluster address from; set STRATO_NODE_ADDRESS",
             )?;
-            cfg.blob_base_url = Some(format!(
-                "http://{}",
-                SocketAddr::new(address, self.opts.http_port)
-            ));
-        }
-        let db = self
-            .db
-            .get_or_try_init(|| open_controller_db(&self.opts, &self.layout))
-            .await?
-            .clone();
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(address, 0))
+                .await
+                .with_context(|| format!("binding the API on {address}"))?;
+            let local = listener.local_addr()?;
+            cfg.api_address = Some(local);
+            cfg.blob_base_url = Some(format!("http://{local}"));
+            listener
+        } else {
+            tokio::net::TcpListener::from_std(self.api_listener.try_clone()?)?
+        };
         let c =
             strato_controller::Controller::start(cfg, db, self.bus.clone(), cancel.clone()).await?;
-        let listener = tokio::net::TcpListener::from_std(self.api_listener.try_clone()?)?;
         let app = strato_controller::api::router(c);
         axum::serve(
             listener,
@@ -571,6 +584,19 @@ impl Node {
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;
         Ok(())
+    }
+
+    /// The controller database, opened (and migrated) on first use. In a cluster only a
+    /// node given the database (`STRATO_DATABASE_URL`, as its controllers are) has one.
+    pub async fn controller_db(&self) -> anyhow::Result<strato_db::Db> {
+        if self.opts.clustered() && self.opts.database_url.is_none() && self.db.get().is_none() {
+            anyhow::bail!("this node has no controller database: run this on a node with the controller role (STRATO_DATABASE_URL)");
+        }
+        Ok(self
+            .db
+            .get_or_try_init(|| open_controller_db(&self.opts, &self.layout))
+            .await?
+            .clone())
     }
 
     /// Brings the running roles in line with the config store: starts what was added,
@@ -898,7 +924,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         _ = node.shutdown.cancelled() => tracing::info!("stop requested through the control API"),
     }
     node.supervisor.stop_all(Duration::from_secs(30)).await;
-    control.abort();
+    for task in control {
+        task.abort();
+    }
     discovery.abort();
     follower.abort();
     if let Some(joins) = joins {

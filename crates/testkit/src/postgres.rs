@@ -8,6 +8,7 @@
 
 use std::ffi::CString;
 use std::io::Read;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -47,16 +48,34 @@ struct Owner {
 impl Postgres {
     /// Creates a cluster with `initdb`, starts `postgres` and creates database `strato`.
     pub fn start() -> anyhow::Result<Postgres> {
+        Self::start_listening(None)
+    }
+
+    /// Like [`Postgres::start`], listening on `address` too (password auth from
+    /// anywhere), for hosts on a test LAN: see [`Postgres::url_at`].
+    pub fn start_on(address: IpAddr) -> anyhow::Result<Postgres> {
+        Self::start_listening(Some(address))
+    }
+
+    fn start_listening(also: Option<IpAddr>) -> anyhow::Result<Postgres> {
         let bin = find_bin_dir()?;
         let owner = cluster_owner()?;
         let dir = crate::temp_dir()?;
         let password = random_password()?;
         prepare_dirs(dir.path(), &password, owner)?;
         init_cluster(&bin, dir.path(), owner)?;
+        if also.is_some() {
+            let hba = dir.path().join("data/pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba)
+                .with_context(|| format!("cannot read {}", hba.display()))?;
+            rules.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
+            std::fs::write(&hba, rules)
+                .with_context(|| format!("cannot write {}", hba.display()))?;
+        }
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = crate::free_port();
-            match launch(&bin, dir.path(), port, owner) {
+            match launch(&bin, dir.path(), port, owner, also) {
                 Ok(process) => {
                     let postgres = Postgres {
                         process: Some(process),
@@ -83,6 +102,14 @@ impl Postgres {
     pub fn url_for(&self, database: &str) -> String {
         format!(
             "postgres://{USER}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// The URL of database `strato` at `address` (one [`Postgres::start_on`] listens on).
+    pub fn url_at(&self, address: IpAddr) -> String {
+        format!(
+            "postgres://{USER}:{}@{address}:{}/{DATABASE}",
             self.password, self.port
         )
     }
@@ -287,7 +314,12 @@ fn launch(
     dir: &Path,
     port: u16,
     owner: Option<Owner>,
+    also: Option<IpAddr>,
 ) -> anyhow::Result<ServerProcess> {
+    let listen = match also {
+        Some(address) => format!("listen_addresses=127.0.0.1,{address}"),
+        None => "listen_addresses=127.0.0.1".to_string(),
+    };
     let mut command = server_command(bin.join("postgres"), dir, owner);
     command
         .arg("-D")
@@ -296,7 +328,8 @@ fn launch(
         .arg(port.to_string())
         .arg("-k")
         .arg(dir.join("socket"))
-        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(listen)
         .args(["-c", "fsync=off"])
         .args(["-c", "synchronous_commit=off"])
         .args(["-c", "full_page_writes=off"])

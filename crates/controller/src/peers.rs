@@ -1,0 +1,356 @@
+//! What the controllers of one cluster tell each other over the bus, so that any of them
+//! can answer any request: every package and droplet one stores is copied to the others
+//! (and fetched from a peer on a miss), a staging log one controller gathers is followed
+//! through another, and each registers `api.DOMAIN` with the routers so they spread API
+//! requests over all of them. A micro cloud has one controller and none of this runs.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use axum::http::Method;
+use serde::{Deserialize, Serialize};
+use strato_blobs::BlobKind;
+use strato_core::messages::{RouteRegistration, RouterStart};
+use strato_core::subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+/// A controller stored a blob: `url` fetches it (signed, good for an hour).
+pub const BLOB_STORED: &str = "strato.cc.blob.stored";
+/// A controller deleted a blob no app uses any more: the others delete their copies.
+pub const BLOB_RELEASED: &str = "strato.cc.blob.released";
+/// Which controller holds this blob? Those that do answer with a URL.
+pub const BLOB_LOCATE: &str = "strato.cc.blob.locate";
+/// The lines of a staging task from `from` on; only the controller running it answers.
+pub const STAGING_LOG: &str = "strato.cc.staging_log";
+
+/// How long a peer is given to say it holds a blob.
+const LOCATE_WAIT: Duration = Duration::from_secs(2);
+/// How long the controller running a staging task holds a log request for new lines.
+const LOG_POLL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BlobStored {
+    controller: String,
+    kind: String,
+    sha256: String,
+    url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BlobLocate {
+    kind: String,
+    sha256: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BlobLocation {
+    url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StagingLogRequest {
+    task: String,
+    from: usize,
+}
+
+/// Lines of a staging log; `done` once the task is over and these were the last.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StagingLogChunk {
+    pub lines: Vec<String>,
+    pub done: bool,
+}
+
+/// The addresses the cluster's routers announce (`router.start`): requests from there
+/// carry the client's own address in `X-Forwarded-For`, which login throttling and the
+/// audit trail use. A micro cloud's router is on loopback, which is always trusted.
+#[derive(Default)]
+pub struct RouterAddresses(RwLock<HashSet<IpAddr>>);
+
+impl RouterAddresses {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ip)
+    }
+
+    fn learn(&self, start: &RouterStart) {
+        let ips = start.hosts.iter().filter_map(|h| h.parse::<IpAddr>().ok());
+        let ips: Vec<IpAddr> = ips.filter(|ip| !ip.is_unspecified()).collect();
+        if !ips.is_empty() {
+            self.0
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(ips);
+        }
+    }
+}
+
+fn kind_name(kind: BlobKind) -> &'static str {
+    match kind {
+        BlobKind::Droplet => "droplet",
+        BlobKind::Package => "package",
+    }
+}
+
+fn parse_kind(name: &str) -> Option<BlobKind> {
+    match name {
+        "droplet" => Some(BlobKind::Droplet),
+        "package" => Some(BlobKind::Package),
+        _ => None,
+    }
+}
+
+/// Starts answering peers and copying their blobs (a cluster only), and registering this
+/// controller's API address with the routers when it has one.
+pub async fn listen(c: Shared, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if c.blob_signer.is_none() {
+        return Ok(());
+    }
+    let mut stored = c.bus.subscribe(BLOB_STORED).await?;
+    let mut released = c.bus.subscribe(BLOB_RELEASED).await?;
+    let mut locate = c.bus.subscribe(BLOB_LOCATE).await?;
+    let mut logs = c.bus.subscribe(STAGING_LOG).await?;
+    let c2 = c.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let c = c2;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                m = stored.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(msg) = strato_bus::decode::<BlobStored>(&m) else { continue };
+                    if msg.controller != c.id {
+                        let c = c.clone();
+                        tokio::spawn(async move { copy_blob(&c, &msg).await });
+                    }
+                }
+                m = released.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(msg) = strato_bus::decode::<BlobLocate>(&m) else { continue };
+                    if let Some(kind) = parse_kind(&msg.kind) {
+                        crate::api::release_local_blob(&c, kind, &msg.sha256).await;
+                    }
+                }
+                m = locate.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(msg) = strato_bus::decode::<BlobLocate>(&m) else { continue };
+                    if let Some(url) = held_blob_url(&c, &msg) {
+                        let _ = strato_bus::reply_json(c.bus.as_ref(), &m, &BlobLocation { url }).await;
+                    }
+                }
+                m = logs.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(req) = strato_bus::decode::<StagingLogRequest>(&m) else { continue };
+                    // Only the controller running the task answers.
+                    let Some(log) = c.staging.get(&req.task) else { continue };
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let chunk = match tokio::time::timeout(LOG_POLL, log.next_lines(req.from)).await {
+                            Ok(Some(lines)) => StagingLogChunk { lines, done: false },
+                            Ok(None) => StagingLogChunk { lines: vec![], done: true },
+                            Err(_) => StagingLogChunk { lines: vec![], done: false },
+                        };
+                        let _ = strato_bus::reply_json(c.bus.as_ref(), &m, &chunk).await;
+                    });
+                }
+            }
+        }
+    });
+    tokio::spawn(catch_up(c.clone()));
+    if let Some(addr) = c.cfg.api_address {
+        register_api(c.clone(), addr, shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Copies from its peers the packages and droplets of every app that this controller
+/// missed while it was down, so it can serve them even when those peers go.
+async fn catch_up(c: Shared) {
+    let apps = match c.db.list_apps(&Default::default()).await {
+        Ok(apps) => apps,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list apps to copy their blobs from the other controllers");
+            return;
+        }
+    };
+    let mut wanted: Vec<(BlobKind, String)> = Vec::new();
+    for a in apps {
+        wanted.extend(a.droplet_hash.map(|d| (BlobKind::Droplet, d)));
+        wanted.extend(a.package_hash.map(|p| (BlobKind::Package, p)));
+    }
+    let mut copied = 0;
+    for (kind, sha) in wanted {
+        if !c.blobs.exists(kind, &sha) && fetch_missing(&c, kind, &sha).await {
+            copied += 1;
+        }
+    }
+    if copied > 0 {
+        tracing::info!(
+            copied,
+            "copied the blobs this controller missed from the other controllers"
+        );
+    }
+}
+
+/// A signed URL for a blob this controller holds.
+fn held_blob_url(c: &Shared, msg: &BlobLocate) -> Option<String> {
+    let kind = parse_kind(&msg.kind)?;
+    let signer = c.blob_signer.as_ref()?;
+    c.blobs
+        .exists(kind, &msg.sha256)
+        .then(|| signer.fresh_url(&Method::GET, kind, &msg.sha256))
+}
+
+/// Tells the other controllers this one stored a blob, so they copy it.
+pub async fn blob_stored(c: &Shared, kind: BlobKind, sha: &str) {
+    let Some(signer) = &c.blob_signer else { return };
+    let msg = BlobStored {
+        controller: c.id.clone(),
+        kind: kind_name(kind).to_string(),
+        sha256: sha.to_string(),
+        url: signer.fresh_url(&Method::GET, kind, sha),
+    };
+    if let Err(e) = strato_bus::publish_json(c.bus.as_ref(), BLOB_STORED, &msg).await {
+        tracing::warn!(error = %e, "cannot tell the other controllers about a new blob; they fetch it when asked");
+    }
+}
+
+/// Tells the other controllers a blob was deleted here (no app uses it any more).
+pub async fn blob_released(c: &Shared, kind: BlobKind, sha: &str) {
+    if c.blob_signer.is_none() {
+        return;
+    }
+    let msg = BlobLocate {
+        kind: kind_name(kind).to_string(),
+        sha256: sha.to_string(),
+    };
+    let _ = strato_bus::publish_json(c.bus.as_ref(), BLOB_RELEASED, &msg).await;
+}
+
+async fn copy_blob(c: &Shared, msg: &BlobStored) {
+    let Some(kind) = parse_kind(&msg.kind) else {
+        return;
+    };
+    match strato_blobs::remote::fetch(&c.blobs, kind, &msg.sha256, &msg.url).await {
+        Ok(_) => {
+            tracing::debug!(kind = %msg.kind, sha256 = %msg.sha256, "copied a blob from another controller")
+        }
+        Err(e) => {
+            tracing::warn!(kind = %msg.kind, sha256 = %msg.sha256, error = %e, "cannot copy a blob from another controller; it is fetched when asked for")
+        }
+    }
+}
+
+/// Fetches a blob this controller lacks from a peer that holds it; true when it is here
+/// now. A micro cloud, or a blob no controller holds, gives false.
+pub async fn fetch_missing(c: &Shared, kind: BlobKind, sha: &str) -> bool {
+    if c.blob_signer.is_none() {
+        return false;
+    }
+    let ask = BlobLocate {
+        kind: kind_name(kind).to_string(),
+        sha256: sha.to_string(),
+    };
+    let location: BlobLocation =
+        match strato_bus::request_json(c.bus.as_ref(), BLOB_LOCATE, &ask, LOCATE_WAIT).await {
+            Ok(l) => l,
+            Err(_) => return false,
+        };
+    match strato_blobs::remote::fetch(&c.blobs, kind, sha, &location.url).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(kind = kind_name(kind), sha256 = sha, error = %e, "cannot fetch a blob from another controller");
+            false
+        }
+    }
+}
+
+/// Asks the controller that runs staging task `task` for its lines from `from`; `None`
+/// when no controller knows the task.
+pub async fn staging_lines(c: &Shared, task: &str, from: usize) -> Option<StagingLogChunk> {
+    let req = StagingLogRequest {
+        task: task.to_string(),
+        from,
+    };
+    strato_bus::request_json(
+        c.bus.as_ref(),
+        STAGING_LOG,
+        &req,
+        LOG_POLL + Duration::from_secs(2),
+    )
+    .await
+    .ok()
+}
+
+/// Registers `api.DOMAIN` at `addr` with every router, again every register interval and
+/// whenever a router starts; unregisters it when the controller stops.
+async fn register_api(
+    c: Shared,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let registration = RouteRegistration {
+        dea: String::new(),
+        app: String::new(),
+        uris: vec![format!("api.{}", c.cfg.domain)],
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        tags: [("component".to_string(), "CloudController".to_string())].into(),
+        private_instance_id: c.id.clone(),
+    };
+    let mut routers = c.bus.subscribe(subjects::ROUTER_START).await?;
+    greet_routers(&c).await;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(strato_core::timings::ROUTE_REGISTER_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+                m = routers.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(start) = strato_bus::decode::<RouterStart>(&m) else { continue };
+                    c.routers.learn(&start);
+                }
+            }
+            let _ =
+                strato_bus::publish_json(c.bus.as_ref(), subjects::ROUTER_REGISTER, &registration)
+                    .await;
+        }
+        let _ =
+            strato_bus::publish_json(c.bus.as_ref(), subjects::ROUTER_UNREGISTER, &registration)
+                .await;
+        let _ = c.bus.flush().await;
+    });
+    Ok(())
+}
+
+/// Asks the routers that run already who they are (`router.greet`); their answers come
+/// in over the next second.
+async fn greet_routers(c: &Shared) {
+    let inbox = c.bus.new_inbox();
+    let Ok(mut answers) = c.bus.subscribe(&inbox).await else {
+        return;
+    };
+    if c.bus
+        .publish_with_reply(subjects::ROUTER_GREET, &inbox, "{}".into())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let c = c.clone();
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(m)) = tokio::time::timeout_at(until, answers.next()).await {
+            if let Ok(start) = strato_bus::decode::<RouterStart>(&m) {
+                c.routers.learn(&start);
+            }
+        }
+    });
+}
