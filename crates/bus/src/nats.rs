@@ -23,7 +23,10 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// Connects to the NATS server at `url` (for example `nats://127.0.0.1:4222`).
+    /// Connects to the NATS server at `url` (for example `nats://127.0.0.1:4222`), or to
+    /// any server of a NATS cluster given as a comma-separated list of URLs: the client
+    /// moves to another server of the list (or one the cluster told it about) when its
+    /// own goes away.
     ///
     /// The connection is pinged every 2 s and reconnects within a second of the server
     /// being reachable again: a node cut off from the cluster notices soon, and is back
@@ -64,12 +67,12 @@ impl NatsBus {
                 Duration::from_millis((attempts as u64 * 200).min(1000))
             });
         let shown = strato_core::names::without_password(url);
-        let (credentials, url) = strato_core::names::split_credentials(url);
+        let (credentials, servers) = strato_core::names::nats_servers(url);
         let options = match credentials {
             Some((user, password)) => options.user_and_password(user, password),
             None => options,
         };
-        let client = options.connect(url.as_str()).await.map_err(|e| {
+        let client = options.connect(servers).await.map_err(|e| {
             BusError::Backend(format!(
                 "cannot connect to NATS at {shown}: {e}; check that nats-server is running and the URL is right"
             ))

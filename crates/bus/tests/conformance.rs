@@ -12,7 +12,7 @@ use strato_bus::{
     decode, publish_json, reply_json, request_json, Bus, BusError, InProcBus, NatsBus, SharedBus,
     Subscription,
 };
-use strato_testkit::NatsServer;
+use strato_testkit::{NatsCluster, NatsServer};
 
 /// How long a drained subscription stays quiet before we decide nothing more is coming.
 const QUIET: Duration = Duration::from_millis(200);
@@ -446,4 +446,76 @@ async fn nats_bus_reconnects_and_resubscribes_after_a_server_restart() {
             "no delivery within 15s of the restart"
         );
     }
+}
+
+/// A NATS cluster of three: clients on different servers reach each other (subjects,
+/// queue groups, request/reply), and a client given the whole list carries on through
+/// another server when its own dies.
+#[tokio::test]
+async fn a_nats_cluster_of_three_routes_between_servers_and_survives_losing_one() {
+    let mut cluster = NatsCluster::start().expect("start a NATS cluster of three");
+    let a = NatsBus::connect(&cluster.url(0))
+        .await
+        .expect("connect to server 0");
+    let b = NatsBus::connect(&cluster.url(1))
+        .await
+        .expect("connect to server 1");
+    let mut on_b = subscribe(&b, "across.*").await;
+    let mut group = b.queue_subscribe("work", "workers").await.unwrap();
+    let mut responder = b.subscribe("ask").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(m) = responder.next().await {
+            let _ = reply_json(&b, &m, &"answer").await;
+        }
+    });
+    // Interest travels between servers in the background: retry until it arrived.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        a.publish("across.one", text("hello")).await.unwrap();
+        a.flush().await.unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), on_b.next()).await {
+            assert_eq!(payload_text(&m.payload), "hello");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no message crossed from server 0 to server 1"
+        );
+    }
+    a.publish("work", text("job")).await.unwrap();
+    assert_eq!(payload_text(&receive(&mut group).await.payload), "job");
+    let answer: String = request_json(&a, "ask", &"question", Duration::from_secs(2))
+        .await
+        .expect("a request answered through another server");
+    assert_eq!(answer, "answer");
+
+    // A client given every server loses its own and moves to another.
+    let c = NatsBus::connect(&cluster.urls())
+        .await
+        .expect("connect to the cluster");
+    let mut on_c = subscribe(&c, "survivor.y").await;
+    let own = c.client().server_info().port;
+    let dead = (0..3)
+        .find(|i| cluster.port(*i) == own)
+        .expect("c is on one of the three");
+    let talker = NatsBus::connect(&cluster.url((dead + 1) % 3))
+        .await
+        .unwrap();
+    cluster.kill(dead);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        talker
+            .publish("survivor.y", text("still here"))
+            .await
+            .unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(250), on_c.next()).await {
+            assert_eq!(payload_text(&m.payload), "still here");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client did not carry on through another server within 15 s"
+        );
+    }
+    assert_ne!(c.client().server_info().port, own);
 }

@@ -73,6 +73,22 @@ pub fn split_credentials(url: &str) -> (Option<(String, String)>, String) {
     }
 }
 
+/// The servers of a NATS URL list (`STRATO_NATS_URL=nats://u:p@10.0.0.1:4222,nats://10.0.0.2:4222`,
+/// a cluster of three written as three URLs): each URL without credentials, and the
+/// credentials of the first that carries any (one user for the whole cluster).
+pub fn nats_servers(list: &str) -> (Option<(String, String)>, Vec<String>) {
+    let mut credentials = None;
+    let mut urls = Vec::new();
+    for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (found, url) = split_credentials(url);
+        if credentials.is_none() {
+            credentials = found;
+        }
+        urls.push(url);
+    }
+    (credentials, urls)
+}
+
 /// A URL with the password of its userinfo masked (`nats://node-1:***@10.0.0.1:4222`), so
 /// credentials in a URL never reach a log or an error message.
 pub fn without_password(url: &str) -> String {
@@ -122,6 +138,16 @@ mod tests {
 
     #[test]
     fn credentials_come_out_of_urls() {
+        assert_eq!(
+            nats_servers(" nats://u:p@10.0.0.1:4222, nats://10.0.0.2:4222,"),
+            (
+                Some(("u".to_string(), "p".to_string())),
+                vec![
+                    "nats://10.0.0.1:4222".to_string(),
+                    "nats://10.0.0.2:4222".to_string()
+                ]
+            )
+        );
         assert_eq!(
             split_credentials("nats://u:p@10.0.0.1:4222"),
             (

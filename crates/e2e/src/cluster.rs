@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use strato_testkit::netns::{Host, Lan};
-use strato_testkit::{NatsServer, Postgres};
+use strato_testkit::{NatsCluster, NatsServer, Postgres};
 
 use crate::{bin, http_get_at};
 
@@ -223,11 +223,27 @@ pub struct Cluster {
     pub client_home: tempfile::TempDir,
     pub password: String,
     /// The test's NATS server, unless the core runs the cluster's own.
-    nats: Option<NatsServer>,
+    nats: Option<TestNats>,
     /// `ADDRESS:PORT` of the core's own NATS server, once it runs one.
     pub core_bus: Option<String>,
     postgres: Postgres,
     lan: Lan,
+}
+
+/// The NATS the test runs for the cluster: one server, or a NATS cluster of three.
+pub enum TestNats {
+    One(NatsServer),
+    Three(NatsCluster),
+}
+
+impl TestNats {
+    /// What the nodes get as `STRATO_NATS_URL`.
+    fn url(&self) -> String {
+        match self {
+            TestNats::One(server) => server.url(),
+            TestNats::Three(cluster) => cluster.urls(),
+        }
+    }
 }
 
 impl Cluster {
@@ -235,8 +251,36 @@ impl Cluster {
     /// nodes, and waits until every DEA advertised itself to the controller.
     pub fn start(routers: usize, deas: usize) -> anyhow::Result<Cluster> {
         let lan = Lan::new()?;
+        let nats = TestNats::One(NatsServer::start_on(IpAddr::V4(lan.gateway()))?);
+        Self::start_with(lan, nats, routers, deas)
+    }
+
+    /// Like [`Cluster::start`], on a NATS cluster of three servers (all on the core host,
+    /// each its own process): see [`Cluster::kill_nats_server`].
+    pub fn start_on_nats_cluster(routers: usize, deas: usize) -> anyhow::Result<Cluster> {
+        let lan = Lan::new()?;
+        let nats = TestNats::Three(NatsCluster::start_on(IpAddr::V4(lan.gateway()), 3)?);
+        Self::start_with(lan, nats, routers, deas)
+    }
+
+    /// Kills server `i` of the NATS cluster of three.
+    pub fn kill_nats_server(&mut self, i: usize) -> anyhow::Result<()> {
+        match &mut self.nats {
+            Some(TestNats::Three(cluster)) => {
+                cluster.kill(i);
+                Ok(())
+            }
+            _ => bail!("this cluster runs on one NATS server"),
+        }
+    }
+
+    fn start_with(
+        lan: Lan,
+        nats: TestNats,
+        routers: usize,
+        deas: usize,
+    ) -> anyhow::Result<Cluster> {
         let gateway = lan.gateway();
-        let nats = NatsServer::start_on(IpAddr::V4(gateway))?;
         let postgres = Postgres::start_on(IpAddr::V4(gateway))?;
         let mut cluster = Self::with_core(lan, postgres, Some(nats))?;
         cluster.core.spawn()?;
@@ -267,7 +311,7 @@ impl Cluster {
             NodeKind::Dea,
             Some(host),
             address,
-            self.nats.as_ref().map(NatsServer::url),
+            self.nats.as_ref().map(TestNats::url),
             &self.password,
             None,
         )
@@ -285,18 +329,14 @@ impl Cluster {
 
     /// The cluster's parts and its core node (not started yet); the core uses `nats`
     /// when given, else it will run the cluster's own NATS server.
-    fn with_core(
-        lan: Lan,
-        postgres: Postgres,
-        nats: Option<NatsServer>,
-    ) -> anyhow::Result<Cluster> {
+    fn with_core(lan: Lan, postgres: Postgres, nats: Option<TestNats>) -> anyhow::Result<Cluster> {
         let password = format!("pw-{}", std::process::id());
         let core = Self::node(
             "core",
             NodeKind::Core,
             None,
             lan.gateway(),
-            nats.as_ref().map(NatsServer::url),
+            nats.as_ref().map(TestNats::url),
             &password,
             Some(postgres.url()),
         )?;
@@ -409,7 +449,7 @@ impl Cluster {
             NodeKind::Controller,
             Some(host),
             address,
-            self.nats.as_ref().map(NatsServer::url),
+            self.nats.as_ref().map(TestNats::url),
             &self.password,
             Some(self.postgres.url_at(IpAddr::V4(self.lan.gateway()))),
         )?;
@@ -437,7 +477,7 @@ impl Cluster {
             kind,
             Some(host),
             address,
-            self.nats.as_ref().map(NatsServer::url),
+            self.nats.as_ref().map(TestNats::url),
             &self.password,
             None,
         )?;

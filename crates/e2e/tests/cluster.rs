@@ -742,3 +742,59 @@ fn two_controllers_share_the_api_and_either_carries_on_alone() {
         "{processes:?}"
     );
 }
+
+#[test]
+fn the_platform_carries_on_when_one_nats_server_of_three_dies() {
+    let mut c = Cluster::start_on_nats_cluster(1, 2).expect("cluster on a NATS cluster of three");
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n", "--instances", "2"]);
+    let api = Api::login(&c);
+    let first = api.app_guid(APP);
+    api.wait_running(&first, 2, None, Duration::from_secs(60), &c);
+    let router = std::net::SocketAddr::from((c.routers[0].address, c.routers[0].http_port));
+    let traffic = Traffic::start(router);
+
+    // Every node whose connection was on that server moves to another; the config
+    // store (three replicas) keeps its quorum.
+    c.kill_nats_server(0).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    kato_ok(
+        c.kato(&["config", "set", "router2g", "drain", "4"]),
+        "config set",
+    );
+    let router_node = &c.routers[0];
+    let drain = kato_ok(
+        c.kato_on(router_node, &["config", "get", "router2g", "drain"]),
+        "config get",
+    );
+    assert_eq!(
+        drain.trim(),
+        "4",
+        "the router node reads what the core wrote"
+    );
+    c.strato_ok(
+        &fixture("static"),
+        &["push", "second", "-n", "--instances", "2"],
+    );
+    let second = api.app_guid("second");
+    api.wait_running(&second, 2, None, Duration::from_secs(60), &c);
+    let until = Instant::now() + Duration::from_secs(20);
+    while http_get_at(router, "second.localhost", "/").0 != 200 {
+        assert!(
+            Instant::now() < until,
+            "the second app is not reachable\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (sent, failed, window) = traffic.finish();
+    eprintln!(
+        "MEASURED one NATS server of three killed: {failed} of {sent} requests failed over {window:.1} s"
+    );
+    assert!(
+        window < 3.0,
+        "requests failed for {window:.1} s\n{}",
+        c.logs()
+    );
+}

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use serde_json::json;
 use strato_kv::conformance::next_change;
 use strato_kv::{Condition, ConfigStore, JetStreamOptions, JetStreamStore, KvError};
-use strato_testkit::NatsServer;
+use strato_testkit::{NatsCluster, NatsServer};
 
 const BUCKET: &str = "config";
 
@@ -300,4 +300,37 @@ async fn unreachable_nats_is_a_clear_error() {
         Err(other) => panic!("expected Open, got {other}"),
         Ok(_) => panic!("connected to a stopped server"),
     }
+}
+
+/// On a NATS cluster of three with a bucket of three replicas, the whole conformance
+/// suite passes, and losing any one server loses no write, no change and no watch.
+#[tokio::test]
+async fn a_bucket_of_three_replicas_survives_losing_a_server() {
+    let mut cluster = NatsCluster::start().expect("start a NATS cluster of three");
+    let options = || JetStreamOptions {
+        replicas: 3,
+        ..Default::default()
+    };
+    let store = JetStreamStore::connect(&cluster.urls(), "suite", options())
+        .await
+        .expect("open a bucket of three replicas");
+    strato_kv::conformance::run_all(std::sync::Arc::new(store)).await;
+
+    let writer = JetStreamStore::connect(&cluster.urls(), BUCKET, options())
+        .await
+        .unwrap();
+    let watcher = JetStreamStore::connect(&cluster.url(2), BUCKET, options())
+        .await
+        .unwrap();
+    let first = writer.set("ha/a", json!(1)).await.unwrap();
+    let mut watch = watcher.watch("ha", Some(first - 1)).await.unwrap();
+    assert_eq!(next_change(&mut watch).await.path, "ha/a");
+    cluster.kill(0);
+    let b = writer
+        .set("ha/b", json!(2))
+        .await
+        .expect("a write with one server of three down");
+    let change = next_change(&mut watch).await;
+    assert_eq!((change.path.as_str(), change.revision), ("ha/b", b));
+    assert_eq!(watcher.get("ha/a").await.unwrap().unwrap().value, json!(1));
 }

@@ -41,7 +41,8 @@ pub struct Options {
     /// The app domain (apps at NAME.DOMAIN, the API at api.DOMAIN).
     #[arg(long, env = "STRATO_DOMAIN", default_value = "localhost")]
     pub domain: String,
-    /// A NATS server for the bus (cluster); without it the bus is in-process.
+    /// A NATS server for the bus (cluster), or every server of a NATS cluster as a
+    /// comma-separated list; without it the bus is in-process.
     #[arg(long, env = "STRATO_NATS_URL")]
     pub nats_url: Option<String>,
     /// Controller database (default: SQLite under the data directory).
@@ -786,6 +787,9 @@ async fn connect_bus_and_store(
         CONFIG_BUCKET,
         strato_kv::JetStreamOptions {
             ca_file: opts.nats_ca.clone(),
+            // One copy per server of a NATS cluster, up to three: the config store
+            // survives losing any one of them.
+            replicas: strato_core::names::nats_servers(url).1.len().clamp(1, 3),
             ..Default::default()
         },
     )

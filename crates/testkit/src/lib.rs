@@ -15,7 +15,7 @@ pub mod netns;
 mod postgres;
 mod process;
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use postgres::Postgres;
 pub use tempfile::TempDir;
 

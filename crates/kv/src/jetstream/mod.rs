@@ -164,7 +164,7 @@ struct Written {
 impl JetStreamStore {
     /// Connects to NATS at `nats_url` and opens (creating if needed) the KV bucket `bucket`.
     pub async fn connect(nats_url: &str, bucket: &str, options: JetStreamOptions) -> Result<Self> {
-        let (credentials, url) = strato_core::names::split_credentials(nats_url);
+        let (credentials, servers) = strato_core::names::nats_servers(nats_url);
         let mut connect = async_nats::ConnectOptions::new().name("strato-kv");
         if let Some((user, password)) = credentials {
             connect = connect.user_and_password(user, password);
@@ -172,13 +172,10 @@ impl JetStreamStore {
         if let Some(ca) = &options.ca_file {
             connect = connect.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let client = connect
-            .connect(url.as_str())
-            .await
-            .map_err(|e| KvError::Open {
-                path: strato_core::names::without_password(nats_url),
-                message: format!("cannot connect to NATS: {e}"),
-            })?;
+        let client = connect.connect(servers).await.map_err(|e| KvError::Open {
+            path: strato_core::names::without_password(nats_url),
+            message: format!("cannot connect to NATS: {e}"),
+        })?;
         Self::with_client(client, bucket, options).await
     }
 
