@@ -409,14 +409,45 @@ fn roles_are_added_and_removed_live_from_the_core() {
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("router") && text.contains("dea"), "{text}");
 
-    // Removed: it stops listening.
-    let out = c.kato(&["role", "remove", "router", "-n", &dea]);
-    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    // `--only dea`: every other role goes; it stops listening.
+    let out = c.kato(&["role", "add", "dea", "--only", "-n", &dea]);
+    let text = strato_e2e::output_text(&out);
+    assert!(
+        out.status.success() && text.contains("router: removed from"),
+        "{text}"
+    );
     let until = Instant::now() + Duration::from_secs(20);
     while c.get_via(&c.deas[0], APP_HOST, "/").0 != 0 {
         assert!(Instant::now() < until, "the removed router still answers");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // `-s`: assigned, not started until `kato start` (on that node, from the core).
+    let out = c.kato(&["role", "add", "router", "-s", "-n", &dea]);
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.get_via(&c.deas[0], APP_HOST, "/").0,
+        0,
+        "a held role started"
+    );
+    let status = kato_ok(c.kato(&["status", "-n", &dea, "--yaml"]), "status --yaml");
+    assert!(
+        status.contains("role: router") && status.contains("state: stopped"),
+        "{status}"
+    );
+    kato_ok(c.kato(&["start", "-n", &dea]), "start -n");
+    let until = Instant::now() + Duration::from_secs(20);
+    while c.get_via(&c.deas[0], APP_HOST, "/").0 != 200 {
+        assert!(
+            Instant::now() < until,
+            "`kato start -n` did not start the held router\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = c.kato(&["role", "remove", "router", "-n", &dea]);
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
 
     // The last DEA, with an app running: refused, naming the app, unless forced.
     let out = c.kato(&["role", "remove", "dea", "-n", &dea]);

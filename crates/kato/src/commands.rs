@@ -159,14 +159,26 @@ enum CertCmd {
 
 #[derive(Subcommand, Debug)]
 enum RoleCmd {
-    /// Give a node a role; its stratod starts it at once.
+    /// Give a node roles; its stratod starts them at once.
     Add {
         roles: Vec<String>,
         /// The node (id, id prefix or address; default: this one).
         #[arg(short = 'n', long)]
         node: Option<String>,
+        /// Every role.
+        #[arg(long, conflicts_with_all = ["roles", "all_but"])]
+        all: bool,
+        /// Every role but these (comma-separated).
+        #[arg(long, value_delimiter = ',', conflicts_with = "roles")]
+        all_but: Vec<String>,
+        /// These roles and no others: the node's other roles are removed.
+        #[arg(long)]
+        only: bool,
+        /// Assign them, but start them only with the next `kato start`.
+        #[arg(short = 's', long)]
+        no_start: bool,
     },
-    /// Take a role from a node; its stratod stops it at once.
+    /// Take roles from a node; its stratod stops them at once.
     Remove {
         roles: Vec<String>,
         #[arg(short = 'n', long)]
@@ -174,6 +186,12 @@ enum RoleCmd {
         /// Remove the cluster's last DEA even while apps run.
         #[arg(short, long)]
         force: bool,
+        /// Every role.
+        #[arg(long, conflicts_with_all = ["roles", "all_but"])]
+        all: bool,
+        /// Every role but these (comma-separated).
+        #[arg(long, value_delimiter = ',', conflicts_with = "roles")]
+        all_but: Vec<String>,
     },
     /// The roles a node has, and the roles there are.
     Info {
@@ -660,7 +678,9 @@ async fn start(
     if !ctl.is_up().await {
         println!("starting stratod ...");
         launch(ctl, home).await?;
-    } else if roles.is_empty() {
+    }
+    if roles.is_empty() {
+        // Also the roles added with `kato role add -s`, held until now.
         ctl.call("POST", "/roles/start", None).await?;
     }
     for r in roles {
@@ -1040,7 +1060,7 @@ fn percent_encode(value: &str) -> String {
 }
 
 async fn role(ctl: &Control, cmd: &RoleCmd, json_out: bool) -> anyhow::Result<()> {
-    let (roles, verb, node, force) = match cmd {
+    match cmd {
         RoleCmd::Info { node } => {
             let v = ctl
                 .call(
@@ -1050,47 +1070,136 @@ async fn role(ctl: &Control, cmd: &RoleCmd, json_out: bool) -> anyhow::Result<()
                 )
                 .await?;
             if json_out {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_data(&v)?;
             } else {
                 let list = |k: &str| join(&v[k]);
                 println!("node {}", v["node"].as_str().unwrap_or("?"));
                 println!("assigned:  {}", list("roles"));
                 println!("available: {}", list("available"));
             }
-            return Ok(());
+            Ok(())
         }
-        RoleCmd::Add { roles, node } => (roles, "add", node, false),
-        RoleCmd::Remove { roles, node, force } => (roles, "remove", node, *force),
+        RoleCmd::Add {
+            roles,
+            node,
+            all,
+            all_but,
+            only,
+            no_start,
+        } => {
+            let roles = role_selection(roles, *all, all_but, "add")?;
+            let mut query = role_query(node, false);
+            if *no_start {
+                query.push_str(if query.is_empty() { "?" } else { "&" });
+                query.push_str("no_start=true");
+            }
+            for r in &roles {
+                let v = ctl
+                    .call(
+                        "POST",
+                        &format!("/roles/{}/add{query}", percent_encode(r)),
+                        None,
+                    )
+                    .await?;
+                report_role(&v, r, "added to", json_out)?;
+            }
+            if *only {
+                let info = ctl
+                    .call(
+                        "GET",
+                        &format!("/roles/info{}", role_query(node, false)),
+                        None,
+                    )
+                    .await?;
+                let keep: Vec<String> = roles
+                    .iter()
+                    .flat_map(|r| expanded(r))
+                    .chain(["base".to_string()])
+                    .collect();
+                for assigned in info["roles"].as_array().into_iter().flatten() {
+                    let Some(name) = assigned.as_str() else {
+                        continue;
+                    };
+                    if keep.iter().any(|k| k == name) {
+                        continue;
+                    }
+                    let path = format!("/roles/{name}/remove{}", role_query(node, false));
+                    let v = ctl.call("POST", &path, None).await?;
+                    report_role(&v, name, "removed from", json_out)?;
+                }
+            }
+            Ok(())
+        }
+        RoleCmd::Remove {
+            roles,
+            node,
+            force,
+            all,
+            all_but,
+        } => {
+            let roles = role_selection(roles, *all, all_but, "remove")?;
+            for r in &roles {
+                let path = format!(
+                    "/roles/{}/remove{}",
+                    percent_encode(r),
+                    role_query(node, *force)
+                );
+                let v = ctl.call("POST", &path, None).await?;
+                report_role(&v, r, "removed from", json_out)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The roles a `role add|remove` names: the listed ones, every role (`--all`), or every
+/// role but some (`--all-but`). Unknown names are refused before anything changes.
+fn role_selection(
+    roles: &[String],
+    all: bool,
+    all_but: &[String],
+    verb: &str,
+) -> anyhow::Result<Vec<String>> {
+    check_roles(roles)?;
+    check_roles(all_but)?;
+    let every = || {
+        strato_core::Role::all()
+            .filter(|r| !matches!(r, strato_core::Role::Base | strato_core::Role::Primary))
+            .map(|r| r.name().to_string())
     };
-    if roles.is_empty() {
+    let chosen: Vec<String> = if all {
+        every().collect()
+    } else if !all_but.is_empty() {
+        let skip: Vec<String> = all_but.iter().flat_map(|r| expanded(r)).collect();
+        every().filter(|r| !skip.contains(r)).collect()
+    } else {
+        roles.to_vec()
+    };
+    if chosen.is_empty() {
         anyhow::bail!(
-            "name at least one role, e.g. `kato role {verb} dea`; `kato role info` lists them"
+            "name at least one role, e.g. `kato role {verb} dea` (or --all, --all-but ROLES); `kato role info` lists them"
         );
     }
-    for r in roles {
-        let v = ctl
-            .call(
-                "POST",
-                &format!(
-                    "/roles/{}/{verb}{}",
-                    percent_encode(r),
-                    role_query(node, force)
-                ),
-                None,
-            )
-            .await?;
-        if json_out {
-            println!("{v}");
-        } else {
-            let done = if verb == "add" {
-                "added to"
-            } else {
-                "removed from"
-            };
-            println!("{r}: {done} node {}", v["node"].as_str().unwrap_or("?"));
-        }
+    Ok(chosen)
+}
+
+/// A role's name and, for `primary`, the roles it stands for.
+fn expanded(name: &str) -> Vec<String> {
+    match name.parse::<strato_core::Role>() {
+        Ok(r) => std::iter::once(name.to_string())
+            .chain(r.expand().into_iter().map(|r| r.name().to_string()))
+            .collect(),
+        Err(_) => vec![name.to_string()],
     }
-    Ok(())
+}
+
+fn report_role(v: &Value, role: &str, done: &str, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        print_data(v)
+    } else {
+        println!("{role}: {done} node {}", v["node"].as_str().unwrap_or("?"));
+        Ok(())
+    }
 }
 
 /// The first 8 characters of a node id, enough to tell nodes apart in a table.

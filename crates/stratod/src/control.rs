@@ -293,6 +293,10 @@ async fn role_start(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
     let role = parse_role(&name)?;
+    let _ = node
+        .kv
+        .del(&crate::node::held_key(&node.identity.id, role))
+        .await;
     let mut started = Vec::new();
     for r in role.expand() {
         if let Some(f) = node.factory(r) {
@@ -447,6 +451,9 @@ struct RoleTarget {
     /// Remove even the cluster's last DEA while apps run.
     #[serde(default)]
     force: bool,
+    /// Assign the role but start it only with the next `kato start` (`role add -s`).
+    #[serde(default)]
+    no_start: bool,
 }
 
 /// The node id `target` names: this node, a node id, or a node's address (asked over the
@@ -496,6 +503,13 @@ async fn role_add(
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
     let role = parse_role(&name)?;
     let id = target_node(&node, t.node.as_deref()).await?;
+    // The hold goes first: the node applies the role as soon as it is written.
+    if t.no_start {
+        node.kv
+            .set(&crate::node::held_key(&id, role), Value::Bool(true))
+            .await
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
     node.kv
         .set(
             &format!("node/{id}/roles/{}", role.name()),
@@ -504,7 +518,9 @@ async fn role_add(
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     record(&node, &format!("role add {} -n {id}", role.name()));
-    Ok(Json(json!({"node": id, "added": role.name()})))
+    Ok(Json(
+        json!({"node": id, "added": role.name(), "started": !t.no_start}),
+    ))
 }
 
 /// `kato role remove ROLE [-n NODE] [--force]`.
@@ -544,6 +560,7 @@ async fn role_remove(
             ),
         ));
     }
+    let _ = node.kv.del(&crate::node::held_key(&id, role)).await;
     record(&node, &format!("role remove {} -n {id}", role.name()));
     Ok(Json(json!({"node": id, "removed": removed})))
 }
@@ -649,6 +666,9 @@ async fn roles_info(
 }
 
 async fn roles_start(State(node): State<S>) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    crate::node::release_holds(node.kv.as_ref(), &node.identity.id)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let roles = node
         .start_roles()
         .await

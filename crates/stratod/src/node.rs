@@ -184,6 +184,30 @@ pub async fn stored_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result
     Ok(roles)
 }
 
+/// Where a role assigned with `kato role add -s` waits for the next `kato start`.
+pub fn held_key(node_id: &str, role: Role) -> String {
+    format!("node/{node_id}/held/{}", role.name())
+}
+
+/// Roles assigned to a node but not to be started until the next `kato start`.
+pub async fn held_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result<Vec<Role>> {
+    let leaves = kv.list(&format!("node/{node_id}/held")).await?;
+    Ok(leaves
+        .into_iter()
+        .filter(|(_, v)| v.value == serde_json::Value::Bool(true))
+        .filter_map(|(path, _)| path.rsplit('/').next()?.parse::<Role>().ok())
+        .flat_map(Role::expand)
+        .collect())
+}
+
+/// Forgets every hold of this node (`kato start`).
+pub async fn release_holds(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result<()> {
+    for role in held_roles(kv, node_id).await? {
+        kv.del(&held_key(node_id, role)).await?;
+    }
+    Ok(())
+}
+
 /// The roles of a new node: `STRATO_ROLES` (comma-separated, e.g. `micro` or
 /// `controller,dea,router`) when set, else the micro cloud's set.
 fn first_roles() -> anyhow::Result<Vec<Role>> {
@@ -603,20 +627,24 @@ impl Node {
     /// Brings the running roles in line with the config store: starts what was added,
     /// stops what was removed (`kato role add|remove`, from this node or any other).
     pub async fn apply_roles(self: &Arc<Self>) -> anyhow::Result<()> {
-        let wanted: Vec<Role> = stored_roles(self.kv.as_ref(), &self.identity.id)
+        let held = held_roles(self.kv.as_ref(), &self.identity.id).await?;
+        let assigned: Vec<Role> = stored_roles(self.kv.as_ref(), &self.identity.id)
             .await?
             .into_iter()
             .map(hosting_role)
             .collect();
-        for role in self.supervisor.running() {
-            if !wanted.contains(&role) {
+        let running = self.supervisor.running();
+        for role in &running {
+            if !assigned.contains(role) {
                 tracing::info!(
                     role = role.name(),
                     "role removed from this node: stopping it"
                 );
-                self.supervisor.stop(role, Duration::from_secs(30)).await;
+                self.supervisor.stop(*role, Duration::from_secs(30)).await;
             }
         }
+        // A held role is not started here; one already running keeps running.
+        let wanted = assigned.into_iter().filter(|r| !held.contains(r));
         for role in wanted {
             if let Some(f) = self.factory(role) {
                 // Starting a running role does nothing.
@@ -628,7 +656,12 @@ impl Node {
 
     /// Starts every configured role that is not running.
     pub async fn start_roles(self: &Arc<Self>) -> anyhow::Result<Vec<Role>> {
-        let roles = configured_roles(self.kv.as_ref(), &self.identity.id).await?;
+        let held = held_roles(self.kv.as_ref(), &self.identity.id).await?;
+        let roles: Vec<Role> = configured_roles(self.kv.as_ref(), &self.identity.id)
+            .await?
+            .into_iter()
+            .filter(|r| !held.contains(r))
+            .collect();
         for r in &roles {
             if let Some(f) = self.factory(*r) {
                 self.supervisor.start(*r, f);
