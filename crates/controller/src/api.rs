@@ -562,6 +562,18 @@ async fn refresh_routes(c: &Shared, app: &App) {
     }
 }
 
+/// Tells the DEAs every started app's uris (at the controller's start): instances
+/// registered under names that changed while no controller ran (`kato node rename`)
+/// take their new ones.
+pub async fn refresh_all_routes(c: Shared) {
+    let Ok(apps) = c.db.list_apps(&Default::default()).await else {
+        return;
+    };
+    for app in &apps {
+        refresh_routes(&c, app).await;
+    }
+}
+
 // ---------------------------------------------------------------- apps
 
 pub(crate) fn app_json(a: &App) -> Value {

@@ -59,17 +59,6 @@ pub(crate) fn visible(access: &Access, d: &Domain) -> bool {
     }
 }
 
-/// A domain name: lower-case DNS labels, at least two of them.
-fn check_domain(name: &str) -> Result<(), String> {
-    let labels: Vec<&str> = name.split('.').collect();
-    if name.len() > 253 || labels.len() < 2 {
-        return Err(format!(
-            "'{name}' is not a domain name: give at least two labels, e.g. example.com"
-        ));
-    }
-    labels.iter().try_for_each(|l| names::check_host(l))
-}
-
 #[derive(Deserialize)]
 struct NewDomain {
     name: String,
@@ -83,7 +72,7 @@ async fn create(
 ) -> CfResult<(StatusCode, Json<Value>)> {
     let want: NewDomain = parse_json(&body)?;
     let name = want.name.trim().trim_end_matches('.').to_ascii_lowercase();
-    check_domain(&name).map_err(|m| ApiError::new(400, 130001, "CF-DomainInvalid", m))?;
+    names::check_domain(&name).map_err(|m| ApiError::new(400, 130001, "CF-DomainInvalid", m))?;
     let org = crate::api::org(&c, &want.owning_organization_guid).await?;
     access.require(Action::Update, Scope::Org(&org.guid))?;
     let d =

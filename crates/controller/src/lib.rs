@@ -147,6 +147,7 @@ impl Controller {
         services::listen(c.clone(), shutdown.clone()).await?;
         drains::run_forwarder(c.clone(), shutdown.clone()).await?;
         peers::listen(c.clone(), shutdown.clone()).await?;
+        tokio::spawn(api::refresh_all_routes(c.clone()));
         Ok(c)
     }
 }

@@ -73,6 +73,17 @@ pub fn split_credentials(url: &str) -> (Option<(String, String)>, String) {
     }
 }
 
+/// A domain name: lower-case DNS labels, at least two of them.
+pub fn check_domain(name: &str) -> Result<(), String> {
+    let labels: Vec<&str> = name.split('.').collect();
+    if name.len() > 253 || labels.len() < 2 {
+        return Err(format!(
+            "'{name}' is not a domain name: give at least two labels, e.g. example.com"
+        ));
+    }
+    labels.iter().try_for_each(|l| check_host(l))
+}
+
 /// The servers of a NATS URL list (`STRATO_NATS_URL=nats://u:p@10.0.0.1:4222,nats://10.0.0.2:4222`,
 /// a cluster of three written as three URLs): each URL without credentials, and the
 /// credentials of the first that carries any (one user for the whole cluster).

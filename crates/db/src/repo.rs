@@ -300,6 +300,30 @@ impl Db {
         self.by_guid("domains", guid).await
     }
 
+    /// Renames domain `from` to `to` (`kato node rename`): its routes follow, as they
+    /// name the domain by guid. `Ok(None)` when there is no domain `from`;
+    /// [`crate::DbError::Conflict`] when `to` is taken.
+    pub async fn rename_domain(&self, from: &str, to: &str) -> Result<Option<Domain>> {
+        let to = to.to_ascii_lowercase();
+        let done = sqlx::query("UPDATE domains SET name = $1, updated_at = $2 WHERE name = $3")
+            .bind(&to)
+            .bind(now_rfc3339())
+            .bind(from.to_ascii_lowercase())
+            .execute(self.pool())
+            .await
+            .map_err(|e| conflict_or(e, || format!("domain '{to}'")))?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let found = self
+            .list_domains(&Filter {
+                name: Some(to),
+                ..Default::default()
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
     /// How many routes use the domain.
     pub async fn count_routes_of_domain(&self, guid: &str) -> Result<i64> {
         self.count("routes", Some(("domain_guid", guid))).await

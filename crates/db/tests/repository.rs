@@ -359,6 +359,25 @@ async fn suite(db: &Db) {
     assert!(db.apps_of_route(&r.guid).await.unwrap().is_empty());
     assert!(db.delete_route(&r.guid).await.unwrap());
 
+    // a domain renamed: taken names refused, unknown ones reported
+    db.create_shared_domain("old.example").await.unwrap();
+    db.create_shared_domain("taken.example").await.unwrap();
+    assert!(matches!(
+        db.rename_domain("old.example", "taken.example").await,
+        Err(DbError::Conflict { .. })
+    ));
+    let renamed = db
+        .rename_domain("old.example", "New.Example")
+        .await
+        .unwrap()
+        .expect("renamed");
+    assert_eq!(renamed.name, "new.example");
+    assert!(db
+        .rename_domain("old.example", "x.example")
+        .await
+        .unwrap()
+        .is_none());
+
     // secrets: the first candidate wins, a second controller reads it back
     assert_eq!(
         db.secret_or_insert("token", "first").await.unwrap(),

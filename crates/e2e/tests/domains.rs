@@ -45,3 +45,73 @@ fn an_org_routes_an_app_in_its_own_domain() {
     let listed = mc.strato_ok(here, &["domains"]);
     assert!(!listed.contains("shop.example.test"), "{listed}");
 }
+
+/// `kato node rename`: the cloud takes a new domain; the running app answers at its new
+/// name (no restage, no restart), the old name is gone, the API answers at api.NEW, and
+/// the rename survives a restart of stratod.
+#[test]
+fn kato_node_rename_moves_the_cloud_and_its_apps_to_a_new_domain() {
+    let mut mc = MicroCloud::start().expect("micro cloud");
+    mc.login();
+    let here = mc.client_home.path();
+    mc.push_static();
+    assert_eq!(http_get(mc.port, "staticfixture.localhost", "/").0, 200);
+
+    let out = mc.kato(&["node", "rename", "not a name"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("not a domain name") || output_text(&out).contains("host"),
+        "{}",
+        output_text(&out)
+    );
+
+    let out = mc.kato(&["node", "rename", "Cloud.Example.Test"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("cloud.example.test"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(wait_for(&mc, "staticfixture.cloud.example.test", 200).contains("hello from static"));
+    wait_for(&mc, "staticfixture.localhost", 404);
+    let (status, info) = {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let got = http_get(mc.port, "api.cloud.example.test", "/v2/info");
+            if got.0 == 200 || std::time::Instant::now() > until {
+                break got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    assert_eq!(status, 200, "{info}");
+    let apps = mc.strato_ok(here, &["apps"]);
+    assert!(apps.contains("staticfixture.cloud.example.test"), "{apps}");
+
+    // The name is kept: after a restart the cloud still has it.
+    mc.restart().expect("restart stratod");
+    wait_for(&mc, "staticfixture.cloud.example.test", 200);
+    let info = mc.kato(&["info"]);
+    assert!(
+        output_text(&info).contains("cloud.example.test"),
+        "{}",
+        output_text(&info)
+    );
+}
+
+/// Waits until `host` answers `want` through the micro cloud's router; returns the body.
+fn wait_for(mc: &MicroCloud, host: &str, want: u16) -> String {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(mc.port, host, "/");
+        if status == want {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{host} answered {status}, not {want}: {body}\n{}",
+            mc.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

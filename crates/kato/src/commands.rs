@@ -229,6 +229,9 @@ enum NodeCmd {
     },
     /// Leave the cluster (this node must be stopped).
     Detach,
+    /// Give the cloud a new domain: the API at api.NAME, apps at APP.NAME (their routes on
+    /// the old shared domain move with it). Run it on a node with the controller.
+    Rename { name: String },
     /// Revoke nodes' credentials and forget their roles (run on the core).
     Remove {
         /// Node ids, id prefixes or addresses.
@@ -451,6 +454,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node {
             cmd: NodeCmd::Detach,
         } => crate::attach::detach(&home),
+        Cmd::Node {
+            cmd: NodeCmd::Rename { name },
+        } => {
+            let v = ctl
+                .call("POST", "/node/rename", Some(&json!({ "name": name })))
+                .await?;
+            if cli.json {
+                print_data(&v)
+            } else if v["changed"] == true {
+                let domain = v["domain"].as_str().unwrap_or(name);
+                println!("the cloud's domain is now {domain} (was {})", v["was"].as_str().unwrap_or("?"));
+                println!("API: api.{domain}; apps: APP.{domain}. Point DNS (*.{domain}) at the routers.");
+                Ok(())
+            } else {
+                println!("the cloud's domain is {name} already");
+                Ok(())
+            }
+        }
         Cmd::Node {
             cmd: NodeCmd::Remove { nodes },
         } => {

@@ -78,6 +78,7 @@ fn api(node: Arc<Node>) -> Router {
             "/tls/custom/{domain}",
             axum::routing::put(tls_custom_install).delete(tls_custom_remove),
         )
+        .route("/node/rename", post(rename))
         .route("/processes", get(processes))
         .route("/processes/{name}/restart", post(process_restart))
         .with_state(node)
@@ -127,6 +128,60 @@ async fn forward(
         );
     }
     Ok((crate::remote::status_of(&answer), Json(answer.body)))
+}
+
+#[derive(serde::Deserialize)]
+struct RenameRequest {
+    name: String,
+}
+
+/// `kato node rename NAME`: the cloud's domain becomes NAME (the API at api.NAME, apps
+/// at APP.NAME). The shared domain is renamed with its routes; every node's controller
+/// and router restart on it; running instances register their new names.
+async fn rename(
+    State(node): State<S>,
+    Json(req): Json<RenameRequest>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let name = req.name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name != "localhost" {
+        strato_core::names::check_domain(&name).map_err(|m| err(StatusCode::BAD_REQUEST, m))?;
+    }
+    let old = node.domain();
+    if name == old {
+        return Ok(Json(json!({"domain": name, "changed": false})));
+    }
+    let db = node
+        .controller_db()
+        .await
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let taken = || {
+        err(
+            StatusCode::CONFLICT,
+            format!("the domain {name} exists already (an organization's own?); delete it first or choose another name"),
+        )
+    };
+    match db.rename_domain(&old, &name).await {
+        Ok(Some(_)) => {}
+        // No shared domain by the old name (deleted by hand): make the new one.
+        Ok(None) => {
+            db.create_shared_domain(&name).await.map_err(|_| taken())?;
+        }
+        Err(strato_db::DbError::Conflict { .. }) => return Err(taken()),
+        Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+    for (key, value) in [
+        (crate::node::DOMAIN_KEY.to_string(), name.clone()),
+        ("cluster/endpoint".to_string(), format!("api.{name}")),
+    ] {
+        node.kv
+            .set(&key, Value::String(value))
+            .await
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    crate::remote::announce_rename(&node, &name).await;
+    node.rename(&name).await;
+    record(&node, &format!("node rename {name} (was {old})"));
+    Ok(Json(json!({"domain": name, "was": old, "changed": true})))
 }
 
 /// `kato process list`: stratod, each role it hosts (by its Stackato process name) and
@@ -240,7 +295,7 @@ async fn status(State(node): State<S>) -> Json<Value> {
         "version": strato_core::VERSION,
         "started_at": node.started_at,
         "home": node.layout.root,
-        "domain": node.opts.domain,
+        "domain": node.domain(),
         "http_port": node.opts.http_port,
         "https_port": node.opts.https_port,
         "ca_fingerprint": node.authority().ok().map(|a| a.fingerprint()),

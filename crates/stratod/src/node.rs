@@ -118,7 +118,13 @@ pub struct Node {
     pub bus_server: Option<crate::bus_server::SharedBusServer>,
     pub shutdown: CancellationToken,
     pub started_at: String,
+    /// The cloud's domain: `cluster/domain` in the config store once `kato node rename`
+    /// set it, else `STRATO_DOMAIN`. Read when a role starts.
+    domain: std::sync::RwLock<String>,
 }
+
+/// Where `kato node rename` keeps the cloud's domain.
+pub const DOMAIN_KEY: &str = "cluster/domain";
 
 fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
     let runc = strato_container::RuncDriver::new(
@@ -281,7 +287,7 @@ impl Node {
                 Box::pin(async move {
                     let mut cfg = strato_router::RouterConfig {
                         listen: SocketAddr::new(node.opts.http_addr, node.opts.http_port),
-                        domain: node.opts.domain.clone(),
+                        domain: node.domain(),
                         // A cluster's controllers register `api.DOMAIN` instead.
                         api_backend: if node.opts.clustered() {
                             None
@@ -480,7 +486,7 @@ impl Node {
         }
         // The CA signs for the cloud's own names and addresses only, so a client cannot
         // make it sign for every name it invents; other domains need a custom certificate.
-        let domain = self.opts.domain.to_ascii_lowercase();
+        let domain = self.domain().to_ascii_lowercase();
         let resolver = strato_tls::CertResolver::new(
             Arc::new(self.authority()?),
             self.custom_certs(),
@@ -561,7 +567,7 @@ impl Node {
         )
         .await?;
         let mut cfg =
-            strato_controller::ControllerConfig::new(&self.opts.domain, &self.layout, secret);
+            strato_controller::ControllerConfig::new(&self.domain(), &self.layout, secret);
         cfg.max_upload_mb = self
             .config_u64(
                 Role::Controller.component(),
@@ -609,6 +615,28 @@ impl Node {
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;
         Ok(())
+    }
+
+    /// The cloud's domain (apps at NAME.DOMAIN, the API at api.DOMAIN).
+    pub fn domain(&self) -> String {
+        self.domain
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes a new domain (`kato node rename`) and restarts the roles that read it; app
+    /// instances keep running and register their new names.
+    pub async fn rename(self: &Arc<Self>, domain: &str) {
+        *self.domain.write().unwrap_or_else(|p| p.into_inner()) = domain.to_string();
+        for role in [Role::Controller, Role::Router] {
+            if self.supervisor.stop(role, Duration::from_secs(30)).await {
+                if let Some(f) = self.factory(role) {
+                    self.supervisor.start(role, f);
+                }
+            }
+        }
+        tracing::info!(%domain, "the cloud's domain changed: controller and router restarted");
     }
 
     /// The controller database, opened (and migrated) on first use. In a cluster only a
@@ -916,6 +944,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if opts.clustered() {
         refuse_a_taken_id(&bus, &identity.id).await?;
     }
+    if let Ok(Some(v)) = kv.get(DOMAIN_KEY).await {
+        if let Some(domain) = v.value.as_str().filter(|d| !d.is_empty()) {
+            opts.domain = domain.to_string();
+        }
+    }
     let roles = configured_roles(kv.as_ref(), &identity.id).await?;
     let db = tokio::sync::OnceCell::new();
     if roles.contains(&Role::Controller) {
@@ -939,6 +972,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         bus_server: bus_server.map(|s| Arc::new(std::sync::Mutex::new(s))),
         shutdown: CancellationToken::new(),
         started_at: strato_core::now_rfc3339(),
+        domain: std::sync::RwLock::new(opts.domain.clone()),
     });
     let ca = node.authority()?;
     tracing::info!(fingerprint = %ca.fingerprint(), "certificate authority at {}", node.layout.tls_ca().display());

@@ -5,8 +5,8 @@
 //!
 //! Only what an operator runs against another node is forwarded (status, info, history,
 //! processes, starting and stopping roles); set-up, tokens and certificates stay local.
-//! Also here: the cluster-wide "controllers, read your settings again" notice that
-//! `kato op regenerate token-signing-secret` sends.
+//! Also here: the cluster-wide notices "controllers, read your settings again" (`kato op
+//! regenerate token-signing-secret`) and "the cloud has a new domain" (`kato node rename`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,8 @@ use crate::node::Node;
 
 /// Every controller of the cluster starts again (a new token-signing secret).
 pub const RESTART_CONTROLLERS: &str = "strato.controllers.restart";
+/// The cloud has a new domain (`kato node rename`): every node takes it.
+pub const RENAMED: &str = "strato.cluster.renamed";
 
 /// The subject one node's stratod takes forwarded control calls on.
 pub fn subject(node_id: &str) -> String {
@@ -70,6 +72,7 @@ pub async fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut calls = node.bus.subscribe(&subject(&node.identity.id)).await?;
     let mut restarts = node.bus.subscribe(RESTART_CONTROLLERS).await?;
+    let mut renames = node.bus.subscribe(RENAMED).await?;
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -84,6 +87,16 @@ pub async fn serve(
                         };
                         let _ = strato_bus::reply_json(node.bus.as_ref(), &m, &answer).await;
                     });
+                }
+                m = renames.next() => {
+                    let Some(m) = m else { return };
+                    let msg: Value = strato_bus::decode(&m).unwrap_or_default();
+                    if let (Some(domain), Some(origin)) = (msg["domain"].as_str(), msg["node"].as_str()) {
+                        if origin != node.identity.id {
+                            let (node, domain) = (node.clone(), domain.to_string());
+                            tokio::spawn(async move { node.rename(&domain).await });
+                        }
+                    }
                 }
                 m = restarts.next() => {
                     let Some(m) = m else { return };
@@ -160,6 +173,14 @@ pub async fn restart_other_controllers(node: &Node) {
     if let Err(e) = strato_bus::publish_json(node.bus.as_ref(), RESTART_CONTROLLERS, &origin).await
     {
         tracing::warn!(error = %e, "cannot tell the other controllers to restart; restart them with `kato restart controller -n NODE`");
+    }
+}
+
+/// Tells every other node the cloud's new domain.
+pub async fn announce_rename(node: &Node, domain: &str) {
+    let msg = serde_json::json!({ "node": node.identity.id, "domain": domain });
+    if let Err(e) = strato_bus::publish_json(node.bus.as_ref(), RENAMED, &msg).await {
+        tracing::warn!(error = %e, "cannot tell the other nodes the new domain; restart them with `kato restart -n NODE`");
     }
 }
 
