@@ -46,6 +46,8 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(30);
 /// keeps stdout open must not hold the session).
 const DRAIN: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 32 * 1024;
+/// How long a terminal session's first keystrokes wait for the command's first output.
+const FIRST_OUTPUT_WAIT: Duration = Duration::from_secs(1);
 
 /// A session offered but not yet connected.
 struct Pending {
@@ -308,6 +310,18 @@ async fn run_tty(
     // reads EOF once the session's processes are gone.
     let mut proc = cmd.spawn().map_err(|e| e.to_string())?;
     let relay_pid = proc.pid();
+    // runc sizes the container's own terminal once it set it up; until then the command
+    // sees 0x0. Typing waits for its first output (or a moment), then asks runc to size
+    // it again, so the first `stty size` already sees the client's terminal.
+    let winch = move || {
+        if let Some(pid) = relay_pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGWINCH,
+            );
+        }
+    };
+    let (spoke, mut has_spoken) = tokio::sync::watch::channel(false);
     let master = Arc::new(master);
     let reader = {
         let master = master.clone();
@@ -317,6 +331,7 @@ async fn run_tty(
                 match master.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
+                        spoke.send_replace(true);
                         if out
                             .send(frame(exec_frames::STDOUT, &buf[..n]))
                             .await
@@ -330,21 +345,27 @@ async fn run_tty(
         })
     };
     let feed = async {
+        let mut sized = false;
         loop {
             match next_input(&mut input).await {
                 Input::Stdin(data) => {
+                    if !sized {
+                        let _ = tokio::time::timeout(
+                            FIRST_OUTPUT_WAIT,
+                            has_spoken.wait_for(|spoke| *spoke),
+                        )
+                        .await;
+                        winch();
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        sized = true;
+                    }
                     if master.write_all(&data).await.is_err() {
                         return;
                     }
                 }
                 Input::Resize(size) => {
                     if master.resize(size).is_ok() {
-                        if let Some(pid) = relay_pid {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::Signal::SIGWINCH,
-                            );
-                        }
+                        winch();
                     }
                 }
                 Input::Eof => {}
