@@ -323,7 +323,9 @@ async fn runs_routes_crashes_stops_and_shuts_down() {
     assert_eq!(files.content.as_deref(), Some(START_SH));
 
     // Kill the app (python3 under tini): CRASHED with its status, routes out, files kept.
-    let kill = "kill -9 $(for p in /proc/[0-9]*; do [ \"$(cat $p/comm)\" = python3 ] && echo ${p#/proc/}; done)";
+    // In the background, after this exec returned: killing the app ends the container,
+    // and an exec still running in it would end with it.
+    let kill = "{ sleep 0.3; kill -9 $(for p in /proc/[0-9]*; do [ \"$(cat $p/comm)\" = python3 ] && echo ${p#/proc/}; done); } >/dev/null 2>&1 &";
     let reply = exec(bus.as_ref(), &dea_id, &instance, &["sh", "-c", kill]).await;
     assert_eq!(reply.exit_status, 0, "{reply:?}");
     let exited: DropletExited = next(&mut exits, |e: &DropletExited| e.instance == instance).await;
