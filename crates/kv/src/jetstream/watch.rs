@@ -24,6 +24,11 @@ use crate::{path, Change, KvError, Result, WatchStream};
 
 /// How often an idle watch checks whether the client reconnected.
 const RECONNECT_CHECK: Duration = Duration::from_millis(200);
+/// How often a quiet watch compares the stream's last entry with what it has read: in a
+/// NATS cluster its consumer lives on one server, and when that server dies nothing is
+/// delivered until the client's missed-heartbeat check (tens of seconds). Behind on two
+/// checks in a row, the watch makes a new consumer.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Starts a watch of `prefix` after `from_revision` (or after the current revision).
 ///
@@ -57,6 +62,8 @@ pub(super) async fn start(
         messages: None,
         pending: VecDeque::new(),
         ended: false,
+        quiet: Duration::ZERO,
+        behind_at: None,
     };
     while watcher.next <= last {
         watcher.receive().await.map_err(|e| match e {
@@ -88,6 +95,10 @@ struct Watcher {
     messages: Option<Ordered>,
     pending: VecDeque<Change>,
     ended: bool,
+    /// Quiet time since the last stall check.
+    quiet: Duration,
+    /// `next` when the last stall check found the stream ahead of this watch.
+    behind_at: Option<u64>,
 }
 
 impl Watcher {
@@ -119,7 +130,11 @@ impl Watcher {
             };
             tokio::select! {
                 next = messages.next() => match next {
-                    Some(Ok(message)) => return self.accept(message),
+                    Some(Ok(message)) => {
+                        self.quiet = Duration::ZERO;
+                        self.behind_at = None;
+                        return self.accept(message);
+                    }
                     Some(Err(error)) => {
                         tracing::info!(bucket = %self.inner.bucket, next = self.next, %error, "config store watch lost its subscription; resubscribing");
                         self.messages = None;
@@ -132,6 +147,11 @@ impl Watcher {
                     if self.statistics.connects.load(Ordering::Relaxed) != self.subscribed_at {
                         tracing::info!(bucket = %self.inner.bucket, next = self.next, "NATS reconnected; resubscribing the config store watch");
                         self.messages = None;
+                    }
+                    self.quiet += RECONNECT_CHECK;
+                    if self.quiet >= STALL_CHECK {
+                        self.quiet = Duration::ZERO;
+                        self.check_stalled().await;
                     }
                 }
             }
@@ -162,6 +182,25 @@ async fn subscribe(inner: Arc<Inner>, next: u64) -> Result<Ordered> {
 }
 
 impl Watcher {
+    /// Resubscribes when the stream has had entries this watch has not been given for two
+    /// checks in a row (its consumer died with the server that held it).
+    async fn check_stalled(&mut self) {
+        let Ok(last) = self.inner.last_sequence().await else {
+            return;
+        };
+        if last < self.next {
+            self.behind_at = None;
+            return;
+        }
+        if self.behind_at == Some(self.next) {
+            tracing::info!(bucket = %self.inner.bucket, next = self.next, last, "config store watch is not being fed; resubscribing");
+            self.messages = None;
+            self.behind_at = None;
+        } else {
+            self.behind_at = Some(self.next);
+        }
+    }
+
     /// Takes one stream entry: checks its sequence, and queues its change if in the prefix.
     fn accept(&mut self, message: Message) -> Result<()> {
         let sequence = message
