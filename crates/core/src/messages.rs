@@ -552,6 +552,14 @@ pub struct JoinRequest {
     pub roles: Vec<String>,
 }
 
+/// How the core sends a [`JoinReply`]: sealed (`strato_tls::seal`, hex) with the join
+/// token's secret, so only the node that holds the token can read its credentials; every
+/// client of the `join` user can read the answers' subjects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SealedJoinReply {
+    pub sealed: String,
+}
+
 /// The core's answer to a [`JoinRequest`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

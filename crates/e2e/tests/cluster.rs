@@ -575,8 +575,43 @@ fn nodes_join_with_a_token_and_a_removed_node_is_shut_out() {
     );
     assert!(!c.deas[2].home.path().join("cluster.json").exists());
 
+    // Anyone may connect as the `join` user and read the answers' subjects: a spy there
+    // sees the core's answer, sealed, and not the credentials in it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pinned = std::sync::Arc::new(strato_tls::PinnedCa::new(token.split_once('.').unwrap().1));
+    let spy = rt
+        .block_on(strato_bus::NatsBus::connect_with_inbox_prefix(
+            &format!("nats://join:join@{core}"),
+            "_JOIN",
+            pinned.client_config().unwrap(),
+        ))
+        .expect("the spy connects as the join user");
+    let mut spied = rt
+        .block_on(strato_bus::Bus::subscribe(&spy, "_JOIN.>"))
+        .unwrap();
+    rt.block_on(strato_bus::Bus::flush(&spy)).unwrap();
+
     let out = c.attach_dea("dea2", &token).unwrap();
     assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    let seen = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), spied.next()).await })
+        .expect("the spy saw the answer")
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen.payload).into_owned();
+    let membership: Value = serde_json::from_slice(
+        &std::fs::read(c.deas.last().unwrap().home.path().join("cluster.json")).unwrap(),
+    )
+    .unwrap();
+    let url = membership["nats_url"].as_str().unwrap();
+    let password = url.split('@').next().unwrap().rsplit(':').next().unwrap();
+    assert!(password.len() >= 16, "{url}");
+    assert!(
+        seen.contains("sealed") && !seen.contains(password) && !seen.contains("nats://"),
+        "the join answer is readable by others: {seen}"
+    );
     let out = c.attach_dea("dea3", &token).unwrap();
     let text = strato_e2e::output_text(&out);
     assert!(!out.status.success() && text.contains("used up"), "{text}");

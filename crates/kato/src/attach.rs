@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use strato_bus::Bus;
 use strato_core::home::{ClusterMembership, Layout, NodeIdentity};
-use strato_core::messages::{JoinReply, JoinRequest};
+use strato_core::messages::{JoinReply, JoinRequest, SealedJoinReply};
 use strato_core::subjects;
 
 /// The core's NATS port unless CORE names another.
@@ -102,8 +102,7 @@ pub async fn attach(
         )
         .await
         .with_context(|| format!("the core at {core_ip}:{port} did not take the join request"))?;
-    let answer: JoinReply =
-        serde_json::from_slice(&reply.payload).context("the core's answer is malformed")?;
+    let answer = open_answer(secret, &reply.payload)?;
     let nats_url = match answer {
         JoinReply::Joined { nats_url, .. } => nats_url,
         JoinReply::Refused { reason } => bail!("the core refused this node: {reason}"),
@@ -145,6 +144,24 @@ pub fn detach(home: &Path) -> anyhow::Result<()> {
             bail!("this node is not attached to a cluster")
         }
         Err(e) => Err(e).context("cannot remove cluster.json"),
+    }
+}
+
+/// The core's answer, opened with the token's secret. Only a refusal comes unsealed (the
+/// core could not read the request, so it had no secret to seal with).
+fn open_answer(secret: &str, payload: &[u8]) -> anyhow::Result<JoinReply> {
+    if let Ok(sealed) = serde_json::from_slice::<SealedJoinReply>(payload) {
+        let bytes = hex::decode(&sealed.sealed).context("the core's answer is malformed")?;
+        let plain = strato_tls::open(secret, &bytes)
+            .context("the core's answer was not sealed with this token: is it the whole token `kato node token` printed?")?;
+        return serde_json::from_slice(&plain).context("the core's answer is malformed");
+    }
+    match serde_json::from_slice::<JoinReply>(payload) {
+        Ok(refused @ JoinReply::Refused { .. }) => Ok(refused),
+        Ok(JoinReply::Joined { .. }) => bail!(
+            "the core's answer came unsealed: refusing credentials anyone could have read or sent"
+        ),
+        Err(e) => Err(e).context("the core's answer is malformed"),
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use strato_core::messages::{JoinReply, JoinRequest};
+use strato_core::messages::{JoinReply, JoinRequest, SealedJoinReply};
 use strato_core::{subjects, Role};
 use strato_kv::{Condition, ConfigStore, KvError};
 use tokio_util::sync::CancellationToken;
@@ -131,16 +131,33 @@ pub async fn serve(
             let Some(reply) = message.reply.clone() else {
                 continue;
             };
-            let answer = match strato_bus::decode::<JoinRequest>(&message) {
-                Ok(req) => join(&node, &server, &req).await,
-                Err(e) => JoinReply::Refused {
-                    reason: format!("malformed join request: {e}"),
-                },
+            let req = match strato_bus::decode::<JoinRequest>(&message) {
+                Ok(req) => req,
+                Err(e) => {
+                    // No token to seal with; the refusal carries no secret.
+                    let answer = JoinReply::Refused {
+                        reason: format!("malformed join request: {e}"),
+                    };
+                    let _ = strato_bus::publish_json(node.bus.as_ref(), &reply, &answer).await;
+                    continue;
+                }
             };
+            let answer = join(&node, &server, &req).await;
             if let JoinReply::Refused { reason } = &answer {
                 tracing::warn!("refused a node's join: {reason}");
             }
-            let _ = strato_bus::publish_json(node.bus.as_ref(), &reply, &answer).await;
+            let sealed = serde_json::to_vec(&answer)
+                .map_err(|e| e.to_string())
+                .and_then(|plain| strato_tls::seal(&req.token, &plain).map_err(|e| e.to_string()));
+            match sealed {
+                Ok(sealed) => {
+                    let answer = SealedJoinReply {
+                        sealed: hex::encode(sealed),
+                    };
+                    let _ = strato_bus::publish_json(node.bus.as_ref(), &reply, &answer).await;
+                }
+                Err(e) => tracing::warn!("cannot seal a join answer: {e}"),
+            }
         }
     }))
 }

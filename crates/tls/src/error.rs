@@ -35,6 +35,8 @@ pub enum TlsError {
     Generate(String),
     #[error("cannot set up TLS: {0}")]
     Config(#[from] rustls::Error),
+    #[error("a sealed message cannot be opened: it was sealed for another secret, or altered")]
+    Unsealable,
 }
 
 impl TlsError {
