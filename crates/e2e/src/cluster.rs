@@ -226,7 +226,8 @@ pub struct Cluster {
     nats: Option<TestNats>,
     /// `ADDRESS:PORT` of the core's own NATS server, once it runs one.
     pub core_bus: Option<String>,
-    postgres: Postgres,
+    /// The test's PostgreSQL, unless the core runs the controller database itself.
+    postgres: Option<Postgres>,
     lan: Lan,
 }
 
@@ -282,7 +283,7 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let gateway = lan.gateway();
         let postgres = Postgres::start_on(IpAddr::V4(gateway))?;
-        let mut cluster = Self::with_core(lan, postgres, Some(nats))?;
+        let mut cluster = Self::with_core(lan, Some(postgres), Some(nats))?;
         cluster.core.spawn()?;
         cluster.wait_api(Duration::from_secs(90))?;
         for i in 0..routers {
@@ -329,7 +330,11 @@ impl Cluster {
 
     /// The cluster's parts and its core node (not started yet); the core uses `nats`
     /// when given, else it will run the cluster's own NATS server.
-    fn with_core(lan: Lan, postgres: Postgres, nats: Option<TestNats>) -> anyhow::Result<Cluster> {
+    fn with_core(
+        lan: Lan,
+        postgres: Option<Postgres>,
+        nats: Option<TestNats>,
+    ) -> anyhow::Result<Cluster> {
         let password = format!("pw-{}", std::process::id());
         let core = Self::node(
             "core",
@@ -338,7 +343,7 @@ impl Cluster {
             lan.gateway(),
             nats.as_ref().map(TestNats::url),
             &password,
-            Some(postgres.url()),
+            postgres.as_ref().map(Postgres::url),
         )?;
         Ok(Cluster {
             core,
@@ -360,9 +365,23 @@ impl Cluster {
     /// (`kato node setup core`), and each DEA joins with a token (`kato node attach`)
     /// before its first start.
     pub fn start_self_hosted(deas: usize) -> anyhow::Result<Cluster> {
+        Self::self_hosted(deas, true)
+    }
+
+    /// Like [`Cluster::start_self_hosted`], with no PostgreSQL from the test: `kato node
+    /// setup core` makes the core run the controller database itself.
+    pub fn start_self_hosted_with_its_own_database(deas: usize) -> anyhow::Result<Cluster> {
+        Self::self_hosted(deas, false)
+    }
+
+    fn self_hosted(deas: usize, test_postgres: bool) -> anyhow::Result<Cluster> {
         let lan = Lan::new()?;
         let gateway = lan.gateway();
-        let postgres = Postgres::start_on(IpAddr::V4(gateway))?;
+        let postgres = if test_postgres {
+            Some(Postgres::start_on(IpAddr::V4(gateway))?)
+        } else {
+            None
+        };
         let mut cluster = Self::with_core(lan, postgres, None)?;
         cluster.core.spawn()?;
         cluster.wait_api(Duration::from_secs(90))?;
@@ -410,17 +429,15 @@ impl Cluster {
     /// Makes a host, runs `kato node attach` there with `token` and, when it succeeds,
     /// starts the node as a DEA. Returns the attach's output either way.
     pub fn attach_dea(&mut self, name: &str, token: &str) -> anyhow::Result<Output> {
+        self.attach(name, token, NodeKind::Dea)
+    }
+
+    /// Like [`Cluster::attach_dea`], for a node of `kind` (its roles go to `-e`); it is
+    /// given nothing but the core's address and the token.
+    pub fn attach(&mut self, name: &str, token: &str, kind: NodeKind) -> anyhow::Result<Output> {
         let host = self.lan.add_host(name)?;
         let address = host.address();
-        let mut node = Self::node(
-            name,
-            NodeKind::Dea,
-            Some(host),
-            address,
-            None,
-            &self.password,
-            None,
-        )?;
+        let mut node = Self::node(name, kind, Some(host), address, None, &self.password, None)?;
         let core = self
             .core_bus
             .clone()
@@ -428,14 +445,26 @@ impl Cluster {
         let out = node
             .command(&bin("kato"))
             .env("STRATO_HOME", node.home.path())
-            .args(["node", "attach", &core, "--token", token, "-e", "dea"])
+            .args([
+                "node",
+                "attach",
+                &core,
+                "--token",
+                token,
+                "-e",
+                kind.roles(),
+            ])
             .stdin(Stdio::null())
             .output()?;
         if out.status.success() {
             node.spawn()?;
             node.wait_started(Duration::from_secs(60))?;
         }
-        self.deas.push(node);
+        match kind {
+            NodeKind::Controller => self.controllers.push(node),
+            NodeKind::Router => self.routers.push(node),
+            _ => self.deas.push(node),
+        }
         Ok(out)
     }
 
@@ -451,7 +480,12 @@ impl Cluster {
             address,
             self.nats.as_ref().map(TestNats::url),
             &self.password,
-            Some(self.postgres.url_at(IpAddr::V4(self.lan.gateway()))),
+            Some(
+                self.postgres
+                    .as_ref()
+                    .context("the core runs the controller database: attach the node instead")?
+                    .url_at(IpAddr::V4(self.lan.gateway())),
+            ),
         )?;
         node.spawn()?;
         node.wait_started(Duration::from_secs(60))?;

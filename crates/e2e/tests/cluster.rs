@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strato_e2e::cluster::Cluster;
+use strato_e2e::cluster::{Cluster, NodeKind};
 use strato_e2e::{fixture, http_get_at};
 
 const APP: &str = "staticfixture";
@@ -863,4 +863,50 @@ fn the_platform_carries_on_when_one_nats_server_of_three_dies() {
         "requests failed for {window:.1} s\n{}",
         c.logs()
     );
+}
+
+#[test]
+fn a_core_runs_its_own_database_and_an_attached_controller_uses_it() {
+    let mut c = Cluster::start_self_hosted_with_its_own_database(1).expect("cluster");
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n"]);
+    let api = Api::login(&c);
+    let guid = api.app_guid(APP);
+    api.wait_running(&guid, 1, None, Duration::from_secs(60), &c);
+
+    // A controller node joins with nothing but the core's address and a token: it asks
+    // the core where the database is.
+    let token = c.join_token(1).unwrap();
+    let out = c.attach("cc1", &token, NodeKind::Controller).unwrap();
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    let cc1 = c.controllers[0].address.to_string();
+    kato_ok(
+        c.kato(&[
+            "process",
+            "ready",
+            "cloud_controller_ng",
+            "-n",
+            &cc1,
+            "-b",
+            "60",
+        ]),
+        "process ready -n",
+    );
+    // The core's controller stops: the API is the other one's, on the same data.
+    kato_ok(c.kato(&["stop", "controller"]), "stop controller");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = c.strato(c.client_home.path(), &["apps"]);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(APP) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the attached controller does not serve the core's data: {}\n{}",
+            strato_e2e::output_text(&out),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(c.get_via(&c.core, APP_HOST, "/").0, 200);
 }

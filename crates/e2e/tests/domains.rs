@@ -57,6 +57,14 @@ fn kato_node_rename_moves_the_cloud_and_its_apps_to_a_new_domain() {
     mc.push_static();
     assert_eq!(http_get(mc.port, "staticfixture.localhost", "/").0, 200);
 
+    // Making this micro cloud a core would leave its app behind: refused, naming it.
+    let out = mc.kato(&["node", "setup", "core", "192.0.2.1", "--no-restart"]);
+    let text = output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("staticfixture"),
+        "{text}"
+    );
+
     let out = mc.kato(&["node", "rename", "not a name"]);
     assert!(!out.status.success(), "{}", output_text(&out));
     assert!(

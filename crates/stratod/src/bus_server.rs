@@ -40,6 +40,10 @@ fn nats_server() -> anyhow::Result<&'static str> {
 pub struct CoreSettings {
     pub address: IpAddr,
     pub port: u16,
+    /// The controller database the core runs itself (`kato node setup core` without
+    /// `STRATO_DATABASE_URL`): a PostgreSQL under `STRATO_HOME/controller-db`.
+    #[serde(default)]
+    pub database_url: Option<String>,
 }
 
 /// The cluster's NATS users: `core` (this node) and one per joined node.

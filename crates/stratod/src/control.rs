@@ -406,9 +406,22 @@ async fn setup_core(
             format!("{address} cannot be reached from other nodes: give this node's LAN address"),
         ));
     }
+    // Without an operator's database the core runs one: only on a fresh node, since the
+    // controller starts over on it (an export and import carries apps across).
+    let database_url = match &node.opts.database_url {
+        Some(_) => None,
+        None => {
+            refuse_a_core_over_apps(&node).await?;
+            let url = crate::core_db::provision(&node.layout, address)
+                .await
+                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+            Some(url)
+        }
+    };
     let settings = crate::bus_server::CoreSettings {
         address,
         port: req.port.unwrap_or(4222),
+        database_url,
     };
     crate::bus_server::BusServer::set_up(&node.layout.bus_server(), &settings)
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
@@ -418,6 +431,29 @@ async fn setup_core(
     );
     Ok(Json(
         json!({"address": address, "port": settings.port, "restart": true}),
+    ))
+}
+
+/// A core made from a node that runs apps would leave them behind in its SQLite
+/// database: refused, naming them.
+async fn refuse_a_core_over_apps(node: &S) -> Result<(), (StatusCode, Json<Value>)> {
+    let Some(db) = node.db.get() else {
+        return Ok(());
+    };
+    let apps = db
+        .list_apps(&Default::default())
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if apps.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+    Err(err(
+        StatusCode::CONFLICT,
+        format!(
+            "this node runs apps ({}): a core without STRATO_DATABASE_URL starts with a new controller database; delete them first, or give the core a PostgreSQL with STRATO_DATABASE_URL",
+            names.join(", ")
+        ),
     ))
 }
 

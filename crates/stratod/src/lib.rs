@@ -8,6 +8,7 @@
 pub mod bus_server;
 pub mod cluster_join;
 pub mod control;
+pub mod core_db;
 pub mod discovery;
 pub mod node;
 pub mod remote;

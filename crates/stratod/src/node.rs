@@ -121,6 +121,8 @@ pub struct Node {
     /// The cloud's domain: `cluster/domain` in the config store once `kato node rename`
     /// set it, else `STRATO_DOMAIN`. Read when a role starts.
     domain: std::sync::RwLock<String>,
+    /// The controller database this core runs itself ([`crate::core_db`]).
+    managed_db: Option<strato_services::postgresql::PostgresNode>,
 }
 
 /// Where `kato node rename` keeps the cloud's domain.
@@ -642,12 +644,16 @@ impl Node {
     /// The controller database, opened (and migrated) on first use. In a cluster only a
     /// node given the database (`STRATO_DATABASE_URL`, as its controllers are) has one.
     pub async fn controller_db(&self) -> anyhow::Result<strato_db::Db> {
-        if self.opts.clustered() && self.opts.database_url.is_none() && self.db.get().is_none() {
-            anyhow::bail!("this node has no controller database: run this on a node with the controller role (STRATO_DATABASE_URL)");
-        }
         Ok(self
             .db
-            .get_or_try_init(|| open_controller_db(&self.opts, &self.layout))
+            .get_or_try_init(|| async {
+                let mut opts = self.opts.clone();
+                if opts.clustered() && opts.database_url.is_none() {
+                    // A controller away from the core: the core says where its database is.
+                    opts.database_url = Some(crate::core_db::ask_core(self).await?);
+                }
+                open_controller_db(&opts, &self.layout).await
+            })
             .await?
             .clone())
     }
@@ -940,6 +946,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let identity = NodeIdentity::load_or_create(&layout)?;
     let mut opts = opts;
     let bus_server = join_settings(&mut opts, &layout, &identity.id)?;
+    let managed_db = match crate::bus_server::BusServer::settings(&layout.bus_server())? {
+        Some(core) if opts.database_url.is_none() && core.database_url.is_some() => {
+            let db = crate::core_db::start(&layout, core.address).await?;
+            opts.database_url = core.database_url;
+            Some(db)
+        }
+        _ => None,
+    };
     let (bus, kv) = connect_bus_and_store(&opts, &layout).await?;
     if opts.clustered() {
         refuse_a_taken_id(&bus, &identity.id).await?;
@@ -951,7 +965,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let roles = configured_roles(kv.as_ref(), &identity.id).await?;
     let db = tokio::sync::OnceCell::new();
-    if roles.contains(&Role::Controller) {
+    // A controller away from the core asks the core for its database once the role runs.
+    let ask_the_core = opts.clustered() && opts.database_url.is_none();
+    if roles.contains(&Role::Controller) && !ask_the_core {
         // At once, so a first start prints where the admin password is.
         db.set(open_controller_db(&opts, &layout).await?)
             .map_err(|_| anyhow::anyhow!("the controller database was opened twice"))?;
@@ -973,6 +989,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         shutdown: CancellationToken::new(),
         started_at: strato_core::now_rfc3339(),
         domain: std::sync::RwLock::new(opts.domain.clone()),
+        managed_db,
     });
     let ca = node.authority()?;
     tracing::info!(fingerprint = %ca.fingerprint(), "certificate authority at {}", node.layout.tls_ca().display());
@@ -980,9 +997,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let discovery = crate::discovery::serve(node.clone(), node.shutdown.clone()).await?;
     let follower = follow_roles(node.clone()).await?;
     let joins = match &node.bus_server {
-        Some(server) => Some(
+        Some(server) => Some((
             crate::cluster_join::serve(node.clone(), server.clone(), node.shutdown.clone()).await?,
-        ),
+            crate::core_db::serve(node.clone(), node.shutdown.clone()).await?,
+        )),
         None => None,
     };
     let roles = node.start_roles().await?;
@@ -1000,12 +1018,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     discovery.abort();
     follower.abort();
-    if let Some(joins) = joins {
+    if let Some((joins, database)) = joins {
         joins.abort();
+        database.abort();
     }
     let _ = std::fs::remove_file(layout.control_socket());
     if let Some(db) = node.db.get() {
         db.close().await;
+    }
+    if let Some(server) = &node.managed_db {
+        strato_services::ServiceNode::shutdown(server).await;
     }
     tracing::info!("stratod stopped");
     Ok(())
