@@ -550,14 +550,20 @@ pub struct JoinRequest {
     /// The roles it starts with (`-e`); empty: `dea`.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The joining node's ephemeral X25519 public key (hex): the answer is sealed to it
+    /// and to the token (`strato_tls::Handshake`).
+    #[serde(default)]
+    pub public_key: String,
 }
 
-/// How the core sends a [`JoinReply`]: sealed (`strato_tls::seal`, hex) with the join
-/// token's secret, so only the node that holds the token can read its credentials; every
-/// client of the `join` user can read the answers' subjects.
+/// How the core sends a [`JoinReply`]: sealed (`strato_tls::seal`, hex) with the secret
+/// of an X25519 exchange bound to the join token, so only the node that asked can read
+/// its credentials; every client of the `join` user can read the answers' subjects.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SealedJoinReply {
     pub sealed: String,
+    /// The core's ephemeral X25519 public key (hex).
+    pub public_key: String,
 }
 
 /// The core's answer to a [`JoinRequest`].

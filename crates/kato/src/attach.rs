@@ -88,11 +88,13 @@ pub async fn attach(
     let ca = pinned
         .ca()
         .context("the core's TLS certificate was not checked")?;
+    let handshake = strato_tls::Handshake::new().context("making this node's join key")?;
     let request = JoinRequest {
         token: secret.to_string(),
         node_id: identity.id.clone(),
         address: address.to_string(),
         roles: roles.to_vec(),
+        public_key: hex::encode(&handshake.public),
     };
     let reply = bus
         .request(
@@ -102,7 +104,7 @@ pub async fn attach(
         )
         .await
         .with_context(|| format!("the core at {core_ip}:{port} did not take the join request"))?;
-    let answer = open_answer(secret, &reply.payload)?;
+    let answer = open_answer(handshake, secret, &reply.payload)?;
     let nats_url = match answer {
         JoinReply::Joined { nats_url, .. } => nats_url,
         JoinReply::Refused { reason } => bail!("the core refused this node: {reason}"),
@@ -149,10 +151,18 @@ pub fn detach(home: &Path) -> anyhow::Result<()> {
 
 /// The core's answer, opened with the token's secret. Only a refusal comes unsealed (the
 /// core could not read the request, so it had no secret to seal with).
-fn open_answer(secret: &str, payload: &[u8]) -> anyhow::Result<JoinReply> {
+fn open_answer(
+    handshake: strato_tls::Handshake,
+    token: &str,
+    payload: &[u8],
+) -> anyhow::Result<JoinReply> {
     if let Ok(sealed) = serde_json::from_slice::<SealedJoinReply>(payload) {
         let bytes = hex::decode(&sealed.sealed).context("the core's answer is malformed")?;
-        let plain = strato_tls::open(secret, &bytes)
+        let core_key = hex::decode(&sealed.public_key).context("the core's answer is malformed")?;
+        let secret = handshake
+            .secret(&core_key, token)
+            .context("the core's answer carries no usable key")?;
+        let plain = strato_tls::open(&secret, &bytes)
             .context("the core's answer was not sealed with this token: is it the whole token `kato node token` printed?")?;
         return serde_json::from_slice(&plain).context("the core's answer is malformed");
     }

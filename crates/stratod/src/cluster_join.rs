@@ -131,13 +131,16 @@ pub async fn serve(
             let Some(reply) = message.reply.clone() else {
                 continue;
             };
-            let req = match strato_bus::decode::<JoinRequest>(&message) {
-                Ok(req) => req,
-                Err(e) => {
-                    // No token to seal with; the refusal carries no secret.
-                    let answer = JoinReply::Refused {
-                        reason: format!("malformed join request: {e}"),
-                    };
+            // Nothing is spent before the answer can be sealed: a request that cannot be
+            // read, or whose key is unusable, is refused in the clear (no secret in it).
+            let prepared = strato_bus::decode::<JoinRequest>(&message)
+                .map_err(|e| format!("malformed join request: {e}"))
+                .and_then(|req| sealing_for(&req).map(|sealing| (req, sealing)));
+            let (req, (secret, public_key)) = match prepared {
+                Ok(p) => p,
+                Err(reason) => {
+                    tracing::warn!("refused a node's join: {reason}");
+                    let answer = JoinReply::Refused { reason };
                     let _ = strato_bus::publish_json(node.bus.as_ref(), &reply, &answer).await;
                     continue;
                 }
@@ -148,11 +151,12 @@ pub async fn serve(
             }
             let sealed = serde_json::to_vec(&answer)
                 .map_err(|e| e.to_string())
-                .and_then(|plain| strato_tls::seal(&req.token, &plain).map_err(|e| e.to_string()));
+                .and_then(|plain| strato_tls::seal(&secret, &plain).map_err(|e| e.to_string()));
             match sealed {
                 Ok(sealed) => {
                     let answer = SealedJoinReply {
                         sealed: hex::encode(sealed),
+                        public_key,
                     };
                     let _ = strato_bus::publish_json(node.bus.as_ref(), &reply, &answer).await;
                 }
@@ -160,6 +164,20 @@ pub async fn serve(
             }
         }
     }))
+}
+
+/// The secret to seal the answer with (an X25519 exchange with the joining node's key,
+/// bound to the token it presented) and the core's public key to send along.
+fn sealing_for(req: &JoinRequest) -> Result<(String, String), String> {
+    let peer = hex::decode(req.public_key.trim()).map_err(|_| {
+        "the join request carries no usable public key; use a kato of this version".to_string()
+    })?;
+    let handshake = strato_tls::Handshake::new().map_err(|e| e.to_string())?;
+    let public_key = hex::encode(&handshake.public);
+    let secret = handshake
+        .secret(&peer, &req.token)
+        .map_err(|_| "the join request's public key is not an X25519 key".to_string())?;
+    Ok((secret, public_key))
 }
 
 async fn join(node: &Node, server: &SharedBusServer, req: &JoinRequest) -> JoinReply {
@@ -205,6 +223,7 @@ mod tests {
             node_id: id.into(),
             address: address.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            public_key: String::new(),
         }
     }
 

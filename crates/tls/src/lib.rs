@@ -27,7 +27,7 @@ pub use custom::{CustomCertInfo, CustomCerts};
 pub use error::TlsError;
 pub use pinned::{certificate_pem, normalize_fingerprint, ChainRecorder, PinnedCa};
 pub use resolver::{CertResolver, NameFilter, MAX_ISSUED};
-pub use sealed::{open, seal};
+pub use sealed::{open, seal, Handshake};
 
 /// The protocols offered in ALPN: the router's server speaks both.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

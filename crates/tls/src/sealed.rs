@@ -1,10 +1,13 @@
 //! Sealing a small message for whoever holds a shared secret: ChaCha20-Poly1305 (ring)
-//! under a key derived from the secret, with a random nonce in front. A joining node and
-//! the core share the join token's secret, so the core's answer (the node's credentials)
-//! is readable by that node alone, even by another client that can read the answers'
-//! subjects.
+//! under a key derived from the secret, with a random nonce in front.
+//!
+//! A joining node and the core agree on that secret with an ephemeral X25519 exchange
+//! bound to the join token ([`Handshake`]): the core's answer (the node's credentials) is
+//! readable by that node alone, even by another holder of the same multi-use token who
+//! can read the answers' subjects, and a client without the token cannot read any.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 
@@ -17,6 +20,48 @@ fn key(secret: &str) -> LessSafeKey {
         .finalize();
     let key = UnboundKey::new(&CHACHA20_POLY1305, &digest).expect("a 32-byte key");
     LessSafeKey::new(key)
+}
+
+/// One side of an ephemeral X25519 key agreement.
+pub struct Handshake {
+    private: EphemeralPrivateKey,
+    /// This side's public key, to send to the other.
+    pub public: Vec<u8>,
+}
+
+impl Handshake {
+    /// A fresh key pair.
+    pub fn new() -> Result<Handshake, TlsError> {
+        let private = EphemeralPrivateKey::generate(&X25519, &SystemRandom::new())
+            .map_err(|_| TlsError::Generate("cannot make an X25519 key".into()))?;
+        let public = private
+            .compute_public_key()
+            .map_err(|_| TlsError::Generate("cannot make an X25519 key".into()))?
+            .as_ref()
+            .to_vec();
+        Ok(Handshake { private, public })
+    }
+
+    /// The secret both sides get from this key, the other's public key and the `bound`
+    /// secret they already share (the join token's), to [`seal`] and [`open`] with.
+    pub fn secret(self, peer_public: &[u8], bound: &str) -> Result<String, TlsError> {
+        agree_ephemeral(
+            self.private,
+            &UnparsedPublicKey::new(&X25519, peer_public),
+            |shared| {
+                let digest = Sha256::new()
+                    .chain_update(b"strato join v1\n")
+                    .chain_update(shared)
+                    .chain_update(bound.as_bytes())
+                    .finalize();
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            },
+        )
+        .map_err(|_| TlsError::Unsealable)
+    }
 }
 
 /// `plaintext` sealed for `secret`: nonce, then ciphertext and tag.
@@ -77,5 +122,24 @@ mod tests {
             Err(TlsError::Unsealable)
         ));
         assert_ne!(seal("s3cret", b"x").unwrap(), seal("s3cret", b"x").unwrap());
+    }
+
+    #[test]
+    fn both_sides_of_a_handshake_agree_and_the_token_binds_it() {
+        let (node, core) = (Handshake::new().unwrap(), Handshake::new().unwrap());
+        let (node_public, core_public) = (node.public.clone(), core.public.clone());
+        let at_core = core.secret(&node_public, "token").unwrap();
+        let at_node = node.secret(&core_public, "token").unwrap();
+        assert_eq!(at_core, at_node);
+        let other = Handshake::new().unwrap();
+        assert_ne!(other.secret(&core_public, "token").unwrap(), at_core);
+        // Without the same token the two sides of one exchange do not agree.
+        let (a, b) = (Handshake::new().unwrap(), Handshake::new().unwrap());
+        let (a_public, b_public) = (a.public.clone(), b.public.clone());
+        assert_ne!(
+            a.secret(&b_public, "token").unwrap(),
+            b.secret(&a_public, "other").unwrap()
+        );
+        assert!(Handshake::new().unwrap().secret(b"short", "t").is_err());
     }
 }
