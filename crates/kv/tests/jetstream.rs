@@ -316,6 +316,21 @@ async fn a_bucket_of_three_replicas_survives_losing_a_server() {
         .expect("open a bucket of three replicas");
     strato_kv::conformance::run_all(std::sync::Arc::new(store)).await;
 
+    // A bucket made with one copy (a node that knew one server) gets three when opened
+    // by one that knows the cluster.
+    let one = JetStreamStore::connect(&cluster.url(1), "grown", JetStreamOptions::default())
+        .await
+        .unwrap();
+    one.set("g/a", json!(1)).await.unwrap();
+    drop(one);
+    let three = JetStreamStore::connect(&cluster.urls(), "grown", options())
+        .await
+        .unwrap();
+    assert_eq!(three.get("g/a").await.unwrap().unwrap().value, json!(1));
+    let client = async_nats::connect(cluster.url(0)).await.unwrap();
+    let mut stream = jetstream::new(client).get_stream("KV_grown").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.num_replicas, 3);
+
     let writer = JetStreamStore::connect(&cluster.urls(), BUCKET, options())
         .await
         .unwrap();

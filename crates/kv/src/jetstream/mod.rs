@@ -204,7 +204,24 @@ impl JetStreamStore {
         // The bucket's stream, made as `nats kv add` makes it. (async-nats' own
         // `create_key_value` first asks for account info in a shape nats-server 2.9 lacks.)
         let stream = match context.get_stream(stream_name(bucket)).await {
-            Ok(stream) => stream,
+            Ok(mut stream) => {
+                // A bucket made when the cluster had fewer servers gets its copies now.
+                let config = stream.cached_info().config.clone();
+                if config.num_replicas < options.replicas {
+                    let wanted = stream::Config {
+                        num_replicas: options.replicas,
+                        ..config
+                    };
+                    match context.update_stream(&wanted).await {
+                        Ok(_) => {
+                            tracing::info!(bucket, replicas = options.replicas, "config store bucket now kept on more servers");
+                            let _ = stream.info().await;
+                        }
+                        Err(e) => tracing::warn!(bucket, error = %e, "cannot raise the config store's replicas; it keeps its copies"),
+                    }
+                }
+                stream
+            }
             Err(get_error) => context
                 .create_stream(bucket_stream_config(bucket, &options))
                 .await
