@@ -1061,12 +1061,30 @@ pub async fn release_blob(c: &Shared, kind: BlobKind, sha: &str) {
     }
 }
 
+/// How long a newly stored blob is kept even when no app names it yet.
+const BLOB_GRACE: Duration = Duration::from_secs(600);
+
+fn recently_stored(c: &Shared, kind: BlobKind, sha: &str) -> bool {
+    c.blobs
+        .path_of(kind, sha)
+        .ok()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < BLOB_GRACE)
+}
+
 /// Deletes this controller's copy of a blob when no app uses it; true when it did.
 pub(crate) async fn release_local_blob(c: &Shared, kind: BlobKind, sha: &str) -> bool {
     let users = match kind {
         BlobKind::Droplet => c.db.apps_using_droplet(sha).await,
         BlobKind::Package => c.db.apps_using_package(sha).await,
     };
+    // In a cluster a blob stored moments ago may be one an upload or staging on another
+    // controller is about to name: it stays for now.
+    if c.blob_signer.is_some() && recently_stored(c, kind, sha) {
+        return false;
+    }
     if let Ok(0) = users {
         match c.blobs.delete(kind, sha) {
             Ok(_) => return true,

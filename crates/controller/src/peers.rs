@@ -152,7 +152,7 @@ pub async fn listen(c: Shared, shutdown: CancellationToken) -> anyhow::Result<()
                     let c = c.clone();
                     tokio::spawn(async move {
                         let chunk = match tokio::time::timeout(LOG_POLL, log.next_lines(req.from)).await {
-                            Ok(Some(lines)) => StagingLogChunk { lines, done: false },
+                            Ok(Some(lines)) => StagingLogChunk { lines: within_a_message(lines), done: false },
                             Ok(None) => StagingLogChunk { lines: vec![], done: true },
                             Err(_) => StagingLogChunk { lines: vec![], done: false },
                         };
@@ -207,6 +207,31 @@ fn held_blob_url(c: &Shared, msg: &BlobLocate) -> Option<String> {
         .then(|| signer.fresh_url(&Method::GET, kind, &msg.sha256))
 }
 
+/// The most log text one relayed answer carries: well under NATS's 1 MiB message limit;
+/// the rest follows in the next answer.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The first lines of `lines` that fit one answer (at least one, cut to fit if alone).
+fn within_a_message(lines: Vec<String>) -> Vec<String> {
+    let mut size = 0;
+    let mut out = Vec::new();
+    for mut line in lines {
+        if !out.is_empty() && size + line.len() > CHUNK_BYTES {
+            break;
+        }
+        if line.len() > CHUNK_BYTES {
+            let mut cut = CHUNK_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
+        size += line.len() + 1;
+        out.push(line);
+    }
+    out
+}
+
 /// Tells the other controllers this one stored a blob, so they copy it.
 pub async fn blob_stored(c: &Shared, kind: BlobKind, sha: &str) {
     let Some(signer) = &c.blob_signer else { return };
@@ -233,10 +258,18 @@ pub async fn blob_released(c: &Shared, kind: BlobKind, sha: &str) {
     let _ = strato_bus::publish_json(c.bus.as_ref(), BLOB_RELEASED, &msg).await;
 }
 
+/// Only blob URLs of a controller are fetched from what the bus says (never a file).
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 async fn copy_blob(c: &Shared, msg: &BlobStored) {
     let Some(kind) = parse_kind(&msg.kind) else {
         return;
     };
+    if !is_http(&msg.url) {
+        return;
+    }
     match strato_blobs::remote::fetch(&c.blobs, kind, &msg.sha256, &msg.url).await {
         Ok(_) => {
             tracing::debug!(kind = %msg.kind, sha256 = %msg.sha256, "copied a blob from another controller")
@@ -257,11 +290,17 @@ pub async fn fetch_missing(c: &Shared, kind: BlobKind, sha: &str) -> bool {
         kind: kind_name(kind).to_string(),
         sha256: sha.to_string(),
     };
-    let location: BlobLocation =
-        match strato_bus::request_json(c.bus.as_ref(), BLOB_LOCATE, &ask, LOCATE_WAIT).await {
-            Ok(l) => l,
-            Err(_) => return false,
-        };
+    let location: BlobLocation = match strato_bus::request_json::<_, BlobLocation>(
+        c.bus.as_ref(),
+        BLOB_LOCATE,
+        &ask,
+        LOCATE_WAIT,
+    )
+    .await
+    {
+        Ok(l) if is_http(&l.url) => l,
+        _ => return false,
+    };
     match strato_blobs::remote::fetch(&c.blobs, kind, sha, &location.url).await {
         Ok(_) => true,
         Err(e) => {
@@ -353,4 +392,22 @@ async fn greet_routers(c: &Shared) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_log_answer_fits_a_nats_message() {
+        let lines: Vec<String> = (0..1000).map(|i| format!("{i:01000}")).collect();
+        let first = within_a_message(lines.clone());
+        assert!(first.len() < lines.len() && !first.is_empty());
+        assert!(first.iter().map(|l| l.len() + 1).sum::<usize>() <= CHUNK_BYTES + 1001);
+        assert_eq!(first[0], lines[0]);
+        let huge = within_a_message(vec!["é".repeat(CHUNK_BYTES), "next".into()]);
+        assert_eq!(huge.len(), 1);
+        assert!(huge[0].len() <= CHUNK_BYTES);
+        assert!(!is_http("file:///etc/shadow") && is_http("http://10.0.0.1:1/v2/blobs"));
+    }
 }
