@@ -146,7 +146,12 @@ async fn rename(
     if name != "localhost" {
         strato_core::names::check_domain(&name).map_err(|m| err(StatusCode::BAD_REQUEST, m))?;
     }
-    let old = node.domain();
+    // The cluster's record, not this node's memory of it (it may not have caught up).
+    let old = match node.kv.get(crate::node::DOMAIN_KEY).await {
+        Ok(Some(v)) => v.value.as_str().map(str::to_string),
+        _ => None,
+    }
+    .unwrap_or_else(|| node.domain());
     if name == old {
         return Ok(Json(json!({"domain": name, "changed": false})));
     }
@@ -169,16 +174,22 @@ async fn rename(
         Err(strato_db::DbError::Conflict { .. }) => return Err(taken()),
         Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
-    for (key, value) in [
-        (crate::node::DOMAIN_KEY.to_string(), name.clone()),
-        ("cluster/endpoint".to_string(), format!("api.{name}")),
-    ] {
+    // Every node follows cluster/domain; a failed write puts the database back.
+    let recorded = async {
         node.kv
-            .set(&key, Value::String(value))
+            .set("cluster/endpoint", Value::String(format!("api.{name}")))
+            .await?;
+        node.kv
+            .set(crate::node::DOMAIN_KEY, Value::String(name.clone()))
             .await
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    };
+    if let Err(e) = recorded.await {
+        let _ = db.rename_domain(&name, &old).await;
+        return Err(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot record the new domain in the config store ({e}); nothing changed"),
+        ));
     }
-    crate::remote::announce_rename(&node, &name).await;
     node.rename(&name).await;
     record(&node, &format!("node rename {name} (was {old})"));
     Ok(Json(json!({"domain": name, "was": old, "changed": true})))
@@ -594,13 +605,15 @@ async fn role_add(
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
     let role = parse_role(&name)?;
     let id = target_node(&node, t.node.as_deref()).await?;
-    // The hold goes first: the node applies the role as soon as it is written.
-    if t.no_start {
-        node.kv
-            .set(&crate::node::held_key(&id, role), Value::Bool(true))
-            .await
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    }
+    // The hold goes first: the node applies the role as soon as it is written. Without
+    // -s an earlier hold goes, so the role starts.
+    let hold = crate::node::held_key(&id, role);
+    let held = if t.no_start {
+        node.kv.set(&hold, Value::Bool(true)).await.map(|_| ())
+    } else {
+        node.kv.del(&hold).await.map(|_| ())
+    };
+    held.map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     node.kv
         .set(
             &format!("node/{id}/roles/{}", role.name()),
@@ -803,10 +816,17 @@ async fn regenerate_token_secret(
     strato_controller::bootstrap::regenerate_token_secret(&db, &path)
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-    let restarted = restart_controller(&node).await;
-    crate::remote::restart_other_controllers(&node).await;
+    // Every node follows this key and restarts its controller on the new secret.
+    node.kv
+        .set(
+            crate::node::SECRET_GENERATION_KEY,
+            Value::String(strato_core::new_guid()),
+        )
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let restarting = node.supervisor.running().contains(&Role::Controller);
     record(&node, "op regenerate token-signing-secret");
-    Ok(Json(json!({"restarted_controller": restarted})))
+    Ok(Json(json!({"restarted_controller": restarting})))
 }
 
 #[derive(serde::Deserialize)]

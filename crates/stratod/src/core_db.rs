@@ -74,27 +74,30 @@ pub async fn serve(
                 _ = cancel.cancelled() => return,
                 m = asks.next() => match m { Some(m) => m, None => return },
             };
-            let url = node
-                .opts
-                .database_url
-                .clone()
-                .filter(|u| !names_loopback(u));
+            let url = node.opts.database_url.clone().filter(|u| shareable(u));
             let _ = strato_bus::reply_json(node.bus.as_ref(), &m, &DatabaseAnswer { url }).await;
         }
     }))
 }
 
-/// True when the URL's host is a loopback address or `localhost`.
-fn names_loopback(url: &str) -> bool {
-    let host = url
-        .rsplit('@')
-        .next()
-        .unwrap_or(url)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// True for a PostgreSQL URL other nodes can use: a `postgres://` URL whose host is not
+/// loopback (`localhost`, `127.0.0.0/8`, `[::1]`) nor a unix socket.
+fn shareable(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    !host.is_empty()
+        && !host.eq_ignore_ascii_case("localhost")
+        && !host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The controller database of the cluster, asked of the core.
@@ -117,10 +120,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_urls_are_kept_home() {
-        assert!(names_loopback("postgres://u:p@127.0.0.1:5432/strato"));
-        assert!(names_loopback("postgres://u:p@localhost/strato"));
-        assert!(!names_loopback("postgres://u:p@10.0.0.1:5432/strato"));
-        assert!(!names_loopback("postgres://u:p@db.example.com:5432/strato"));
+    fn only_urls_other_nodes_can_use_are_handed_out() {
+        assert!(shareable("postgres://u:p@10.0.0.1:5432/strato"));
+        assert!(shareable("postgresql://u:p@db.example.com/strato"));
+        assert!(shareable("postgres://u:p@[fd00::1]:5432/strato"));
+        assert!(!shareable("postgres://u:p@127.0.0.1:5432/strato"));
+        assert!(!shareable("postgres://u:p@localhost/strato"));
+        assert!(!shareable("postgres://u:p@[::1]:5432/strato"));
+        assert!(!shareable("postgres://u:p@/strato?host=/run/postgresql"));
+        assert!(!shareable("sqlite:///var/lib/strato/cc.sqlite"));
     }
 }

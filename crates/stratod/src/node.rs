@@ -123,10 +123,15 @@ pub struct Node {
     domain: std::sync::RwLock<String>,
     /// The controller database this core runs itself ([`crate::core_db`]).
     managed_db: Option<strato_services::postgresql::PostgresNode>,
+    /// The core's controller database URL, once asked for ([`Node::database_url`]).
+    core_database_url: tokio::sync::OnceCell<String>,
 }
 
 /// Where `kato node rename` keeps the cloud's domain.
 pub const DOMAIN_KEY: &str = "cluster/domain";
+/// Bumped by `kato op regenerate token-signing-secret`: every controller starts again
+/// and reads the new secret from the database.
+pub const SECRET_GENERATION_KEY: &str = "cluster/token_secret_generation";
 
 fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
     let runc = strato_container::RuncDriver::new(
@@ -197,23 +202,37 @@ pub fn held_key(node_id: &str, role: Role) -> String {
     format!("node/{node_id}/held/{}", role.name())
 }
 
-/// Roles assigned to a node but not to be started until the next `kato start`.
+/// Roles assigned to a node but not to be started until the next `kato start`, as
+/// `kato role add -s` named them (`primary` stays `primary`).
 pub async fn held_roles(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result<Vec<Role>> {
     let leaves = kv.list(&format!("node/{node_id}/held")).await?;
     Ok(leaves
         .into_iter()
         .filter(|(_, v)| v.value == serde_json::Value::Bool(true))
         .filter_map(|(path, _)| path.rsplit('/').next()?.parse::<Role>().ok())
-        .flat_map(Role::expand)
         .collect())
 }
 
 /// Forgets every hold of this node (`kato start`).
 pub async fn release_holds(kv: &dyn ConfigStore, node_id: &str) -> anyhow::Result<()> {
-    for role in held_roles(kv, node_id).await? {
-        kv.del(&held_key(node_id, role)).await?;
+    for (path, _) in kv.list(&format!("node/{node_id}/held")).await? {
+        kv.del(&path).await?;
     }
     Ok(())
+}
+
+/// The role tasks to run for `assigned` roles of which `held` wait: a task runs when any
+/// role it hosts is assigned and not held (`logs` lives in the controller's task).
+fn runnable(assigned: &[Role], held: &[Role]) -> Vec<Role> {
+    let held: Vec<Role> = held.iter().flat_map(|r| r.expand()).collect();
+    let mut tasks: Vec<Role> = assigned
+        .iter()
+        .filter(|r| !held.contains(r))
+        .map(|r| hosting_role(*r))
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    tasks
 }
 
 /// The roles of a new node: `STRATO_ROLES` (comma-separated, e.g. `micro` or
@@ -431,15 +450,17 @@ impl Node {
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
         let url = self
-            .opts
-            .database_url
-            .as_deref()
+            .database_url()
+            .await?
             .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
         let Some(url) = url else {
+            if self.opts.clustered() {
+                anyhow::bail!("a cluster's health manager needs the PostgreSQL controller database for its lock (one acts at a time); give this node STRATO_DATABASE_URL or run the core's");
+            }
             return strato_health::run(cfg, self.bus.clone(), cancel).await;
         };
         let Some(mut lead) = strato_db::leader::Leadership::acquire(
-            url,
+            &url,
             "strato.health_manager",
             Duration::from_secs(1),
             &cancel,
@@ -648,25 +669,36 @@ impl Node {
             .db
             .get_or_try_init(|| async {
                 let mut opts = self.opts.clone();
-                if opts.clustered() && opts.database_url.is_none() {
-                    // A controller away from the core: the core says where its database is.
-                    opts.database_url = Some(crate::core_db::ask_core(self).await?);
-                }
+                opts.database_url = self.database_url().await?;
+                opts.domain = self.domain();
                 open_controller_db(&opts, &self.layout).await
             })
             .await?
             .clone())
     }
 
+    /// The controller database's URL: the node's own setting; in a cluster without one,
+    /// the core's (asked once); `None` on a micro cloud (SQLite under the home).
+    pub async fn database_url(&self) -> anyhow::Result<Option<String>> {
+        if let Some(url) = &self.opts.database_url {
+            return Ok(Some(url.clone()));
+        }
+        if !self.opts.clustered() {
+            return Ok(None);
+        }
+        let url = self
+            .core_database_url
+            .get_or_try_init(|| crate::core_db::ask_core(self))
+            .await?;
+        Ok(Some(url.clone()))
+    }
+
     /// Brings the running roles in line with the config store: starts what was added,
     /// stops what was removed (`kato role add|remove`, from this node or any other).
     pub async fn apply_roles(self: &Arc<Self>) -> anyhow::Result<()> {
         let held = held_roles(self.kv.as_ref(), &self.identity.id).await?;
-        let assigned: Vec<Role> = stored_roles(self.kv.as_ref(), &self.identity.id)
-            .await?
-            .into_iter()
-            .map(hosting_role)
-            .collect();
+        let stored = stored_roles(self.kv.as_ref(), &self.identity.id).await?;
+        let assigned: Vec<Role> = stored.iter().map(|r| hosting_role(*r)).collect();
         let running = self.supervisor.running();
         for role in &running {
             if !assigned.contains(role) {
@@ -678,7 +710,7 @@ impl Node {
             }
         }
         // A held role is not started here; one already running keeps running.
-        let wanted = assigned.into_iter().filter(|r| !held.contains(r));
+        let wanted = runnable(&stored, &held);
         for role in wanted {
             if let Some(f) = self.factory(role) {
                 // Starting a running role does nothing.
@@ -691,8 +723,9 @@ impl Node {
     /// Starts every configured role that is not running.
     pub async fn start_roles(self: &Arc<Self>) -> anyhow::Result<Vec<Role>> {
         let held = held_roles(self.kv.as_ref(), &self.identity.id).await?;
-        let roles: Vec<Role> = configured_roles(self.kv.as_ref(), &self.identity.id)
-            .await?
+        let configured = configured_roles(self.kv.as_ref(), &self.identity.id).await?;
+        let held: Vec<Role> = held.iter().flat_map(|r| r.expand()).collect();
+        let roles: Vec<Role> = configured
             .into_iter()
             .filter(|r| !held.contains(r))
             .collect();
@@ -738,6 +771,41 @@ async fn follow_roles(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle
             }
             if let Err(e) = node.apply_roles().await {
                 tracing::warn!("cannot apply this node's roles: {e:#}");
+            }
+        }
+    }))
+}
+
+/// Follows the cloud-wide settings in the config store and applies them on this node: a
+/// new domain (`kato node rename`), a new token-signing secret. The store's watch misses
+/// no change, so a node that was busy or cut off catches up when it reads again.
+async fn follow_cluster(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut changes = node.kv.watch("cluster", None).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(change) = changes.next().await {
+            let change = match change {
+                Ok(change) => change,
+                Err(e) => {
+                    tracing::warn!("lost the watch on the cluster's settings: {e}");
+                    return;
+                }
+            };
+            let value = change
+                .value
+                .as_ref()
+                .and_then(|v| v.as_str().map(str::to_string));
+            if change.path == DOMAIN_KEY {
+                let Some(domain) = value else { continue };
+                let valid =
+                    domain == "localhost" || strato_core::names::check_domain(&domain).is_ok();
+                if valid && domain != node.domain() {
+                    let node = node.clone();
+                    tokio::spawn(async move { node.rename(&domain).await });
+                }
+            } else if change.path == SECRET_GENERATION_KEY
+                && crate::control::restart_controller(&node).await
+            {
+                tracing::info!("the token-signing secret changed: controller restarted");
             }
         }
     }))
@@ -990,12 +1058,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         started_at: strato_core::now_rfc3339(),
         domain: std::sync::RwLock::new(opts.domain.clone()),
         managed_db,
+        core_database_url: tokio::sync::OnceCell::new(),
     });
     let ca = node.authority()?;
     tracing::info!(fingerprint = %ca.fingerprint(), "certificate authority at {}", node.layout.tls_ca().display());
     let control = crate::control::serve(node.clone()).await?;
     let discovery = crate::discovery::serve(node.clone(), node.shutdown.clone()).await?;
     let follower = follow_roles(node.clone()).await?;
+    let cluster_follower = follow_cluster(node.clone()).await?;
     let joins = match &node.bus_server {
         Some(server) => Some((
             crate::cluster_join::serve(node.clone(), server.clone(), node.shutdown.clone()).await?,
@@ -1018,6 +1088,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     discovery.abort();
     follower.abort();
+    cluster_follower.abort();
     if let Some((joins, database)) = joins {
         joins.abort();
         database.abort();
@@ -1037,6 +1108,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn held_roles_wait_and_a_shared_task_runs_for_any_of_its_roles() {
+        use Role::*;
+        assert_eq!(
+            runnable(&[Base, Controller, HealthManager, Router], &[Primary]),
+            vec![Base]
+        );
+        assert_eq!(runnable(&[Dea, Logs], &[Logs]), vec![Dea]);
+        assert_eq!(runnable(&[Controller, Logs], &[Logs]), vec![Controller]);
+        assert_eq!(runnable(&[Dea, Router], &[]), vec![Dea, Router]);
+    }
 
     #[test]
     fn timing_keys_are_positive_seconds() {

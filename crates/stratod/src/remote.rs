@@ -5,8 +5,6 @@
 //!
 //! Only what an operator runs against another node is forwarded (status, info, history,
 //! processes, starting and stopping roles); set-up, tokens and certificates stay local.
-//! Also here: the cluster-wide notices "controllers, read your settings again" (`kato op
-//! regenerate token-signing-secret`) and "the cloud has a new domain" (`kato node rename`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +17,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::node::Node;
-
-/// Every controller of the cluster starts again (a new token-signing secret).
-pub const RESTART_CONTROLLERS: &str = "strato.controllers.restart";
-/// The cloud has a new domain (`kato node rename`): every node takes it.
-pub const RENAMED: &str = "strato.cluster.renamed";
 
 /// The subject one node's stratod takes forwarded control calls on.
 pub fn subject(node_id: &str) -> String {
@@ -63,51 +56,31 @@ pub fn forwardable(method: &Method, path: &str) -> bool {
     )
 }
 
-/// Takes forwarded calls for this node and runs them through `api` (its control API),
-/// and restarts the local controller when the cluster asks, until `cancel`.
+/// Takes forwarded calls for this node and runs them through `api` (its control API)
+/// until `cancel`.
 pub async fn serve(
     node: Arc<Node>,
     api: axum::Router,
     cancel: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut calls = node.bus.subscribe(&subject(&node.identity.id)).await?;
-    let mut restarts = node.bus.subscribe(RESTART_CONTROLLERS).await?;
-    let mut renames = node.bus.subscribe(RENAMED).await?;
     Ok(tokio::spawn(async move {
         loop {
-            tokio::select! {
+            let m = tokio::select! {
                 _ = cancel.cancelled() => return,
-                m = calls.next() => {
-                    let Some(m) = m else { return };
-                    let (node, api) = (node.clone(), api.clone());
-                    tokio::spawn(async move {
-                        let answer = match strato_bus::decode::<RemoteCall>(&m) {
-                            Ok(call) => run(&api, call).await,
-                            Err(e) => RemoteAnswer { status: 400, body: serde_json::json!({"error": e.to_string()}) },
-                        };
-                        let _ = strato_bus::reply_json(node.bus.as_ref(), &m, &answer).await;
-                    });
-                }
-                m = renames.next() => {
-                    let Some(m) = m else { return };
-                    let msg: Value = strato_bus::decode(&m).unwrap_or_default();
-                    if let (Some(domain), Some(origin)) = (msg["domain"].as_str(), msg["node"].as_str()) {
-                        if origin != node.identity.id {
-                            let (node, domain) = (node.clone(), domain.to_string());
-                            tokio::spawn(async move { node.rename(&domain).await });
-                        }
-                    }
-                }
-                m = restarts.next() => {
-                    let Some(m) = m else { return };
-                    let origin: Value = strato_bus::decode(&m).unwrap_or_default();
-                    if origin["node"].as_str() != Some(node.identity.id.as_str())
-                        && crate::control::restart_controller(&node).await
-                    {
-                        tracing::info!("the cluster's token-signing secret changed: controller restarted");
-                    }
-                }
-            }
+                m = calls.next() => match m { Some(m) => m, None => return },
+            };
+            let (node, api) = (node.clone(), api.clone());
+            tokio::spawn(async move {
+                let answer = match strato_bus::decode::<RemoteCall>(&m) {
+                    Ok(call) => run(&api, call).await,
+                    Err(e) => RemoteAnswer {
+                        status: 400,
+                        body: serde_json::json!({"error": e.to_string()}),
+                    },
+                };
+                let _ = strato_bus::reply_json(node.bus.as_ref(), &m, &answer).await;
+            });
         }
     }))
 }
@@ -165,23 +138,6 @@ pub async fn call(node: &Node, node_id: &str, call: &RemoteCall) -> Result<Remot
             ),
             e => format!("node {node_id}: {e}"),
         })
-}
-
-/// Tells every other node's stratod to restart its controller.
-pub async fn restart_other_controllers(node: &Node) {
-    let origin = serde_json::json!({ "node": node.identity.id });
-    if let Err(e) = strato_bus::publish_json(node.bus.as_ref(), RESTART_CONTROLLERS, &origin).await
-    {
-        tracing::warn!(error = %e, "cannot tell the other controllers to restart; restart them with `kato restart controller -n NODE`");
-    }
-}
-
-/// Tells every other node the cloud's new domain.
-pub async fn announce_rename(node: &Node, domain: &str) {
-    let msg = serde_json::json!({ "node": node.identity.id, "domain": domain });
-    if let Err(e) = strato_bus::publish_json(node.bus.as_ref(), RENAMED, &msg).await {
-        tracing::warn!(error = %e, "cannot tell the other nodes the new domain; restart them with `kato restart -n NODE`");
-    }
 }
 
 /// The status a forwarded answer carries, for the local control API's reply.
