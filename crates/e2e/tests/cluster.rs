@@ -232,6 +232,19 @@ fn instances_spread_over_deas_and_move_when_one_dies() {
         let (status, body) = c.get_via(&c.routers[0], APP_HOST, "/");
         assert_eq!(status, 200, "after the failover: {body}\n{}", c.logs());
     }
+    // The operator sees the dead node, by its address, as not answering.
+    let list = kato_ok(c.kato(&["node", "list", "--json"]), "node list");
+    let list: Vec<Value> = serde_json::from_str(&list).unwrap();
+    let dead = list.iter().find(|n| n["address"] == victim.as_str());
+    assert_eq!(
+        dead.map(|n| n["state"].clone()),
+        Some(Value::from("not answering")),
+        "{list:?}"
+    );
+    assert!(
+        list.iter().filter(|n| n["state"] == "up").count() >= 4,
+        "{list:?}"
+    );
 }
 
 /// How many app containers run on each DEA node.

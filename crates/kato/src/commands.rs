@@ -965,26 +965,38 @@ async fn cluster_status(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
 /// `kato node list`: one line per node.
 async fn node_list(ctl: &Control, json_out: bool) -> anyhow::Result<()> {
     let found = components(ctl).await?;
-    let mut nodes: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
+    // (address, id) -> (roles, answering)
+    let mut nodes: std::collections::BTreeMap<(String, String), (Vec<String>, bool)> =
+        Default::default();
     for c in &found {
         let id = c["node"].as_str().unwrap_or_default().to_string();
         let host = c["host"].as_str().unwrap_or_default().to_string();
         let role = c["role"].as_str().unwrap_or_default().to_string();
-        nodes.entry((host, id)).or_default().push(role);
+        let entry = nodes.entry((host, id)).or_default();
+        entry.0.push(role);
+        entry.1 |= c["state"] != "not answering";
     }
+    let state = |up: bool| if up { "up" } else { "not answering" };
     if json_out {
         let list: Vec<Value> = nodes
             .iter()
-            .map(|((host, id), roles)| json!({"node": id, "address": host, "roles": roles}))
+            .map(|((host, id), (roles, up))| {
+                json!({"node": id, "address": host, "roles": roles, "state": state(*up)})
+            })
             .collect();
         print_data(&list)?;
         return Ok(());
     }
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::NOTHING);
-    table.set_header(vec!["ADDRESS", "NODE", "ROLES"]);
-    for ((host, id), roles) in &nodes {
-        table.add_row(vec![host.clone(), id.clone(), roles.join(",")]);
+    table.set_header(vec!["ADDRESS", "NODE", "ROLES", "STATE"]);
+    for ((host, id), (roles, up)) in &nodes {
+        table.add_row(vec![
+            host.clone(),
+            id.clone(),
+            roles.join(","),
+            state(*up).to_string(),
+        ]);
     }
     println!("{table}");
     Ok(())

@@ -327,8 +327,47 @@ async fn status(State(node): State<S>) -> Json<Value> {
 async fn cluster_components(
     State(node): State<S>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
-    let found = discover(&node, Duration::from_millis(700)).await?;
+    let mut found = discover(&node, Duration::from_millis(700)).await?;
+    found.extend(silent_nodes(&node, &found).await);
     Ok(Json(json!({ "components": found })))
+}
+
+/// The roles of the cluster's nodes that did not answer discovery (down, cut off), from
+/// the config store, as "not answering": an operator sees a dead node, not no node.
+async fn silent_nodes(node: &S, answered: &[Value]) -> Vec<Value> {
+    let Ok(leaves) = node.kv.list("node").await else {
+        return Vec::new();
+    };
+    let mut silent: std::collections::BTreeMap<String, (String, Vec<String>)> = Default::default();
+    for (path, v) in leaves {
+        let parts: Vec<&str> = path.split('/').collect();
+        let [_, id, rest @ ..] = parts.as_slice() else {
+            continue;
+        };
+        if answered.iter().any(|c| c["node"] == *id) {
+            continue;
+        }
+        let entry = silent.entry(id.to_string()).or_default();
+        match rest {
+            ["address"] => entry.0 = v.value.as_str().unwrap_or_default().to_string(),
+            ["roles", role] if v.value == Value::Bool(true) && *role != "base" => {
+                entry.1.push(role.to_string())
+            }
+            _ => {}
+        }
+    }
+    silent
+        .into_iter()
+        .filter(|(_, (_, roles))| !roles.is_empty())
+        .flat_map(|(id, (host, roles))| {
+            roles.into_iter().map(move |role| {
+                json!({
+                    "node": id, "host": host, "role": role, "state": "not answering",
+                    "restarts": 0, "since": "",
+                })
+            })
+        })
+        .collect()
 }
 
 /// The cluster's components that answer within `wait`.

@@ -1060,6 +1060,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         managed_db,
         core_database_url: tokio::sync::OnceCell::new(),
     });
+    if let Some(address) = node
+        .opts
+        .cluster_address()
+        .filter(|_| node.opts.clustered())
+    {
+        // So `kato node list` can name this node by its address while it is down.
+        let key = format!("node/{}/address", node.identity.id);
+        if let Err(e) = node.kv.set(&key, address.to_string().into()).await {
+            tracing::warn!("cannot record this node's address in the config store: {e}");
+        }
+    }
     let ca = node.authority()?;
     tracing::info!(fingerprint = %ca.fingerprint(), "certificate authority at {}", node.layout.tls_ca().display());
     let control = crate::control::serve(node.clone()).await?;
