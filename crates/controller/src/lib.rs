@@ -64,6 +64,9 @@ pub struct ControllerConfig {
     /// controller registers `api.DOMAIN` there so routers spread API requests over them
     /// ([`peers`]).
     pub api_address: Option<std::net::SocketAddr>,
+    /// What the cluster's routers send as `X-Strato-Router`: a request carrying it came
+    /// through one, so its `X-Forwarded-For` names the client (login throttling, audit).
+    pub router_proof: Option<String>,
 }
 
 impl ControllerConfig {
@@ -82,6 +85,7 @@ impl ControllerConfig {
             max_releases: 5,
             blob_base_url: None,
             api_address: None,
+            router_proof: None,
         }
     }
 }
@@ -102,8 +106,6 @@ pub struct Controller {
     pub runner: runner::Runner,
     pub brokers: services::Brokers,
     pub throttle: throttle::LoginThrottle,
-    /// The cluster's routers, whose `X-Forwarded-For` is believed.
-    pub routers: peers::RouterAddresses,
 }
 
 pub type Shared = Arc<Controller>;
@@ -139,7 +141,6 @@ impl Controller {
             runner,
             brokers: services::Brokers::default(),
             throttle: throttle::LoginThrottle::default(),
-            routers: peers::RouterAddresses::default(),
         });
         c.logs.listen(c.bus.clone(), shutdown.clone()).await?;
         c.runner.listen(shutdown.clone()).await?;

@@ -4,9 +4,7 @@
 //! through another, and each registers `api.DOMAIN` with the routers so they spread API
 //! requests over all of them. A micro cloud has one controller and none of this runs.
 
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::RwLock;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::http::Method;
@@ -62,32 +60,6 @@ struct StagingLogRequest {
 pub struct StagingLogChunk {
     pub lines: Vec<String>,
     pub done: bool,
-}
-
-/// The addresses the cluster's routers announce (`router.start`): requests from there
-/// carry the client's own address in `X-Forwarded-For`, which login throttling and the
-/// audit trail use. A micro cloud's router is on loopback, which is always trusted.
-#[derive(Default)]
-pub struct RouterAddresses(RwLock<HashSet<IpAddr>>);
-
-impl RouterAddresses {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&ip)
-    }
-
-    fn learn(&self, start: &RouterStart) {
-        let ips = start.hosts.iter().filter_map(|h| h.parse::<IpAddr>().ok());
-        let ips: Vec<IpAddr> = ips.filter(|ip| !ip.is_unspecified()).collect();
-        if !ips.is_empty() {
-            self.0
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(ips);
-        }
-    }
 }
 
 fn kind_name(kind: BlobKind) -> &'static str {
@@ -344,7 +316,6 @@ async fn register_api(
         private_instance_id: c.id.clone(),
     };
     let mut routers = c.bus.subscribe(subjects::ROUTER_START).await?;
-    greet_routers(&c).await;
     tokio::spawn(async move {
         let mut every = tokio::time::interval(strato_core::timings::ROUTE_REGISTER_INTERVAL);
         loop {
@@ -353,8 +324,7 @@ async fn register_api(
                 _ = every.tick() => {}
                 m = routers.next() => {
                     let Some(m) = m else { break };
-                    let Ok(start) = strato_bus::decode::<RouterStart>(&m) else { continue };
-                    c.routers.learn(&start);
+                    if strato_bus::decode::<RouterStart>(&m).is_err() { continue }
                 }
             }
             let _ =
@@ -367,31 +337,6 @@ async fn register_api(
         let _ = c.bus.flush().await;
     });
     Ok(())
-}
-
-/// Asks the routers that run already who they are (`router.greet`); their answers come
-/// in over the next second.
-async fn greet_routers(c: &Shared) {
-    let inbox = c.bus.new_inbox();
-    let Ok(mut answers) = c.bus.subscribe(&inbox).await else {
-        return;
-    };
-    if c.bus
-        .publish_with_reply(subjects::ROUTER_GREET, &inbox, "{}".into())
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let c = c.clone();
-    tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + Duration::from_secs(1);
-        while let Ok(Some(m)) = tokio::time::timeout_at(until, answers.next()).await {
-            if let Ok(start) = strato_bus::decode::<RouterStart>(&m) {
-                c.routers.learn(&start);
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -32,8 +32,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
+/// True when the request carries the cluster routers' proof (compared in constant time).
+fn from_a_router(parts: &Parts, c: &Shared) -> bool {
+    let (Some(proof), Some(sent)) = (
+        c.cfg.router_proof.as_deref(),
+        parts.headers.get("x-strato-router"),
+    ) else {
+        return false;
+    };
+    let (a, b) = (proof.as_bytes(), sent.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The address a request came from: the peer, or — when the peer is the local router or
-/// one of the cluster's — the last `X-Forwarded-For` entry, which the router appends.
+/// one of the cluster's (it sends their proof) — the last `X-Forwarded-For` entry, which
+/// the router appends.
 pub struct ClientAddress(pub Option<IpAddr>);
 
 impl FromRequestParts<Shared> for ClientAddress {
@@ -53,7 +66,7 @@ impl FromRequestParts<Shared> for ClientAddress {
                 .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
         };
         Ok(ClientAddress(match peer {
-            Some(p) if p.is_loopback() || c.routers.contains(p) => forwarded().or(Some(p)),
+            Some(p) if p.is_loopback() || from_a_router(parts, c) => forwarded().or(Some(p)),
             other => other,
         }))
     }

@@ -66,6 +66,10 @@ pub struct RouterConfig {
     /// controllers trust the `X-Forwarded-For` of requests from there. Default: the
     /// listen address.
     pub announce_host: Option<std::net::IpAddr>,
+    /// Sent as `X-Strato-Router` with every request passed to the API's controllers, so
+    /// they believe its `X-Forwarded-For`; a client's own header of that name is dropped
+    /// from every request.
+    pub api_proof: Option<String>,
     /// Giving up on a TCP connect to a backend after this counts as a connect error.
     pub connect_timeout: Duration,
     /// A DEA silent (no `dea.heartbeat`) for this long is gone: its routes are dropped.
@@ -101,6 +105,7 @@ impl Default for RouterConfig {
             register_interval: timings::ROUTE_REGISTER_INTERVAL,
             announce_interval: Some(Duration::from_secs(30)),
             announce_host: None,
+            api_proof: None,
             // Long enough for one lost SYN to be sent again (after 1 s); a backend that
             // does not answer by then is ejected and the request tried on another.
             connect_timeout: Duration::from_secs(2),

@@ -33,6 +33,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 static X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
+/// Proves to a controller that a request came through one of the cluster's routers.
+pub(crate) static X_STRATO_ROUTER: HeaderName = HeaderName::from_static("x-strato-router");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -45,6 +47,8 @@ pub(crate) struct Proxy {
     pub(crate) api: Option<Arc<Pool>>,
     /// `api.<domain>`, normalized.
     pub(crate) api_host: String,
+    /// [`crate::RouterConfig::api_proof`].
+    pub(crate) api_proof: Option<HeaderValue>,
     pub(crate) max_attempts: usize,
     pub(crate) eject_ms: u64,
     /// Ends WebSocket tunnels on shutdown.
@@ -86,7 +90,7 @@ impl Proxy {
             return pages::missing_host();
         };
         let host = host::normalize(raw_host_str);
-        let Some(pool) = self.route(&host) else {
+        let Some((pool, to_api)) = self.route(&host) else {
             return pages::unknown_route(&host);
         };
         let now_ms = epoch_ms();
@@ -99,6 +103,10 @@ impl Proxy {
             now_ms,
             client_upgrade.is_some(),
         );
+        parts.headers.remove(&X_STRATO_ROUTER);
+        if let (true, Some(proof)) = (to_api, &self.api_proof) {
+            parts.headers.insert(X_STRATO_ROUTER.clone(), proof.clone());
+        }
         let request = backend_request(parts, body);
         let Some(mut response) = self.forward(&pool, request, now_ms).await else {
             return pages::bad_gateway();
@@ -115,13 +123,14 @@ impl Proxy {
 
     /// The pool for a normalized host: for the API's names, the controllers registered as
     /// `api.<domain>` (a cluster's), else the local API server; other hosts from the table.
-    fn route(&self, host: &str) -> Option<Arc<Pool>> {
+    /// True with the pool when it is the API's.
+    fn route(&self, host: &str) -> Option<(Arc<Pool>, bool)> {
         if host == self.api_host || host::is_local_name(host) {
             if let Some(pool) = self.table.pool(&self.api_host).or_else(|| self.api.clone()) {
-                return Some(pool);
+                return Some((pool, true));
             }
         }
-        self.table.pool(host)
+        self.table.pool(host).map(|pool| (pool, false))
     }
 
     /// Sends the request to one backend after another until one accepts the connection.

@@ -165,6 +165,10 @@ async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>,
         upstream: upstream.clone(),
         api: shared.api.clone(),
         api_host: shared.api_host.clone(),
+        api_proof: cfg
+            .api_proof
+            .as_deref()
+            .and_then(|p| http::HeaderValue::from_str(p).ok()),
         max_attempts: cfg.max_attempts,
         eject_ms: cfg.backend_eject.as_millis() as u64,
         stop: shared.stop.clone(),

@@ -369,6 +369,49 @@ async fn internal_hosts_go_to_the_api_backend() {
 }
 
 #[tokio::test]
+async fn only_the_api_gets_the_routers_proof_and_clients_cannot_send_one() {
+    let api = TestBackend::start("api").await;
+    let app = TestBackend::start("app").await;
+    let router = TestRouter::start(|cfg| {
+        cfg.api_backend = Some(api.addr);
+        cfg.domain = "example.test".into();
+        cfg.api_proof = Some("proof-123".into());
+    })
+    .await;
+    router.register("app.example.test", app.addr).await;
+    let forged = || {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-strato-router", HeaderValue::from_static("forged"));
+        headers
+    };
+    let seen = |body: &str| -> BTreeMap<String, String> { serde_json::from_str(body).unwrap() };
+    let reply = send(
+        router.addr,
+        Method::GET,
+        "api.example.test",
+        "/headers",
+        forged(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(seen(&reply.body)["x-strato-router"], "proof-123");
+    let reply = send(
+        router.addr,
+        Method::GET,
+        "app.example.test",
+        "/headers",
+        forged(),
+        Bytes::new(),
+    )
+    .await;
+    assert!(
+        !seen(&reply.body).contains_key("x-strato-router"),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
 async fn without_an_api_backend_internal_hosts_are_unknown_routes() {
     let router = TestRouter::start(|_| {}).await;
     let reply = router.get("127.0.0.1", "/").await;

@@ -323,6 +323,7 @@ impl Node {
                         ..Default::default()
                     };
                     let c = Role::Router.component();
+                    cfg.api_proof = node.router_proof().await;
                     cfg.route_ttl = node.config_secs(c, "route_ttl", cfg.route_ttl).await;
                     cfg.drain = node.config_secs(c, "drain", cfg.drain).await;
                     cfg.dea_deadline = node.config_secs(c, "dea_deadline", cfg.dea_deadline).await;
@@ -612,6 +613,7 @@ impl Node {
             .config_u64(c, "max_releases", cfg.max_releases)
             .await
             .max(1);
+        cfg.router_proof = self.router_proof().await;
         let listener = if self.opts.clustered() {
             // Its own port on the cluster address, closed when the role stops, so routers
             // and DEAs elsewhere are refused at once and turn to another controller.
@@ -638,6 +640,30 @@ impl Node {
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;
         Ok(())
+    }
+
+    /// In a cluster, the secret its routers show its controllers (`X-Strato-Router`), kept
+    /// at `cluster/router_proof`: made by whichever role asks first.
+    pub async fn router_proof(&self) -> Option<String> {
+        const KEY: &str = "cluster/router_proof";
+        if !self.opts.clustered() {
+            return None;
+        }
+        for _ in 0..2 {
+            if let Ok(Some(v)) = self.kv.get(KEY).await {
+                if let Some(proof) = v.value.as_str() {
+                    return Some(proof.to_string());
+                }
+            }
+            let fresh: [u8; 32] = rand::random();
+            let fresh = serde_json::Value::String(hex::encode(fresh));
+            let _ = self
+                .kv
+                .set_if(KEY, fresh, strato_kv::Condition::Absent)
+                .await;
+        }
+        tracing::warn!("cannot read or make the routers' proof: controllers will not believe X-Forwarded-For from other nodes' routers");
+        None
     }
 
     /// The cloud's domain (apps at NAME.DOMAIN, the API at api.DOMAIN).
