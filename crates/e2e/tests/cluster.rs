@@ -905,6 +905,56 @@ fn a_core_runs_its_own_database_and_an_attached_controller_uses_it() {
         ]),
         "process ready -n",
     );
+    // Any member may use the bus, but the database goes only to a node with the
+    // controller (or health manager) role that proves who it is: a DEA asking with its
+    // own credentials is refused, and so is one claiming to be the controller node.
+    let dea = std::fs::read(c.deas[0].home.path().join("cluster.json")).unwrap();
+    let dea: Value = serde_json::from_slice(&dea).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = rt
+        .block_on(strato_bus::NatsBus::connect_tls(
+            dea["nats_url"].as_str().unwrap(),
+            std::path::Path::new(dea["ca_file"].as_str().unwrap()),
+        ))
+        .expect("the DEA's credentials connect");
+    let password = dea["nats_url"].as_str().unwrap().split('@').next().unwrap();
+    let password = password.rsplit(':').next().unwrap();
+    let ask = |node_id: &str| {
+        use hmac::Mac;
+        let public_key = "ab".repeat(32);
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(password.as_bytes()).unwrap();
+        mac.update(format!("strato database ask v1\n{node_id}\n{public_key}").as_bytes());
+        let body = serde_json::json!({
+            "node_id": node_id, "public_key": public_key,
+            "mac": hex::encode(mac.finalize().into_bytes()),
+        });
+        let reply = rt
+            .block_on(strato_bus::Bus::request(
+                &bus,
+                "strato.cluster.database",
+                serde_json::to_vec(&body).unwrap().into(),
+                Duration::from_secs(5),
+            ))
+            .expect("the core answers");
+        String::from_utf8_lossy(&reply.payload).into_owned()
+    };
+    let dea_id = dea["node_id"].as_str().unwrap();
+    let answer = ask(dea_id);
+    assert!(
+        answer.contains("refused") && answer.contains("role"),
+        "{answer}"
+    );
+    let cc1_id: Value = serde_json::from_slice(
+        &std::fs::read(c.controllers[0].home.path().join("node.json")).unwrap(),
+    )
+    .unwrap();
+    let answer = ask(cc1_id["id"].as_str().unwrap());
+    assert!(answer.contains("does not come from"), "{answer}");
+    assert!(!answer.contains("postgres://"), "{answer}");
+
     // The core's controller stops: the API is the other one's, on the same data.
     kato_ok(c.kato(&["stop", "controller"]), "stop controller");
     let until = Instant::now() + Duration::from_secs(30);
