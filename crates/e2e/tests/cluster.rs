@@ -462,6 +462,20 @@ fn roles_are_added_and_removed_live_from_the_core() {
     let out = c.kato(&["role", "remove", "router", "-n", &dea]);
     assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
 
+    // --only that would take the last DEA away: refused before anything changes.
+    let out = c.kato(&["role", "add", "router", "--only", "-n", &dea]);
+    let text = strato_e2e::output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("nothing was changed") && text.contains("last DEA"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        c.get_via(&c.deas[0], APP_HOST, "/").0,
+        0,
+        "no router was added"
+    );
+
     // The last DEA, with an app running: refused, naming the app, unless forced.
     let out = c.kato(&["role", "remove", "dea", "-n", &dea]);
     let text = strato_e2e::output_text(&out);

@@ -1126,16 +1126,8 @@ async fn role(ctl: &Control, cmd: &RoleCmd, json_out: bool) -> anyhow::Result<()
                 query.push_str(if query.is_empty() { "?" } else { "&" });
                 query.push_str("no_start=true");
             }
-            for r in &roles {
-                let v = ctl
-                    .call(
-                        "POST",
-                        &format!("/roles/{}/add{query}", percent_encode(r)),
-                        None,
-                    )
-                    .await?;
-                report_role(&v, r, "added to", json_out)?;
-            }
+            // --only: the node's other roles, each removal checked before anything changes.
+            let mut drop = Vec::new();
             if *only {
                 let info = ctl
                     .call(
@@ -1153,13 +1145,35 @@ async fn role(ctl: &Control, cmd: &RoleCmd, json_out: bool) -> anyhow::Result<()
                     let Some(name) = assigned.as_str() else {
                         continue;
                     };
-                    if keep.iter().any(|k| k == name) {
-                        continue;
+                    if !keep.iter().any(|k| k == name) {
+                        let check = format!("/roles/{name}/remove{}", role_query(node, false));
+                        let check = format!(
+                            "{check}{}dry_run=true",
+                            if check.contains('?') { "&" } else { "?" }
+                        );
+                        ctl.call("POST", &check, None).await.with_context(|| {
+                            format!(
+                                "--only would remove {name}, which cannot go; nothing was changed"
+                            )
+                        })?;
+                        drop.push(name.to_string());
                     }
-                    let path = format!("/roles/{name}/remove{}", role_query(node, false));
-                    let v = ctl.call("POST", &path, None).await?;
-                    report_role(&v, name, "removed from", json_out)?;
                 }
+            }
+            for r in &roles {
+                let v = ctl
+                    .call(
+                        "POST",
+                        &format!("/roles/{}/add{query}", percent_encode(r)),
+                        None,
+                    )
+                    .await?;
+                report_role(&v, r, "added to", json_out)?;
+            }
+            for name in &drop {
+                let path = format!("/roles/{name}/remove{}", role_query(node, false));
+                let v = ctl.call("POST", &path, None).await?;
+                report_role(&v, name, "removed from", json_out)?;
             }
             Ok(())
         }

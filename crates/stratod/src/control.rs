@@ -595,6 +595,9 @@ struct RoleTarget {
     /// Assign the role but start it only with the next `kato start` (`role add -s`).
     #[serde(default)]
     no_start: bool,
+    /// Only check that the removal would be done (`role add --only` asks first).
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// The node id `target` names: this node, a node id, or a node's address (asked over the
@@ -682,6 +685,11 @@ async fn role_remove(
     let id = target_node(&node, t.node.as_deref()).await?;
     if role.expand().contains(&Role::Dea) && !t.force {
         refuse_removing_the_last_dea(&node, &id).await?;
+    }
+    if t.dry_run {
+        return Ok(Json(
+            json!({"node": id, "removed": [], "would_remove": role.name()}),
+        ));
     }
     let mut removed = Vec::new();
     for r in std::iter::once(role).chain(role.expand()) {
