@@ -1074,6 +1074,16 @@ fn recently_stored(c: &Shared, kind: BlobKind, sha: &str) -> bool {
         .is_some_and(|age| age < BLOB_GRACE)
 }
 
+/// Releases the blob again once its grace is over (and tells the other controllers).
+fn release_later(c: Shared, kind: BlobKind, sha: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(BLOB_GRACE).await;
+        let again: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            Box::pin(async move { release_blob(&c, kind, &sha).await });
+        again.await;
+    });
+}
+
 /// Deletes this controller's copy of a blob when no app uses it; true when it did.
 pub(crate) async fn release_local_blob(c: &Shared, kind: BlobKind, sha: &str) -> bool {
     let users = match kind {
@@ -1081,8 +1091,9 @@ pub(crate) async fn release_local_blob(c: &Shared, kind: BlobKind, sha: &str) ->
         BlobKind::Package => c.db.apps_using_package(sha).await,
     };
     // In a cluster a blob stored moments ago may be one an upload or staging on another
-    // controller is about to name: it stays for now.
+    // controller is about to name: it stays for now, and is looked at again later.
     if c.blob_signer.is_some() && recently_stored(c, kind, sha) {
+        release_later(c.clone(), kind, sha.to_string());
         return false;
     }
     if let Ok(0) = users {

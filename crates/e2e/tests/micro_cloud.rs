@@ -621,3 +621,44 @@ fn blue_green_as_seed_001_shows_it_drops_no_request() {
         "{apps}"
     );
 }
+
+/// A part of `primary` taken away on its own: the node keeps primary's other parts (as
+/// roles of their own), and stops only the one removed.
+#[test]
+fn a_part_of_primary_is_removed_on_its_own() {
+    let mc = MicroCloud::start().expect("micro cloud");
+    let ok = |args: &[&str]| {
+        let out = mc.kato(args);
+        assert!(
+            out.status.success(),
+            "kato {args:?}: {}",
+            strato_e2e::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["role", "add", "primary"]);
+    ok(&["role", "remove", "router"]);
+    let info = ok(&["role", "info", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let roles: Vec<&str> = info["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(
+        roles.contains(&"controller") && roles.contains(&"health_manager"),
+        "{roles:?}"
+    );
+    assert!(!roles.contains(&"router"), "{roles:?}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", mc.port)).is_ok() {
+        assert!(Instant::now() < until, "the router still listens");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Removing it again says it is not there.
+    let out = mc.kato(&["role", "remove", "router"]);
+    assert!(!out.status.success());
+    assert!(strato_e2e::output_text(&out).contains("does not have the role router"));
+    ok(&["role", "add", "router"]);
+}

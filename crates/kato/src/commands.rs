@@ -806,6 +806,7 @@ async fn node_ids(ctl: &Control) -> anyhow::Result<Vec<String>> {
     let ids: std::collections::BTreeSet<String> = components(ctl)
         .await?
         .iter()
+        .filter(|c| c["state"] != "not answering")
         .filter_map(|c| c["node"].as_str().map(String::from))
         .collect();
     Ok(ids.into_iter().collect())

@@ -165,16 +165,15 @@ async fn rename(
             format!("the domain {name} exists already (an organization's own?); delete it first or choose another name"),
         )
     };
-    match db.rename_domain(&old, &name).await {
-        Ok(Some(_)) => {}
-        // No shared domain by the old name (deleted by hand): make the new one.
-        Ok(None) => {
-            db.create_shared_domain(&name).await.map_err(|_| taken())?;
-        }
+    // The shared domain renamed, or (deleted by hand) made anew.
+    let created = match db.rename_domain(&old, &name).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(db.create_shared_domain(&name).await.map_err(|_| taken())?),
         Err(strato_db::DbError::Conflict { .. }) => return Err(taken()),
         Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
-    // Every node follows cluster/domain; a failed write puts the database back.
+    };
+    // Every node follows cluster/domain (this one too); a failed write undoes it all.
+    let endpoint = node.kv.get("cluster/endpoint").await.ok().flatten();
     let recorded = async {
         node.kv
             .set("cluster/endpoint", Value::String(format!("api.{name}")))
@@ -184,13 +183,23 @@ async fn rename(
             .await
     };
     if let Err(e) = recorded.await {
-        let _ = db.rename_domain(&name, &old).await;
+        match &created {
+            Some(d) => {
+                let _ = db.delete_domain(&d.guid).await;
+            }
+            None => {
+                let _ = db.rename_domain(&name, &old).await;
+            }
+        }
+        let _ = match endpoint {
+            Some(v) => node.kv.set("cluster/endpoint", v.value).await.map(|_| ()),
+            None => node.kv.del("cluster/endpoint").await.map(|_| ()),
+        };
         return Err(err(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot record the new domain in the config store ({e}); nothing changed"),
         ));
     }
-    node.rename(&name).await;
     record(&node, &format!("node rename {name} (was {old})"));
     Ok(Json(json!({"domain": name, "was": old, "changed": true})))
 }
@@ -649,13 +658,20 @@ async fn role_add(
     let id = target_node(&node, t.node.as_deref()).await?;
     // The hold goes first: the node applies the role as soon as it is written. Without
     // -s an earlier hold goes, so the role starts.
-    let hold = crate::node::held_key(&id, role);
-    let held = if t.no_start {
-        node.kv.set(&hold, Value::Bool(true)).await.map(|_| ())
-    } else {
-        node.kv.del(&hold).await.map(|_| ())
+    let held = async {
+        if t.no_start {
+            node.kv
+                .set(&crate::node::held_key(&id, role), Value::Bool(true))
+                .await?;
+        } else {
+            for r in std::iter::once(role).chain(role.expand()) {
+                node.kv.del(&crate::node::held_key(&id, r)).await?;
+            }
+        }
+        Ok::<(), strato_kv::KvError>(())
     };
-    held.map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    held.await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     node.kv
         .set(
             &format!("node/{id}/roles/{}", role.name()),
@@ -686,12 +702,45 @@ async fn role_remove(
     if role.expand().contains(&Role::Dea) && !t.force {
         refuse_removing_the_last_dea(&node, &id).await?;
     }
+    // A part of `primary` (controller, health manager, router) goes on its own: the
+    // node keeps primary's other parts as roles of their own.
+    let key = |r: Role| format!("node/{id}/roles/{}", r.name());
+    let has = |v: Option<strato_kv::Versioned>| v.is_some_and(|v| v.value == Value::Bool(true));
+    let kv_err = |e: strato_kv::KvError| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let split_primary = role != Role::Primary
+        && Role::Primary.expand().contains(&role)
+        && has(node.kv.get(&key(Role::Primary)).await.map_err(kv_err)?);
+    let mut present = split_primary;
+    for r in std::iter::once(role).chain(role.expand()) {
+        present |= has(node.kv.get(&key(r)).await.map_err(kv_err)?);
+    }
+    if !present {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!(
+                "node {id} does not have the role {}; see `kato role info`",
+                role.name()
+            ),
+        ));
+    }
     if t.dry_run {
         return Ok(Json(
             json!({"node": id, "removed": [], "would_remove": role.name()}),
         ));
     }
+    if split_primary {
+        for part in Role::Primary.expand().into_iter().filter(|p| *p != role) {
+            node.kv
+                .set(&key(part), Value::Bool(true))
+                .await
+                .map_err(kv_err)?;
+        }
+        node.kv.del(&key(Role::Primary)).await.map_err(kv_err)?;
+    }
     let mut removed = Vec::new();
+    if split_primary {
+        removed.push(Role::Primary.name());
+    }
     for r in std::iter::once(role).chain(role.expand()) {
         let gone = node
             .kv
@@ -839,17 +888,7 @@ async fn roles_stop(State(node): State<S>) -> Json<Value> {
 
 /// Restarts the controller role (if it runs here) so it reads its settings again.
 pub(crate) async fn restart_controller(node: &S) -> bool {
-    let role = Role::Controller;
-    if !node.supervisor.stop(role, Duration::from_secs(30)).await {
-        return false;
-    }
-    match node.factory(role) {
-        Some(f) => {
-            node.supervisor.start(role, f);
-            true
-        }
-        None => false,
-    }
+    node.restart_role(Role::Controller).await
 }
 
 async fn regenerate_token_secret(

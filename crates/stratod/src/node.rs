@@ -674,18 +674,37 @@ impl Node {
             .clone()
     }
 
-    /// Takes a new domain (`kato node rename`) and restarts the roles that read it; app
-    /// instances keep running and register their new names.
-    pub async fn rename(self: &Arc<Self>, domain: &str) {
+    /// Takes a new domain (`kato node rename`); the roles that read it must start again.
+    pub fn set_domain(&self, domain: &str) {
         *self.domain.write().unwrap_or_else(|p| p.into_inner()) = domain.to_string();
-        for role in [Role::Controller, Role::Router] {
-            if self.supervisor.stop(role, Duration::from_secs(30)).await {
-                if let Some(f) = self.factory(role) {
-                    self.supervisor.start(role, f);
-                }
-            }
+    }
+
+    /// Restarts `role` if it runs, so it reads its settings again; a role taken from this
+    /// node (or held) meanwhile is not started again. True when it runs again.
+    pub async fn restart_role(self: &Arc<Self>, role: Role) -> bool {
+        if !self.supervisor.stop(role, Duration::from_secs(30)).await {
+            return false;
         }
-        tracing::info!(%domain, "the cloud's domain changed: controller and router restarted");
+        let held = held_roles(self.kv.as_ref(), &self.identity.id)
+            .await
+            .unwrap_or_default();
+        let stored = stored_roles(self.kv.as_ref(), &self.identity.id)
+            .await
+            .unwrap_or_default();
+        if !runnable(&stored, &held).contains(&role) {
+            tracing::info!(
+                role = role.name(),
+                "not restarted: the role is no longer this node's"
+            );
+            return false;
+        }
+        match self.factory(role) {
+            Some(f) => {
+                self.supervisor.start(role, f);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The controller database, opened (and migrated) on first use. In a cluster only a
@@ -750,17 +769,17 @@ impl Node {
     pub async fn start_roles(self: &Arc<Self>) -> anyhow::Result<Vec<Role>> {
         let held = held_roles(self.kv.as_ref(), &self.identity.id).await?;
         let configured = configured_roles(self.kv.as_ref(), &self.identity.id).await?;
-        let held: Vec<Role> = held.iter().flat_map(|r| r.expand()).collect();
-        let roles: Vec<Role> = configured
-            .into_iter()
-            .filter(|r| !held.contains(r))
-            .collect();
-        for r in &roles {
-            if let Some(f) = self.factory(*r) {
-                self.supervisor.start(*r, f);
+        // The same tasks as a live change would run (`logs` lives in the controller's).
+        for task in runnable(&configured, &held) {
+            if let Some(f) = self.factory(task) {
+                self.supervisor.start(task, f);
             }
         }
-        Ok(roles)
+        let held: Vec<Role> = held.iter().flat_map(|r| r.expand()).collect();
+        Ok(configured
+            .into_iter()
+            .filter(|r| !held.contains(r))
+            .collect())
     }
 }
 
@@ -805,8 +824,11 @@ async fn follow_roles(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle
 /// Follows the cloud-wide settings in the config store and applies them on this node: a
 /// new domain (`kato node rename`), a new token-signing secret. The store's watch misses
 /// no change, so a node that was busy or cut off catches up when it reads again.
-async fn follow_cluster(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut changes = node.kv.watch("cluster", None).await?;
+async fn follow_cluster(
+    node: Arc<Node>,
+    from_revision: Option<u64>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut changes = node.kv.watch("cluster", from_revision).await?;
     Ok(tokio::spawn(async move {
         while let Some(change) = changes.next().await {
             let change = match change {
@@ -825,8 +847,16 @@ async fn follow_cluster(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHand
                 let valid =
                     domain == "localhost" || strato_core::names::check_domain(&domain).is_ok();
                 if valid && domain != node.domain() {
+                    // The name is taken here, in order; the roles restart on whatever it
+                    // is when they start (app instances keep running, and re-register).
+                    node.set_domain(&domain);
                     let node = node.clone();
-                    tokio::spawn(async move { node.rename(&domain).await });
+                    tokio::spawn(async move {
+                        for role in [Role::Controller, Role::Router] {
+                            node.restart_role(role).await;
+                        }
+                        tracing::info!(domain = %node.domain(), "the cloud's domain changed: controller and router restarted");
+                    });
                 }
             } else if change.path == SECRET_GENERATION_KEY
                 && crate::control::restart_controller(&node).await
@@ -950,7 +980,12 @@ async fn connect_bus_and_store(
             ca_file: opts.nats_ca.clone(),
             // One copy per server of a NATS cluster, up to three: the config store
             // survives losing any one of them.
-            replicas: strato_core::names::nats_servers(url).1.len().clamp(1, 3),
+            // (Two copies would stop the bucket when either server is down: one or three.)
+            replicas: if strato_core::names::nats_servers(url).1.len() >= 3 {
+                3
+            } else {
+                1
+            },
             ..Default::default()
         },
     )
@@ -1052,6 +1087,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if opts.clustered() {
         refuse_a_taken_id(&bus, &identity.id).await?;
     }
+    // The cluster settings are followed from here on: none changed in between is missed.
+    let cluster_revision = kv.current_revision().await.ok();
     if let Ok(Some(v)) = kv.get(DOMAIN_KEY).await {
         if let Some(domain) = v.value.as_str().filter(|d| !d.is_empty()) {
             opts.domain = domain.to_string();
@@ -1102,7 +1139,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let control = crate::control::serve(node.clone()).await?;
     let discovery = crate::discovery::serve(node.clone(), node.shutdown.clone()).await?;
     let follower = follow_roles(node.clone()).await?;
-    let cluster_follower = follow_cluster(node.clone()).await?;
+    let cluster_follower = follow_cluster(node.clone(), cluster_revision).await?;
     let joins = match &node.bus_server {
         Some(server) => Some((
             crate::cluster_join::serve(node.clone(), server.clone(), node.shutdown.clone()).await?,
