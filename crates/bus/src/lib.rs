@@ -128,6 +128,11 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Message, BusError>;
     /// Waits until everything published so far has reached the server (no-op in-process).
     async fn flush(&self) -> Result<(), BusError>;
+    /// True while the bus can carry messages (a NATS client connected to a server); an
+    /// in-process bus always can.
+    fn is_connected(&self) -> bool {
+        true
+    }
     /// A fresh unique inbox subject for replies.
     fn new_inbox(&self) -> String {
         format!("_INBOX.{}", uuid::Uuid::new_v4().simple())

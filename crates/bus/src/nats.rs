@@ -230,6 +230,10 @@ impl Bus for NatsBus {
             .map_err(|e| BusError::Backend(format!("cannot flush to the NATS server: {e}")))
     }
 
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn new_inbox(&self) -> String {
         self.client.new_inbox()
     }

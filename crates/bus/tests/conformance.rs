@@ -429,7 +429,16 @@ async fn nats_bus_reconnects_and_resubscribes_after_a_server_restart() {
     let mut server = NatsServer::start().expect("start nats-server");
     let bus = NatsBus::connect(&server.url()).await.expect("connect");
     let mut sub = subscribe(&bus, "survivor.x").await;
+    assert!(bus.is_connected());
     server.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bus.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "the bus still says it is connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.restart().expect("restart nats-server");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -987,3 +987,49 @@ fn a_core_runs_its_own_database_and_an_attached_controller_uses_it() {
     }
     assert_eq!(c.get_via(&c.core, APP_HOST, "/").0, 200);
 }
+
+#[test]
+fn a_self_hosted_cluster_keeps_serving_while_its_core_and_bus_are_down() {
+    let mut c = Cluster::start_self_hosted(2).expect("cluster");
+    let token = c.join_token(1).unwrap();
+    let out = c.attach("router0", &token, NodeKind::Router).unwrap();
+    assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
+    c.login();
+    c.strato_ok(&fixture("static"), &["push", "-n", "--instances", "2"]);
+    let api = Api::login(&c);
+    let guid = api.app_guid(APP);
+    api.wait_running(&guid, 2, None, Duration::from_secs(60), &c);
+    let router = std::net::SocketAddr::from((c.routers[0].address, c.routers[0].http_port));
+    let until = Instant::now() + Duration::from_secs(30);
+    while http_get_at(router, APP_HOST, "/").0 != 200 {
+        assert!(
+            Instant::now() < until,
+            "the router node never served the app\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The core dies and its NATS server with it: nobody can refresh a route, and the
+    // router keeps them all (past the route TTL and the DEA deadline).
+    c.core.kill();
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(25) {
+        let (status, body) = http_get_at(router, APP_HOST, "/");
+        assert_eq!(
+            status,
+            200,
+            "request {sent} failed {:.1} s after the core and the bus died: {body}\n{}",
+            start.elapsed().as_secs_f64(),
+            c.logs()
+        );
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("MEASURED core and bus down: {sent} requests over 25 s through the router node, all answered");
+    // Nodes without their bus would spend their stop grace trying to say goodbye.
+    for node in c.deas.iter_mut().chain(c.routers.iter_mut()) {
+        node.kill();
+    }
+}

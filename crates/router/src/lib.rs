@@ -131,6 +131,7 @@ impl Router {
             )),
             tokio::spawn(sync::prune(
                 self.table.clone(),
+                self.bus.clone(),
                 self.cfg.prune_interval,
                 stop.clone(),
             )),

@@ -89,13 +89,36 @@ fn decode(message: &Message) -> Option<RouteChange> {
 }
 
 /// Prunes the table every `interval` until `stop`.
-pub(crate) async fn prune(table: Arc<RouteTable>, interval: Duration, stop: CancellationToken) {
+/// Prunes the table every `interval`, except while the bus is unreachable: then nobody
+/// can refresh a route, so none is taken for dead (apps keep serving while the bus is
+/// down; once it is back, DEAs re-register within their interval).
+pub(crate) async fn prune(
+    table: Arc<RouteTable>,
+    bus: SharedBus,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut holding = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticks.tick() => table.prune(),
+            _ = ticks.tick() => {
+                if bus.is_connected() {
+                    if holding {
+                        tracing::info!("the bus is back: routes are pruned again");
+                        holding = false;
+                    }
+                    table.prune();
+                } else {
+                    if !holding {
+                        tracing::warn!("the bus is unreachable: keeping every route until it is back");
+                        holding = true;
+                    }
+                    table.hold();
+                }
+            }
         }
     }
 }

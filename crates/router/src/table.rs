@@ -343,6 +343,24 @@ impl RouteTable {
         self.prune_at(Instant::now());
     }
 
+    /// Counts every backend and DEA as heard from now: while the router cannot hear the
+    /// bus, silence says nothing about them, so their routes are kept (CF's gorouter does
+    /// the same). Drains still end on time.
+    pub fn hold(&self) {
+        let now = Instant::now();
+        let mut registry = self.lock();
+        for routes in registry.hosts.values_mut() {
+            for entry in routes.entries.iter_mut() {
+                entry.last_seen = now;
+            }
+        }
+        for seen in registry.deas.values_mut() {
+            *seen = now;
+        }
+        drop(registry);
+        self.prune_at(now);
+    }
+
     fn apply_at(&self, changes: impl IntoIterator<Item = RouteChange>, now: Instant) {
         let mut registry = self.lock();
         for change in changes {
