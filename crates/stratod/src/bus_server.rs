@@ -62,7 +62,12 @@ pub struct BusServer {
     dir: PathBuf,
     settings: CoreSettings,
     child: std::process::Child,
+    /// When the server's certificate (valid a year) was issued.
+    certificate_issued: Instant,
 }
+
+/// A server certificate older than this is replaced (they are valid for a year).
+pub const CERTIFICATE_RENEWAL: Duration = Duration::from_secs(180 * 24 * 3600);
 
 fn random_password() -> String {
     use rand::Rng;
@@ -135,11 +140,7 @@ impl BusServer {
         authority: &strato_tls::Authority,
     ) -> anyhow::Result<BusServer> {
         let users = Self::users(dir)?;
-        let (chain, key) = authority
-            .issue_pem(&settings.address.to_string())
-            .context("issuing the NATS server's certificate")?;
-        write_private(&dir.join("server.pem"), chain.as_bytes())?;
-        write_private(&dir.join("server.key"), key.as_bytes())?;
+        write_certificate(dir, &settings, authority)?;
         write_private(&dir.join("ca.pem"), authority.ca_pem().as_bytes())?;
         write_config(dir, &settings, &users)?;
         let log = std::fs::File::create(dir.join("nats-server.log"))?;
@@ -147,6 +148,7 @@ impl BusServer {
             dir: dir.to_path_buf(),
             settings,
             child: spawn(dir, log)?,
+            certificate_issued: Instant::now(),
         };
         server.wait_ready(Duration::from_secs(15))?;
         Ok(server)
@@ -168,6 +170,22 @@ impl BusServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("nats-server did not listen on {addr} within {wait:?}")
+    }
+
+    /// Replaces the server's certificate when it is older than `renew_after` and makes
+    /// the server load it (clients keep their connections); true when it did.
+    pub fn renew_certificate(
+        &mut self,
+        authority: &strato_tls::Authority,
+        renew_after: Duration,
+    ) -> anyhow::Result<bool> {
+        if self.certificate_issued.elapsed() < renew_after {
+            return Ok(false);
+        }
+        write_certificate(&self.dir, &self.settings, authority)?;
+        self.reload()?;
+        self.certificate_issued = Instant::now();
+        Ok(true)
     }
 
     /// True while nats-server runs.
@@ -245,6 +263,19 @@ impl BusServer {
     }
 }
 
+/// A new certificate for the server's address, from `authority`.
+fn write_certificate(
+    dir: &Path,
+    settings: &CoreSettings,
+    authority: &strato_tls::Authority,
+) -> anyhow::Result<()> {
+    let (chain, key) = authority
+        .issue_pem(&settings.address.to_string())
+        .context("issuing the NATS server's certificate")?;
+    write_private(&dir.join("server.key"), key.as_bytes())?;
+    write_private(&dir.join("server.pem"), chain.as_bytes())
+}
+
 /// The cluster's NATS server as the node shares it.
 pub type SharedBusServer = std::sync::Arc<std::sync::Mutex<BusServer>>;
 
@@ -260,6 +291,19 @@ pub async fn add_node(server: &SharedBusServer, node_id: &str) -> anyhow::Result
 pub async fn remove_node(server: &SharedBusServer, node_id: &str) -> anyhow::Result<bool> {
     let (server, id) = (server.clone(), node_id.to_string());
     tokio::task::spawn_blocking(move || lock(&server).remove_node(&id)).await?
+}
+
+/// Renews the server's certificate when due (see [`BusServer::renew_certificate`]) off
+/// the async workers.
+pub async fn renew_certificate(
+    server: &SharedBusServer,
+    authority: strato_tls::Authority,
+) -> anyhow::Result<bool> {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || {
+        lock(&server).renew_certificate(&authority, CERTIFICATE_RENEWAL)
+    })
+    .await?
 }
 
 fn lock(server: &SharedBusServer) -> std::sync::MutexGuard<'_, BusServer> {
@@ -324,5 +368,48 @@ impl Drop for BusServer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server takes a new certificate without a restart, and a client verifying it
+    /// with the CA still connects.
+    #[tokio::test]
+    async fn the_certificate_is_renewed_in_place() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("nats");
+        let authority =
+            strato_tls::Authority::load_or_create(&home.path().join("ca"), "Strato CA test")
+                .unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let settings = CoreSettings {
+            address: "127.0.0.1".parse().unwrap(),
+            port,
+            database_url: None,
+        };
+        BusServer::set_up(&dir, &settings).unwrap();
+        let mut server = BusServer::start(&dir, settings, &authority).unwrap();
+        let pid = server.pid();
+        let before = std::fs::read(dir.join("server.pem")).unwrap();
+        assert!(!server
+            .renew_certificate(&authority, CERTIFICATE_RENEWAL)
+            .unwrap());
+        assert!(server
+            .renew_certificate(&authority, Duration::ZERO)
+            .unwrap());
+        let after = std::fs::read(dir.join("server.pem")).unwrap();
+        assert_ne!(before, after, "a new certificate was written");
+        assert_eq!(server.pid(), pid, "the server was not restarted");
+        let url = server.core_url().unwrap();
+        let bus = strato_bus::NatsBus::connect_tls(&url, &server.ca_file())
+            .await
+            .expect("a client verifying the CA connects after the renewal");
+        strato_bus::Bus::flush(&bus).await.unwrap();
     }
 }

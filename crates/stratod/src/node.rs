@@ -1140,6 +1140,24 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let discovery = crate::discovery::serve(node.clone(), node.shutdown.clone()).await?;
     let follower = follow_roles(node.clone()).await?;
     let cluster_follower = follow_cluster(node.clone(), cluster_revision).await?;
+    let renewals = node.bus_server.clone().map(|server| {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(6 * 3600));
+            loop {
+                every.tick().await;
+                let renewed = match node.authority() {
+                    Ok(authority) => crate::bus_server::renew_certificate(&server, authority).await,
+                    Err(e) => Err(e),
+                };
+                match renewed {
+                    Ok(true) => tracing::info!("the cluster's NATS server has a new certificate"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot renew the NATS server's certificate: {e:#}"),
+                }
+            }
+        })
+    });
     let joins = match &node.bus_server {
         Some(server) => Some((
             crate::cluster_join::serve(node.clone(), server.clone(), node.shutdown.clone()).await?,
@@ -1163,6 +1181,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     discovery.abort();
     follower.abort();
     cluster_follower.abort();
+    if let Some(renewals) = renewals {
+        renewals.abort();
+    }
     if let Some((joins, database)) = joins {
         joins.abort();
         database.abort();
