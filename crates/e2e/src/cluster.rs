@@ -365,16 +365,29 @@ impl Cluster {
     /// (`kato node setup core`), and each DEA joins with a token (`kato node attach`)
     /// before its first start.
     pub fn start_self_hosted(deas: usize) -> anyhow::Result<Cluster> {
-        Self::self_hosted(deas, true)
+        Self::self_hosted(deas, true, |_| Ok(()))
+    }
+
+    /// Like [`Cluster::start_self_hosted`], running `before` on the core while it is
+    /// still a single node (before `kato node setup core`).
+    pub fn start_self_hosted_after(
+        deas: usize,
+        before: impl FnOnce(&Cluster) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
+        Self::self_hosted(deas, true, before)
     }
 
     /// Like [`Cluster::start_self_hosted`], with no PostgreSQL from the test: `kato node
     /// setup core` makes the core run the controller database itself.
     pub fn start_self_hosted_with_its_own_database(deas: usize) -> anyhow::Result<Cluster> {
-        Self::self_hosted(deas, false)
+        Self::self_hosted(deas, false, |_| Ok(()))
     }
 
-    fn self_hosted(deas: usize, test_postgres: bool) -> anyhow::Result<Cluster> {
+    fn self_hosted(
+        deas: usize,
+        test_postgres: bool,
+        before: impl FnOnce(&Cluster) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
         let lan = Lan::new()?;
         let gateway = lan.gateway();
         let postgres = if test_postgres {
@@ -385,6 +398,7 @@ impl Cluster {
         let mut cluster = Self::with_core(lan, postgres, None)?;
         cluster.core.spawn()?;
         cluster.wait_api(Duration::from_secs(90))?;
+        before(&cluster)?;
         let port = strato_testkit::free_port();
         let out = cluster.kato(&[
             "node",

@@ -567,7 +567,19 @@ fn instances_spread_over_availability_zones_first() {
 
 #[test]
 fn nodes_join_with_a_token_and_a_removed_node_is_shut_out() {
-    let mut c = Cluster::start_self_hosted(1).expect("cluster");
+    // A setting made while the core was a single node survives it becoming the core.
+    let mut c = Cluster::start_self_hosted_after(1, |c| {
+        let out = c.kato(&["config", "set", "dea_ng", "marker", "42"]);
+        anyhow::ensure!(out.status.success(), "{}", strato_e2e::output_text(&out));
+        Ok(())
+    })
+    .expect("cluster");
+    let marker = kato_ok(c.kato(&["config", "get", "dea_ng", "marker"]), "config get");
+    assert_eq!(
+        marker.trim(),
+        "42",
+        "the setting was carried into the cluster's store"
+    );
     let core = c.core_bus.clone().unwrap();
 
     // A wrong token is refused and leaves nothing behind.

@@ -978,9 +978,8 @@ async fn connect_bus_and_store(
         CONFIG_BUCKET,
         strato_kv::JetStreamOptions {
             ca_file: opts.nats_ca.clone(),
-            // One copy per server of a NATS cluster, up to three: the config store
-            // survives losing any one of them.
-            // (Two copies would stop the bucket when either server is down: one or three.)
+            // One copy per server of a NATS cluster of three, so the config store survives
+            // losing any one (two copies would stop it when either server is down).
             replicas: if strato_core::names::nats_servers(url).1.len() >= 3 {
                 3
             } else {
@@ -996,7 +995,37 @@ async fn connect_bus_and_store(
             strato_core::names::without_password(url)
         )
     })?;
+    carry_over_local_settings(layout, &kv).await?;
     Ok((Arc::new(bus), Arc::new(kv)))
+}
+
+/// A node that becomes a cluster's core (`kato node setup core`) had its settings in its
+/// own config store: when the cluster's store is new, they are copied into it, once
+/// (the local file is renamed `.migrated`), so no setting is lost on the way.
+async fn carry_over_local_settings(layout: &Layout, kv: &dyn ConfigStore) -> anyhow::Result<()> {
+    let local = layout.config_store();
+    if !local.exists() || kv.current_revision().await? != 0 {
+        return Ok(());
+    }
+    let leaves = {
+        let old =
+            strato_kv::RedbStore::open(&local).context("opening this node's own config store")?;
+        old.list("").await?
+    };
+    for (path, v) in &leaves {
+        kv.set(path, v.value.clone())
+            .await
+            .with_context(|| format!("copying {path} into the cluster's config store"))?;
+    }
+    let kept = local.with_extension("migrated");
+    std::fs::rename(&local, &kept)
+        .with_context(|| format!("renaming {} to {}", local.display(), kept.display()))?;
+    tracing::info!(
+        settings = leaves.len(),
+        "this node's settings were copied into the cluster's config store (the old file is {})",
+        kept.display()
+    );
+    Ok(())
 }
 
 /// Refuses to start a node whose id another live node of the cluster already has (its
