@@ -20,6 +20,17 @@ use crate::{ContainerError, ContainerSpec, Mount};
 /// (`-g`) and reaps zombies.
 pub const INIT: &[&str] = &["/usr/bin/tini", "-g", "--"];
 
+/// The app's environment, with tini told to keep its warnings to itself (a signal that
+/// reaches it after the app exited is no news for the app's log); its fatal errors still
+/// show. An app that sets `TINI_VERBOSITY` keeps its own.
+fn process_env(env: &[String]) -> Vec<String> {
+    let mut out = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("TINI_VERBOSITY=")) {
+        out.push("TINI_VERBOSITY=0".to_string());
+    }
+    out
+}
+
 /// The cgroup path of a container (relative to each hierarchy's mount point).
 pub fn cgroup_path(id: &str) -> String {
     format!("/strato/{id}")
@@ -114,7 +125,7 @@ fn process(spec: &ContainerSpec) -> Result<oci_spec::runtime::Process, Container
                 .map_err(invalid)?,
         )
         .args(args)
-        .env(spec.env.clone())
+        .env(process_env(&spec.env))
         .cwd(&spec.cwd)
         .capabilities(
             LinuxCapabilitiesBuilder::default()

@@ -74,6 +74,8 @@ pub struct RouterConfig {
     pub connect_timeout: Duration,
     /// A DEA silent (no `dea.heartbeat`) for this long is gone: its routes are dropped.
     pub dea_deadline: Duration,
+    /// While the bus is not heard, routes are kept for at most this long.
+    pub max_hold: Duration,
     /// A backend that refused a connection is skipped for this long when others are left.
     pub backend_eject: Duration,
     /// Backends tried for one request when connections are refused.
@@ -110,6 +112,7 @@ impl Default for RouterConfig {
             // does not answer by then is ejected and the request tried on another.
             connect_timeout: Duration::from_secs(2),
             dea_deadline: timings::HEARTBEAT_DEADLINE,
+            max_hold: Duration::from_secs(600),
             backend_eject: Duration::from_secs(2),
             max_attempts: 3,
             pool_idle_timeout: Duration::from_secs(90),

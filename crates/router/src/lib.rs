@@ -133,6 +133,8 @@ impl Router {
                 self.table.clone(),
                 self.bus.clone(),
                 self.cfg.prune_interval,
+                self.cfg.dea_deadline / 2,
+                self.cfg.max_hold,
                 stop.clone(),
             )),
             tokio::spawn(sync::announce(

@@ -88,35 +88,42 @@ fn decode(message: &Message) -> Option<RouteChange> {
     }
 }
 
-/// Prunes the table every `interval` until `stop`.
-/// Prunes the table every `interval`, except while the bus is unreachable: then nobody
-/// can refresh a route, so none is taken for dead (apps keep serving while the bus is
-/// down; once it is back, DEAs re-register within their interval).
+/// Prunes the table every `interval`, except while the router cannot hear the bus (its
+/// client is disconnected, or nothing came in for `deaf_after`, which a live DEA's
+/// heartbeats never allow): then nobody can refresh a route, so none is taken for dead
+/// and apps keep serving while the bus or the core is down (gorouter does the same). A
+/// hold lasts at most `max_hold`: past that, ports may have been handed to other apps.
 pub(crate) async fn prune(
     table: Arc<RouteTable>,
     bus: SharedBus,
     interval: Duration,
+    deaf_after: Duration,
+    max_hold: Duration,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut holding = false;
+    let mut holding_since: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {
-                if bus.is_connected() {
-                    if holding {
-                        tracing::info!("the bus is back: routes are pruned again");
-                        holding = false;
+                let deaf = !bus.is_connected() || table.silent_for() >= deaf_after;
+                match (deaf, holding_since) {
+                    (false, held) => {
+                        if held.is_some() {
+                            tracing::info!("the bus is heard again: routes are pruned again");
+                            holding_since = None;
+                        }
+                        table.prune();
                     }
-                    table.prune();
-                } else {
-                    if !holding {
-                        tracing::warn!("the bus is unreachable: keeping every route until it is back");
-                        holding = true;
+                    (true, None) => {
+                        tracing::warn!("the bus is not heard: keeping every route until it is");
+                        holding_since = Some(std::time::Instant::now());
+                        table.hold();
                     }
-                    table.hold();
+                    (true, Some(since)) if since.elapsed() < max_hold => table.hold(),
+                    (true, Some(_)) => table.prune(),
                 }
             }
         }

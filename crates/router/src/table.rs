@@ -157,6 +157,8 @@ struct Registry {
     dirty: HashSet<String>,
     /// When each DEA last sent a heartbeat.
     deas: HashMap<String, Instant>,
+    /// When anything (a heartbeat, a route message) last came in from the bus.
+    last_heard: Option<Instant>,
 }
 
 impl Registry {
@@ -288,10 +290,11 @@ impl RouteTable {
     }
 
     fn dea_heartbeat_at(&self, dea: &str, now: Instant) {
+        let mut registry = self.lock();
+        registry.last_heard = Some(now);
         if dea.is_empty() {
             return;
         }
-        let mut registry = self.lock();
         match registry.deas.get_mut(dea) {
             Some(seen) => *seen = now,
             None => {
@@ -361,8 +364,22 @@ impl RouteTable {
         self.prune_at(now);
     }
 
+    /// How long nothing has come in from the bus while DEAs are known (zero when none
+    /// is): a router that hears no DEA at all for a while is more likely deaf than every
+    /// DEA dead at once.
+    pub fn silent_for(&self) -> Duration {
+        let registry = self.lock();
+        if registry.deas.is_empty() {
+            return Duration::ZERO;
+        }
+        registry
+            .last_heard
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
     fn apply_at(&self, changes: impl IntoIterator<Item = RouteChange>, now: Instant) {
         let mut registry = self.lock();
+        registry.last_heard = Some(now);
         for change in changes {
             let (registration, is_register) = match &change {
                 RouteChange::Register(r) => (r, true),
@@ -476,6 +493,26 @@ mod tests {
         assert_eq!(pool.pick(tried, 50).unwrap().0, 0);
         tried.add(0);
         assert!(pool.pick(tried, 50).is_none());
+    }
+
+    #[test]
+    fn a_hold_keeps_routes_past_their_ttl_and_silence_counts_only_with_deas() {
+        let t = table();
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        t.apply_at([RouteChange::Register(reg(&["a.x"], 1))], long_ago);
+        assert_eq!(t.silent_for(), Duration::ZERO, "no DEA known: never deaf");
+        t.hold();
+        assert_eq!(t.lookup("a.x").unwrap(), vec!["127.0.0.1:1"], "held");
+        t.prune();
+        assert_eq!(
+            t.lookup("a.x").unwrap(),
+            vec!["127.0.0.1:1"],
+            "refreshed by the hold"
+        );
+        t.dea_heartbeat_at("dea-1", long_ago);
+        assert!(t.silent_for() >= Duration::from_secs(59));
+        t.dea_heartbeat("dea-1");
+        assert!(t.silent_for() < Duration::from_secs(5));
     }
 
     #[test]

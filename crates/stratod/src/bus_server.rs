@@ -223,7 +223,7 @@ impl BusServer {
 
     /// Gives node `node_id` credentials of its own and returns its URL. Refused when the
     /// node already has some (an id in use).
-    pub fn add_node(&self, node_id: &str) -> anyhow::Result<String> {
+    pub fn add_node(&mut self, node_id: &str) -> anyhow::Result<String> {
         let mut users = Self::users(&self.dir)?;
         let user = node_user(node_id);
         if users.passwords.contains_key(&user) {
@@ -238,7 +238,7 @@ impl BusServer {
 
     /// Revokes node `node_id`'s credentials; `false` when it had none. The server drops
     /// its connection on reload.
-    pub fn remove_node(&self, node_id: &str) -> anyhow::Result<bool> {
+    pub fn remove_node(&mut self, node_id: &str) -> anyhow::Result<bool> {
         let mut users = Self::users(&self.dir)?;
         if users.passwords.remove(&node_user(node_id)).is_none() {
             return Ok(false);
@@ -249,8 +249,12 @@ impl BusServer {
     }
 
     /// Makes the running server read its config again (SIGHUP).
-    fn reload(&self) -> anyhow::Result<()> {
-        // SAFETY: plain syscall on our own child.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        // A reaped child's pid may be another process's by now: never signal it.
+        if !self.running() {
+            bail!("nats-server is not running (see STRATO_HOME/nats/nats-server.log); restart this node with `kato restart`");
+        }
+        // SAFETY: plain syscall on our own, unreaped child.
         if unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) } != 0 {
             bail!(
                 "cannot signal nats-server: {}",

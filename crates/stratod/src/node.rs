@@ -957,6 +957,7 @@ fn node_authority(layout: &Layout, node_id: &str) -> anyhow::Result<strato_tls::
 async fn connect_bus_and_store(
     opts: &Options,
     layout: &Layout,
+    is_core: bool,
 ) -> anyhow::Result<(SharedBus, Arc<dyn ConfigStore>)> {
     let Some(url) = &opts.nats_url else {
         let kv = strato_kv::RedbStore::open(layout.config_store())
@@ -995,16 +996,19 @@ async fn connect_bus_and_store(
             strato_core::names::without_password(url)
         )
     })?;
-    carry_over_local_settings(layout, &kv).await?;
+    if is_core {
+        carry_over_local_settings(layout, &kv).await?;
+    }
     Ok((Arc::new(bus), Arc::new(kv)))
 }
 
-/// A node that becomes a cluster's core (`kato node setup core`) had its settings in its
-/// own config store: when the cluster's store is new, they are copied into it, once
-/// (the local file is renamed `.migrated`), so no setting is lost on the way.
+/// The core (`kato node setup core`) had its settings in its own config store: they are
+/// copied into the cluster's, each only where the cluster has none, and the local file
+/// is renamed `.migrated` once all are there (a copy cut short goes on at the next
+/// start), so no setting is lost on the way.
 async fn carry_over_local_settings(layout: &Layout, kv: &dyn ConfigStore) -> anyhow::Result<()> {
     let local = layout.config_store();
-    if !local.exists() || kv.current_revision().await? != 0 {
+    if !local.exists() {
         return Ok(());
     }
     let leaves = {
@@ -1013,9 +1017,16 @@ async fn carry_over_local_settings(layout: &Layout, kv: &dyn ConfigStore) -> any
         old.list("").await?
     };
     for (path, v) in &leaves {
-        kv.set(path, v.value.clone())
+        match kv
+            .set_if(path, v.value.clone(), strato_kv::Condition::Absent)
             .await
-            .with_context(|| format!("copying {path} into the cluster's config store"))?;
+        {
+            Ok(_) | Err(strato_kv::KvError::Conflict { .. }) => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("copying {path} into the cluster's config store"))
+            }
+        }
     }
     let kept = local.with_extension("migrated");
     std::fs::rename(&local, &kept)
@@ -1112,7 +1123,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let (bus, kv) = connect_bus_and_store(&opts, &layout).await?;
+    let (bus, kv) = connect_bus_and_store(&opts, &layout, bus_server.is_some()).await?;
     if opts.clustered() {
         refuse_a_taken_id(&bus, &identity.id).await?;
     }
