@@ -36,6 +36,23 @@ impl BlobKind {
             BlobKind::Package => "zip",
         }
     }
+
+    /// The kind's name in URLs and messages: `droplet` or `package`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlobKind::Droplet => "droplet",
+            BlobKind::Package => "package",
+        }
+    }
+
+    /// The kind a [`BlobKind::name`] names.
+    pub fn from_name(name: &str) -> Option<BlobKind> {
+        match name {
+            "droplet" => Some(BlobKind::Droplet),
+            "package" => Some(BlobKind::Package),
+            _ => None,
+        }
+    }
 }
 
 /// What can go wrong with blobs.

@@ -69,7 +69,7 @@ impl BlobSigner {
         format!(
             "{}/v2/blobs/{}/{sha}?expires={expires}&signature={}",
             self.base,
-            kind_name(kind),
+            kind.name(),
             self.signature(method, kind, sha, expires)
         )
     }
@@ -99,7 +99,7 @@ impl BlobSigner {
 
     fn mac(&self, method: &Method, kind: BlobKind, sha: &str, expires: u64) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("any key length");
-        mac.update(format!("{method}\n{}\n{sha}\n{expires}", kind_name(kind)).as_bytes());
+        mac.update(format!("{method}\n{}\n{sha}\n{expires}", kind.name()).as_bytes());
         mac
     }
 
@@ -153,19 +153,8 @@ fn encode_task(task: &str) -> String {
         .collect()
 }
 
-fn kind_name(kind: BlobKind) -> &'static str {
-    match kind {
-        BlobKind::Droplet => "droplet",
-        BlobKind::Package => "package",
-    }
-}
-
 fn parse_kind(name: &str) -> CfResult<BlobKind> {
-    match name {
-        "droplet" => Ok(BlobKind::Droplet),
-        "package" => Ok(BlobKind::Package),
-        other => Err(ApiError::not_found("blob kind", other).into()),
-    }
+    BlobKind::from_name(name).ok_or_else(|| ApiError::not_found("blob kind", name).into())
 }
 
 fn unix_now() -> u64 {
@@ -243,7 +232,7 @@ async fn download(
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::not_found(kind_name(kind), &sha).into())
+            return Err(ApiError::not_found(kind.name(), &sha).into())
         }
         Err(e) => return Err(ApiError::server(format!("open {}: {e}", path.display())).into()),
     };

@@ -62,21 +62,6 @@ pub struct StagingLogChunk {
     pub done: bool,
 }
 
-fn kind_name(kind: BlobKind) -> &'static str {
-    match kind {
-        BlobKind::Droplet => "droplet",
-        BlobKind::Package => "package",
-    }
-}
-
-fn parse_kind(name: &str) -> Option<BlobKind> {
-    match name {
-        "droplet" => Some(BlobKind::Droplet),
-        "package" => Some(BlobKind::Package),
-        _ => None,
-    }
-}
-
 /// Starts answering peers and copying their blobs (a cluster only), and registering this
 /// controller's API address with the routers when it has one.
 pub async fn listen(c: Shared, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -105,7 +90,7 @@ pub async fn listen(c: Shared, shutdown: CancellationToken) -> anyhow::Result<()
                 m = released.next() => {
                     let Some(m) = m else { break };
                     let Ok(msg) = strato_bus::decode::<BlobLocate>(&m) else { continue };
-                    if let Some(kind) = parse_kind(&msg.kind) {
+                    if let Some(kind) = BlobKind::from_name(&msg.kind) {
                         crate::api::release_local_blob(&c, kind, &msg.sha256).await;
                     }
                 }
@@ -172,7 +157,7 @@ async fn catch_up(c: Shared) {
 
 /// A signed URL for a blob this controller holds.
 fn held_blob_url(c: &Shared, msg: &BlobLocate) -> Option<String> {
-    let kind = parse_kind(&msg.kind)?;
+    let kind = BlobKind::from_name(&msg.kind)?;
     let signer = c.blob_signer.as_ref()?;
     c.blobs
         .exists(kind, &msg.sha256)
@@ -209,7 +194,7 @@ pub async fn blob_stored(c: &Shared, kind: BlobKind, sha: &str) {
     let Some(signer) = &c.blob_signer else { return };
     let msg = BlobStored {
         controller: c.id.clone(),
-        kind: kind_name(kind).to_string(),
+        kind: kind.name().to_string(),
         sha256: sha.to_string(),
         url: signer.fresh_url(&Method::GET, kind, sha),
     };
@@ -224,7 +209,7 @@ pub async fn blob_released(c: &Shared, kind: BlobKind, sha: &str) {
         return;
     }
     let msg = BlobLocate {
-        kind: kind_name(kind).to_string(),
+        kind: kind.name().to_string(),
         sha256: sha.to_string(),
     };
     let _ = strato_bus::publish_json(c.bus.as_ref(), BLOB_RELEASED, &msg).await;
@@ -236,7 +221,7 @@ fn is_http(url: &str) -> bool {
 }
 
 async fn copy_blob(c: &Shared, msg: &BlobStored) {
-    let Some(kind) = parse_kind(&msg.kind) else {
+    let Some(kind) = BlobKind::from_name(&msg.kind) else {
         return;
     };
     if !is_http(&msg.url) {
@@ -259,7 +244,7 @@ pub async fn fetch_missing(c: &Shared, kind: BlobKind, sha: &str) -> bool {
         return false;
     }
     let ask = BlobLocate {
-        kind: kind_name(kind).to_string(),
+        kind: kind.name().to_string(),
         sha256: sha.to_string(),
     };
     let location: BlobLocation = match strato_bus::request_json::<_, BlobLocation>(
@@ -276,7 +261,7 @@ pub async fn fetch_missing(c: &Shared, kind: BlobKind, sha: &str) -> bool {
     match strato_blobs::remote::fetch(&c.blobs, kind, sha, &location.url).await {
         Ok(_) => true,
         Err(e) => {
-            tracing::warn!(kind = kind_name(kind), sha256 = sha, error = %e, "cannot fetch a blob from another controller");
+            tracing::warn!(kind = kind.name(), sha256 = sha, error = %e, "cannot fetch a blob from another controller");
             false
         }
     }

@@ -166,6 +166,31 @@ impl Traffic {
     }
 }
 
+/// Requests the app through `router` four times a second for `period`, each of which
+/// must be answered; returns how many were sent.
+fn every_request_answered(
+    c: &Cluster,
+    router: std::net::SocketAddr,
+    period: Duration,
+    after: &str,
+) -> usize {
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < period {
+        let (status, body) = http_get_at(router, APP_HOST, "/");
+        assert_eq!(
+            status,
+            200,
+            "request {sent} failed {:.1} s after {after}: {body}\n{}",
+            start.elapsed().as_secs_f64(),
+            c.logs()
+        );
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    sent
+}
+
 fn per_host(hosts: &[String]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for h in hosts {
@@ -326,20 +351,7 @@ fn apps_keep_serving_while_the_core_is_down_and_reconcile_when_it_returns() {
     // routing from what the DEAs keep registering, past the route TTL.
     c.core.kill();
     let router = std::net::SocketAddr::from((c.routers[0].address, c.routers[0].http_port));
-    let start = Instant::now();
-    let mut sent = 0;
-    while start.elapsed() < Duration::from_secs(25) {
-        let (status, body) = http_get_at(router, APP_HOST, "/");
-        assert_eq!(
-            status,
-            200,
-            "request {sent} failed {:.1} s after the core died: {body}\n{}",
-            start.elapsed().as_secs_f64(),
-            c.logs()
-        );
-        sent += 1;
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let sent = every_request_answered(&c, router, Duration::from_secs(25), "the core died");
     eprintln!(
         "MEASURED core down: {sent} requests over 25 s through the router node, all answered"
     );
@@ -1025,20 +1037,12 @@ fn a_self_hosted_cluster_keeps_serving_while_its_core_and_bus_are_down() {
     // The core dies and its NATS server with it: nobody can refresh a route, and the
     // router keeps them all (past the route TTL and the DEA deadline).
     c.core.kill();
-    let start = Instant::now();
-    let mut sent = 0;
-    while start.elapsed() < Duration::from_secs(25) {
-        let (status, body) = http_get_at(router, APP_HOST, "/");
-        assert_eq!(
-            status,
-            200,
-            "request {sent} failed {:.1} s after the core and the bus died: {body}\n{}",
-            start.elapsed().as_secs_f64(),
-            c.logs()
-        );
-        sent += 1;
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let sent = every_request_answered(
+        &c,
+        router,
+        Duration::from_secs(25),
+        "the core and the bus died",
+    );
     eprintln!("MEASURED core and bus down: {sent} requests over 25 s through the router node, all answered");
 
     // Back: every node finds its bus again, and the platform is whole.
