@@ -3,8 +3,6 @@
 pub const ROUTER_REGISTER: &str = "router.register";
 pub const ROUTER_UNREGISTER: &str = "router.unregister";
 pub const ROUTER_START: &str = "router.start";
-/// Asks every router to answer with its `router.start` (CF's `router.greet`).
-pub const ROUTER_GREET: &str = "router.greet";
 pub const DEA_ADVERTISE: &str = "dea.advertise";
 pub const DEA_HEARTBEAT: &str = "dea.heartbeat";
 pub const DEA_SHUTDOWN: &str = "dea.shutdown";

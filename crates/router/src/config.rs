@@ -62,10 +62,6 @@ pub struct RouterConfig {
     pub register_interval: Duration,
     /// How often `router.start` is published again after the first one (`None`: only once).
     pub announce_interval: Option<Duration>,
-    /// The address `router.start` names this router by (the node's cluster address):
-    /// controllers trust the `X-Forwarded-For` of requests from there. Default: the
-    /// listen address.
-    pub announce_host: Option<std::net::IpAddr>,
     /// Sent as `X-Strato-Router` with every request passed to the API's controllers, so
     /// they believe its `X-Forwarded-For`; a client's own header of that name is dropped
     /// from every request.
@@ -106,7 +102,6 @@ impl Default for RouterConfig {
             drain: timings::ROUTE_DRAIN,
             register_interval: timings::ROUTE_REGISTER_INTERVAL,
             announce_interval: Some(Duration::from_secs(30)),
-            announce_host: None,
             api_proof: None,
             // Long enough for one lost SYN to be sent again (after 1 s); a backend that
             // does not answer by then is ejected and the request tried on another.

@@ -134,7 +134,7 @@ pub(crate) async fn prune(
 pub(crate) fn router_start(id: &str, addr: SocketAddr, cfg: &RouterConfig) -> RouterStart {
     RouterStart {
         id: id.to_string(),
-        hosts: vec![cfg.announce_host.unwrap_or(addr.ip()).to_string()],
+        hosts: vec![addr.ip().to_string()],
         minimum_register_interval_in_seconds: whole_seconds(cfg.register_interval),
         prune_threshold_in_seconds: whole_seconds(cfg.route_ttl),
     }
@@ -145,31 +145,13 @@ fn whole_seconds(d: Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
 }
 
-/// Publishes `router.start` now and then every `every` until `stop`, and answers
-/// `router.greet` (a component that just started asks which routers there are) with it.
+/// Publishes `router.start` now and then every `every` until `stop`.
 pub(crate) async fn announce(
     bus: SharedBus,
     start: RouterStart,
     every: Option<Duration>,
     stop: CancellationToken,
 ) {
-    match bus.subscribe(subjects::ROUTER_GREET).await {
-        Ok(mut greetings) => {
-            let (bus, start, stop) = (bus.clone(), start.clone(), stop.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        m = greetings.next() => {
-                            let Some(m) = m else { return };
-                            let _ = strato_bus::reply_json(bus.as_ref(), &m, &start).await;
-                        }
-                    }
-                }
-            });
-        }
-        Err(error) => tracing::warn!(%error, "cannot answer router.greet"),
-    }
     loop {
         if let Err(error) =
             strato_bus::publish_json(bus.as_ref(), subjects::ROUTER_START, &start).await

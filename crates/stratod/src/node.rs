@@ -316,10 +316,6 @@ impl Node {
                             Some(node.api_listener.local_addr()?)
                         },
                         https: node.https_settings()?,
-                        announce_host: node
-                            .opts
-                            .cluster_address()
-                            .filter(|_| node.opts.clustered()),
                         ..Default::default()
                     };
                     let c = Role::Router.component();
