@@ -38,8 +38,10 @@ struct BlobStored {
     url: String,
 }
 
+/// One blob, by kind and sha256: what `strato.cc.blob.locate` asks for and
+/// `strato.cc.blob.released` says is gone.
 #[derive(Debug, Serialize, Deserialize)]
-struct BlobLocate {
+struct BlobRef {
     kind: String,
     sha256: String,
 }
@@ -72,10 +74,9 @@ pub async fn listen(c: Shared, shutdown: CancellationToken) -> anyhow::Result<()
     let mut released = c.bus.subscribe(BLOB_RELEASED).await?;
     let mut locate = c.bus.subscribe(BLOB_LOCATE).await?;
     let mut logs = c.bus.subscribe(STAGING_LOG).await?;
-    let c2 = c.clone();
-    let stop = shutdown.clone();
+    let (task, stop) = (c.clone(), shutdown.clone());
     tokio::spawn(async move {
-        let c = c2;
+        let c = task;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -89,14 +90,14 @@ pub async fn listen(c: Shared, shutdown: CancellationToken) -> anyhow::Result<()
                 }
                 m = released.next() => {
                     let Some(m) = m else { break };
-                    let Ok(msg) = strato_bus::decode::<BlobLocate>(&m) else { continue };
+                    let Ok(msg) = strato_bus::decode::<BlobRef>(&m) else { continue };
                     if let Some(kind) = BlobKind::from_name(&msg.kind) {
                         crate::api::release_local_blob(&c, kind, &msg.sha256).await;
                     }
                 }
                 m = locate.next() => {
                     let Some(m) = m else { break };
-                    let Ok(msg) = strato_bus::decode::<BlobLocate>(&m) else { continue };
+                    let Ok(msg) = strato_bus::decode::<BlobRef>(&m) else { continue };
                     if let Some(url) = held_blob_url(&c, &msg) {
                         let _ = strato_bus::reply_json(c.bus.as_ref(), &m, &BlobLocation { url }).await;
                     }
@@ -156,7 +157,7 @@ async fn catch_up(c: Shared) {
 }
 
 /// A signed URL for a blob this controller holds.
-fn held_blob_url(c: &Shared, msg: &BlobLocate) -> Option<String> {
+fn held_blob_url(c: &Shared, msg: &BlobRef) -> Option<String> {
     let kind = BlobKind::from_name(&msg.kind)?;
     let signer = c.blob_signer.as_ref()?;
     c.blobs
@@ -208,7 +209,7 @@ pub async fn blob_released(c: &Shared, kind: BlobKind, sha: &str) {
     if c.blob_signer.is_none() {
         return;
     }
-    let msg = BlobLocate {
+    let msg = BlobRef {
         kind: kind.name().to_string(),
         sha256: sha.to_string(),
     };
@@ -243,7 +244,7 @@ pub async fn fetch_missing(c: &Shared, kind: BlobKind, sha: &str) -> bool {
     if c.blob_signer.is_none() {
         return false;
     }
-    let ask = BlobLocate {
+    let ask = BlobRef {
         kind: kind.name().to_string(),
         sha256: sha.to_string(),
     };

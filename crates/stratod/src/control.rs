@@ -886,11 +886,6 @@ async fn roles_stop(State(node): State<S>) -> Json<Value> {
     Json(json!({"stopped": running.iter().map(|r| r.name()).collect::<Vec<_>>()}))
 }
 
-/// Restarts the controller role (if it runs here) so it reads its settings again.
-pub(crate) async fn restart_controller(node: &S) -> bool {
-    node.restart_role(Role::Controller).await
-}
-
 async fn regenerate_token_secret(
     State(node): State<S>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {

@@ -784,25 +784,46 @@ pub fn zone_key(node_id: &str) -> String {
     format!("node/{node_id}/availability_zone")
 }
 
+/// Hands every change at or below `prefix` (from `from_revision`, or from now) to
+/// `apply`, one after the other, until the watch ends; `what` names it in the log.
+async fn follow<F, Fut>(
+    node: &Arc<Node>,
+    prefix: &str,
+    from_revision: Option<u64>,
+    what: &'static str,
+    apply: F,
+) -> anyhow::Result<tokio::task::JoinHandle<()>>
+where
+    F: Fn(Arc<Node>, strato_kv::Change) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut changes = node.kv.watch(prefix, from_revision).await?;
+    let node = node.clone();
+    Ok(tokio::spawn(async move {
+        while let Some(change) = changes.next().await {
+            match change {
+                Ok(change) => apply(node.clone(), change).await,
+                Err(e) => {
+                    tracing::warn!("lost the watch on {what}: {e}");
+                    return;
+                }
+            }
+        }
+    }))
+}
+
 /// Follows `node/<id>` in the config store and applies every change live, without
 /// restarting `stratod`: roles added or removed, and a new availability zone (the DEA
 /// starts again to advertise it).
 async fn follow_roles(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut changes = node
-        .kv
-        .watch(&format!("node/{}", node.identity.id), None)
-        .await?;
-    let zone = zone_key(&node.identity.id);
-    Ok(tokio::spawn(async move {
-        while let Some(change) = changes.next().await {
-            let change = match change {
-                Ok(change) => change,
-                Err(e) => {
-                    tracing::warn!("lost the watch on this node's settings: {e}");
-                    return;
-                }
-            };
-            if change.path == zone
+    let prefix = format!("node/{}", node.identity.id);
+    follow(
+        &node,
+        &prefix,
+        None,
+        "this node's settings",
+        |node, change| async move {
+            if change.path == zone_key(&node.identity.id)
                 && node
                     .supervisor
                     .stop(Role::Dea, Duration::from_secs(30))
@@ -813,8 +834,9 @@ async fn follow_roles(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle
             if let Err(e) = node.apply_roles().await {
                 tracing::warn!("cannot apply this node's roles: {e:#}");
             }
-        }
-    }))
+        },
+    )
+    .await
 }
 
 /// Follows the cloud-wide settings in the config store and applies them on this node: a
@@ -824,43 +846,28 @@ async fn follow_cluster(
     node: Arc<Node>,
     from_revision: Option<u64>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut changes = node.kv.watch("cluster", from_revision).await?;
-    Ok(tokio::spawn(async move {
-        while let Some(change) = changes.next().await {
-            let change = match change {
-                Ok(change) => change,
-                Err(e) => {
-                    tracing::warn!("lost the watch on the cluster's settings: {e}");
-                    return;
-                }
+    follow(&node, "cluster", from_revision, "the cluster's settings", |node, change| async move {
+        if change.path == DOMAIN_KEY {
+            let Some(domain) = change.value.as_ref().and_then(|v| v.as_str()) else {
+                return;
             };
-            let value = change
-                .value
-                .as_ref()
-                .and_then(|v| v.as_str().map(str::to_string));
-            if change.path == DOMAIN_KEY {
-                let Some(domain) = value else { continue };
-                let valid =
-                    domain == "localhost" || strato_core::names::check_domain(&domain).is_ok();
-                if valid && domain != node.domain() {
-                    // The name is taken here, in order; the roles restart on whatever it
-                    // is when they start (app instances keep running, and re-register).
-                    node.set_domain(&domain);
-                    let node = node.clone();
-                    tokio::spawn(async move {
-                        for role in [Role::Controller, Role::Router] {
-                            node.restart_role(role).await;
-                        }
-                        tracing::info!(domain = %node.domain(), "the cloud's domain changed: controller and router restarted");
-                    });
-                }
-            } else if change.path == SECRET_GENERATION_KEY
-                && crate::control::restart_controller(&node).await
-            {
-                tracing::info!("the token-signing secret changed: controller restarted");
+            let valid = domain == "localhost" || strato_core::names::check_domain(domain).is_ok();
+            if valid && domain != node.domain() {
+                // The name is taken here, in order; the roles restart on whatever it is
+                // when they start (app instances keep running, and re-register).
+                node.set_domain(domain);
+                tokio::spawn(async move {
+                    for role in [Role::Controller, Role::Router] {
+                        node.restart_role(role).await;
+                    }
+                    tracing::info!(domain = %node.domain(), "the cloud's domain changed: controller and router restarted");
+                });
             }
+        } else if change.path == SECRET_GENERATION_KEY && node.restart_role(Role::Controller).await {
+            tracing::info!("the token-signing secret changed: controller restarted");
         }
-    }))
+    })
+    .await
 }
 
 /// 80% of the machine's memory, in MB (the `dea_ng/resources/memory_max_percent` default).
