@@ -166,6 +166,20 @@ impl Traffic {
     }
 }
 
+/// Waits until `done`, or fails after `wait` saying what did not happen, with the nodes'
+/// logs.
+fn eventually(c: &Cluster, wait: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + wait;
+    while !done() {
+        assert!(
+            Instant::now() < until,
+            "{what} within {wait:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Requests the app through `router` four times a second for `period`, each of which
 /// must be answered; returns how many were sent.
 fn every_request_answered(
@@ -421,15 +435,12 @@ fn roles_are_added_and_removed_live_from_the_core() {
     // A router on the DEA node, started by its stratod without a restart.
     let out = c.kato(&["role", "add", "router", "-n", &dea]);
     assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
-    let until = Instant::now() + Duration::from_secs(20);
-    while c.get_via(&c.deas[0], APP_HOST, "/").0 != 200 {
-        assert!(
-            Instant::now() < until,
-            "the added router did not serve\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(20),
+        "the added router did not serve",
+        || c.get_via(&c.deas[0], APP_HOST, "/").0 == 200,
+    );
     let info = c.kato(&["role", "info", "-n", &dea]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("router") && text.contains("dea"), "{text}");
@@ -441,11 +452,12 @@ fn roles_are_added_and_removed_live_from_the_core() {
         out.status.success() && text.contains("router: removed from"),
         "{text}"
     );
-    let until = Instant::now() + Duration::from_secs(20);
-    while c.get_via(&c.deas[0], APP_HOST, "/").0 != 0 {
-        assert!(Instant::now() < until, "the removed router still answers");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(20),
+        "the removed router still answers",
+        || c.get_via(&c.deas[0], APP_HOST, "/").0 == 0,
+    );
 
     // `-s`: assigned, not started until `kato start` (on that node, from the core).
     let out = c.kato(&["role", "add", "router", "-s", "-n", &dea]);
@@ -462,15 +474,12 @@ fn roles_are_added_and_removed_live_from_the_core() {
         "{status}"
     );
     kato_ok(c.kato(&["start", "-n", &dea]), "start -n");
-    let until = Instant::now() + Duration::from_secs(20);
-    while c.get_via(&c.deas[0], APP_HOST, "/").0 != 200 {
-        assert!(
-            Instant::now() < until,
-            "`kato start -n` did not start the held router\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(20),
+        "`kato start -n` did not start the held router",
+        || c.get_via(&c.deas[0], APP_HOST, "/").0 == 200,
+    );
     let out = c.kato(&["role", "remove", "router", "-n", &dea]);
     assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
 
@@ -508,14 +517,12 @@ fn roles_are_added_and_removed_live_from_the_core() {
 
     let out = c.kato(&["role", "remove", "dea", "-n", &dea, "--force"]);
     assert!(out.status.success(), "{}", strato_e2e::output_text(&out));
-    let until = Instant::now() + Duration::from_secs(30);
-    while !c.deas[0].containers().is_empty() {
-        assert!(
-            Instant::now() < until,
-            "the DEA role did not stop its instances"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(30),
+        "the DEA role did not stop its instances",
+        || c.deas[0].containers().is_empty(),
+    );
 }
 
 #[test]
@@ -778,15 +785,12 @@ fn two_controllers_share_the_api_and_either_carries_on_alone() {
     let first = api.app_guid(APP);
     api.wait_running(&first, 2, None, Duration::from_secs(60), &c);
     // The droplet is copied to the controller that did not stage it.
-    let until = Instant::now() + Duration::from_secs(20);
-    while droplets_held(&c.controllers[0]) < 1 || droplets_held(&c.core) < 1 {
-        assert!(
-            Instant::now() < until,
-            "the droplet was not copied to both controllers\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(20),
+        "the droplet was not copied to both controllers",
+        || droplets_held(&c.controllers[0]) >= 1 && droplets_held(&c.core) >= 1,
+    );
 
     // kato on the core stops the other node's controller; the core's serves alone and
     // stages a second app.
@@ -820,15 +824,12 @@ fn two_controllers_share_the_api_and_either_carries_on_alone() {
         ]),
         "process ready -n",
     );
-    let until = Instant::now() + Duration::from_secs(20);
-    while droplets_held(&c.controllers[0]) < 2 {
-        assert!(
-            Instant::now() < until,
-            "the controller did not catch up on the droplet it missed\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(20),
+        "the controller did not catch up on the droplet it missed",
+        || droplets_held(&c.controllers[0]) >= 2,
+    );
     kato_ok(c.kato(&["stop", "controller"]), "stop controller");
     let apps = c.strato_ok(&here, &["apps"]);
     assert!(apps.contains(APP) && apps.contains("second"), "{apps}");
@@ -895,15 +896,12 @@ fn the_platform_carries_on_when_one_nats_server_of_three_dies() {
     );
     let second = api.app_guid("second");
     api.wait_running(&second, 2, None, Duration::from_secs(60), &c);
-    let until = Instant::now() + Duration::from_secs(20);
-    while http_get_at(router, "second.localhost", "/").0 != 200 {
-        assert!(
-            Instant::now() < until,
-            "the second app is not reachable\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(20),
+        "the second app is not reachable",
+        || http_get_at(router, "second.localhost", "/").0 == 200,
+    );
     std::thread::sleep(Duration::from_secs(2));
     let (sent, failed, window) = traffic.finish();
     eprintln!(
@@ -1024,15 +1022,12 @@ fn a_self_hosted_cluster_keeps_serving_while_its_core_and_bus_are_down() {
     let guid = api.app_guid(APP);
     api.wait_running(&guid, 2, None, Duration::from_secs(60), &c);
     let router = std::net::SocketAddr::from((c.routers[0].address, c.routers[0].http_port));
-    let until = Instant::now() + Duration::from_secs(30);
-    while http_get_at(router, APP_HOST, "/").0 != 200 {
-        assert!(
-            Instant::now() < until,
-            "the router node never served the app\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        &c,
+        Duration::from_secs(30),
+        "the router node never served the app",
+        || http_get_at(router, APP_HOST, "/").0 == 200,
+    );
 
     // The core dies and its NATS server with it: nobody can refresh a route, and the
     // router keeps them all (past the route TTL and the DEA deadline).
