@@ -281,22 +281,17 @@ enum ConfigCmd {
     },
 }
 
-/// How structured output is printed (`--json`, `--yaml`).
-#[derive(Debug, Clone, Copy)]
-enum Format {
-    Yaml,
-}
-
-static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+/// `--yaml`: structured output is printed as YAML instead of JSON.
+static YAML: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Prints a value for scripts: JSON, or YAML with `--yaml`.
 fn print_data(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    match FORMAT.get() {
-        Some(Format::Yaml) => print!(
-            "{}",
-            serde_saphyr::to_string(v).map_err(|e| anyhow::anyhow!("cannot print YAML: {e}"))?
-        ),
-        None => println!("{}", serde_json::to_string_pretty(v)?),
+    if YAML.load(std::sync::atomic::Ordering::Relaxed) {
+        let yaml =
+            serde_saphyr::to_string(v).map_err(|e| anyhow::anyhow!("cannot print YAML: {e}"))?;
+        print!("{yaml}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v)?);
     }
     Ok(())
 }
@@ -311,7 +306,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = home(&cli);
     let ctl = Control::new(&home);
     if cli.yaml {
-        let _ = FORMAT.set(Format::Yaml);
+        YAML.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let json_out = cli.json || cli.yaml;
     let cli = Cli {
