@@ -18,6 +18,7 @@ mod config;
 pub mod host;
 mod pages;
 mod proxy;
+mod relay;
 mod request_id;
 mod sync;
 mod table;

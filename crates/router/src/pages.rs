@@ -10,6 +10,7 @@ use crate::body::ProxyBody;
 
 static X_CF_ROUTER_ERROR: HeaderName = HeaderName::from_static("x-cf-routererror");
 static NOSNIFF: HeaderName = HeaderName::from_static("x-content-type-options");
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 /// 404 naming the host nobody registered.
 pub(crate) fn unknown_route(host: &str) -> Response<ProxyBody> {
@@ -20,13 +21,34 @@ pub(crate) fn unknown_route(host: &str) -> Response<ProxyBody> {
     )
 }
 
+const BAD_GATEWAY: &str = "502 Bad Gateway: Registered endpoint failed to handle the request.\n";
+
 /// 502 when no instance of the app could take the request.
 pub(crate) fn bad_gateway() -> Response<ProxyBody> {
     page(
         StatusCode::BAD_GATEWAY,
-        "502 Bad Gateway: Registered endpoint failed to handle the request.\n".to_string(),
+        BAD_GATEWAY.to_string(),
         "endpoint_failure",
     )
+}
+
+/// The same 502 as [`bad_gateway`], written out as an HTTP/1.1 response for the relay;
+/// `close` adds `connection: close`.
+pub(crate) fn bad_gateway_http1(out: &mut Vec<u8>, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 502 Bad Gateway\r\n");
+    for (name, value) in [
+        (CONTENT_TYPE.as_str(), PLAIN_TEXT),
+        (NOSNIFF.as_str(), "nosniff"),
+        (X_CF_ROUTER_ERROR.as_str(), "endpoint_failure"),
+    ] {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", BAD_GATEWAY.len()).as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(BAD_GATEWAY.as_bytes());
 }
 
 /// 400 for a request that names no host at all.
@@ -43,10 +65,7 @@ fn page(status: StatusCode, text: String, error: &'static str) -> Response<Proxy
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(PLAIN_TEXT));
     headers.insert(NOSNIFF.clone(), HeaderValue::from_static("nosniff"));
     headers.insert(X_CF_ROUTER_ERROR.clone(), HeaderValue::from_static(error));
     response

@@ -59,9 +59,9 @@ pub(crate) struct Proxy {
 pub(crate) struct Peer {
     ip: IpAddr,
     /// `X-Forwarded-For` for a request that brings none.
-    forwarded_for: HeaderValue,
+    pub(crate) forwarded_for: HeaderValue,
     /// The connection came over TLS.
-    https: bool,
+    pub(crate) https: bool,
 }
 
 impl Peer {
@@ -124,7 +124,7 @@ impl Proxy {
     /// The pool for a normalized host: for the API's names, the controllers registered as
     /// `api.<domain>` (a cluster's), else the local API server; other hosts from the table.
     /// True with the pool when it is the API's.
-    fn route(&self, host: &str) -> Option<(Arc<Pool>, bool)> {
+    pub(crate) fn route(&self, host: &str) -> Option<(Arc<Pool>, bool)> {
         if host == self.api_host || host::is_local_name(host) {
             if let Some(pool) = self.table.pool(&self.api_host).or_else(|| self.api.clone()) {
                 return Some((pool, true));
@@ -342,7 +342,7 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, stop: CancellationToken) 
     }
 }
 
-fn epoch_ms() -> u64 {
+pub(crate) fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

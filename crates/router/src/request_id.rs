@@ -21,15 +21,24 @@ fn random_base() -> u128 {
 
 /// A fresh request id as a header value (`xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx`).
 pub(crate) fn next() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = fresh().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// A fresh request id, appended to `out` as text.
+pub(crate) fn write_next(out: &mut Vec<u8>) {
+    let mut buf = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(fresh().hyphenated().encode_lower(&mut buf).as_bytes());
+}
+
+fn fresh() -> uuid::Uuid {
     let (base, count) = SEQUENCE.with(|sequence| {
         let (base, count) = sequence.get();
         sequence.set((base, count.wrapping_add(1)));
         (base, count)
     });
-    let id = uuid::Builder::from_random_bytes(id_bytes(base, count)).into_uuid();
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    uuid::Builder::from_random_bytes(id_bytes(base, count)).into_uuid()
 }
 
 /// The base with the counter added to its low 62 bits (the ones a v4 UUID leaves random

@@ -9,6 +9,9 @@
 //! A connection goes back to the pool when the response body it carries has been read to
 //! the end ([`PooledBody`]); a body dropped half-way closes the connection instead, so a
 //! client that goes away never leaves a confused connection behind nor marks a backend bad.
+//!
+//! The relay ([`crate::relay`]) speaks HTTP/1.1 to backends itself: its connections are
+//! plain TCP streams, kept in a second set with the same limits.
 
 use std::collections::HashMap;
 use std::io;
@@ -47,6 +50,32 @@ struct Idle {
     since: Instant,
 }
 
+struct IdleStream {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// The relay's idle connections to one backend, with the key handed to each checkout.
+struct StreamSlot {
+    key: Arc<str>,
+    idle: Vec<IdleStream>,
+}
+
+/// Whether an idle connection is still good for a request: the backend has neither closed
+/// it nor sent anything unasked. Costs a system call only when the connection had an event.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        // Readiness may be left over from the last response: look.
+        Poll::Ready(Ok(())) => matches!(
+            stream.try_read(&mut [0u8; 1]),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock
+        ),
+    }
+}
+
 /// The idle connections to one backend, with the key handed to each checkout.
 struct Slot {
     key: Arc<str>,
@@ -56,6 +85,8 @@ struct Slot {
 /// One worker's connections to every backend it talked to.
 pub(crate) struct Upstream {
     idle: Mutex<HashMap<Arc<str>, Slot>>,
+    /// The relay's idle connections per backend.
+    streams: Mutex<HashMap<Arc<str>, StreamSlot>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_backend: usize,
@@ -76,6 +107,7 @@ impl Upstream {
     ) -> Upstream {
         Upstream {
             idle: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
             max_idle_per_backend,
@@ -122,12 +154,65 @@ impl Upstream {
         (slot.key.clone(), None)
     }
 
-    /// Opens a TCP connection and starts its HTTP/1.1 task on this thread's runtime.
-    async fn connect(&self, backend: &Backend) -> Result<Sender, ConnectError> {
+    /// The relay's connection to `backend`: (pool key, stream, reused from the pool).
+    pub(crate) async fn checkout_stream(
+        &self,
+        backend: &Backend,
+    ) -> Result<(Arc<str>, TcpStream, bool), ConnectError> {
+        let (key, pooled) = self.take_idle_stream(&backend.addr);
+        if let Some(stream) = pooled {
+            return Ok((key, stream, true));
+        }
+        Ok((key, self.connect_stream(backend).await?, false))
+    }
+
+    /// Like [`Upstream::take_idle`], for the relay's connections.
+    fn take_idle_stream(&self, addr: &str) -> (Arc<str>, Option<TcpStream>) {
+        let mut streams = lock(&self.streams);
+        let Some(slot) = streams.get_mut(addr) else {
+            let key: Arc<str> = Arc::from(addr);
+            let slot = StreamSlot {
+                key: key.clone(),
+                idle: Vec::new(),
+            };
+            streams.insert(key.clone(), slot);
+            return (key, None);
+        };
+        let now = Instant::now();
+        while let Some(entry) = slot.idle.pop() {
+            if now.duration_since(entry.since) < self.idle_timeout && still_open(&entry.stream) {
+                return (slot.key.clone(), Some(entry.stream));
+            }
+        }
+        (slot.key.clone(), None)
+    }
+
+    /// Keeps a relay connection whose last exchange completed for the next request.
+    pub(crate) fn give_back_stream(&self, key: Arc<str>, stream: TcpStream) {
+        let mut streams = lock(&self.streams);
+        let slot = streams.entry(key.clone()).or_insert_with(|| StreamSlot {
+            key,
+            idle: Vec::new(),
+        });
+        if slot.idle.len() < self.max_idle_per_backend {
+            slot.idle.push(IdleStream {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect_stream(&self, backend: &Backend) -> Result<TcpStream, ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(backend))
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Opens a TCP connection and starts its HTTP/1.1 task on this thread's runtime.
+    async fn connect(&self, backend: &Backend) -> Result<Sender, ConnectError> {
+        let stream = self.connect_stream(backend).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         let addr = backend.addr.clone();
         tokio::spawn(async move {
@@ -184,6 +269,13 @@ impl Upstream {
             });
             !slot.idle.is_empty()
         });
+        drop(idle);
+        lock(&self.streams).retain(|_, slot| {
+            slot.idle.retain(|entry| {
+                now.duration_since(entry.since) < self.idle_timeout && still_open(&entry.stream)
+            });
+            !slot.idle.is_empty()
+        });
     }
 
     /// How often [`Upstream::sweep`] should run.
@@ -192,10 +284,14 @@ impl Upstream {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.idle)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn connect_tcp(backend: &Backend) -> Result<TcpStream, ConnectError> {

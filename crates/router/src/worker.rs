@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{Peer, Proxy};
+use crate::relay::{Relay, Relayed};
 use crate::table::{Pool, RouteTable};
 use crate::upstream::Upstream;
 use crate::RouterConfig;
@@ -178,7 +179,14 @@ async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>,
         acceptor: TlsAcceptor::from(https.tls.clone()),
         handshake_timeout: https.handshake_timeout,
     });
-    serve_connections(incoming, open, proxy, tls, &shared).await;
+    let relay = Arc::new(Relay {
+        proxy: proxy.clone(),
+        buffers: Default::default(),
+        header_read_timeout: cfg.header_read_timeout,
+        max_header_bytes: cfg.max_header_bytes.max(MIN_MAX_BUF_SIZE),
+        stop: shared.stop.clone(),
+    });
+    serve_connections(incoming, open, proxy, relay, tls, &shared).await;
     let _ = sweeper.await;
 }
 
@@ -304,6 +312,7 @@ async fn serve_connections(
     mut incoming: mpsc::UnboundedReceiver<Handoff>,
     open: Arc<AtomicUsize>,
     proxy: Arc<Proxy>,
+    relay: Arc<Relay>,
     tls: Option<Tls>,
     shared: &Shared,
 ) {
@@ -340,9 +349,14 @@ async fn serve_connections(
         };
         match (scheme, &tls) {
             (Scheme::Http, _) => {
+                let relay = relay.clone();
                 connections.spawn(async move {
                     let _guard = guard;
-                    connection.serve(stream).await;
+                    // The relay serves plain HTTP/1.1 requests without bodies; hyper the
+                    // rest of a connection once anything else comes.
+                    if let Relayed::Handoff(io) = relay.serve(stream, &connection.client).await {
+                        connection.serve(io).await;
+                    }
                 });
             }
             (Scheme::Https, Some(tls)) => {
@@ -362,6 +376,7 @@ async fn serve_connections(
     // Connections handed over but not started yet are closed with the channel.
     drop(incoming);
     drop(proxy);
+    drop(relay);
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

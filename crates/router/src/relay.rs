@@ -1,0 +1,1013 @@
+//! The fast path for the common request: a plain HTTP/1.1 request without a body (`GET`,
+//! `HEAD`, `DELETE`, ...) is forwarded byte for byte, without hyper.
+//!
+//! The request head is parsed in place with `httparse`, the backend's copy is written into
+//! one buffer (hop-by-hop headers dropped, the forwarding headers added, exactly as
+//! [`crate::proxy`] does), sent over one of the worker's raw keep-alive connections, and
+//! the response head and as much of the body as has arrived go back to the client in one
+//! write. That keeps the router at four system calls per request with very little work in
+//! between, where a general HTTP stack spends most of its time in allocation, header maps
+//! and task hand-offs.
+//!
+//! Anything else — a request with a body, an upgrade, HTTP/1.0 or HTTP/2, a request hyper
+//! should answer with an error page (no Host, unknown route, malformed) — is handed to
+//! hyper with the bytes already read ([`Relayed::Handoff`]), and hyper serves that
+//! connection from then on. So the relay never has to be a complete HTTP server; it only
+//! has to frame responses correctly (length, chunked, until close, none).
+//!
+//! Buffers are borrowed from the worker for one exchange and given back, so an idle
+//! keep-alive connection holds no buffer at all.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::pages;
+use crate::proxy::{epoch_ms, Peer, Proxy};
+use crate::request_id;
+use crate::table::{Pool, Tried};
+
+/// Headers a request or response may have; one with more goes to hyper (requests) or
+/// fails (responses).
+const MAX_HEADERS: usize = 100;
+/// A client's read buffer starts this large and grows up to the header limit.
+const CLIENT_BUFFER: usize = 4096;
+/// Reads from backends go into a buffer this large.
+const BACKEND_BUFFER: usize = 32 * 1024;
+/// Buffer sets a worker keeps for the next exchanges.
+const SPARE_BUFFERS: usize = 128;
+
+/// What the relay did with a client connection.
+pub(crate) enum Relayed {
+    /// The connection is finished: closed by either side, timed out, or the router stops.
+    Closed,
+    /// A request the relay does not forward itself: hyper serves the connection from here
+    /// on, starting with the bytes already read.
+    Handoff(Rewind<TcpStream>),
+}
+
+/// The buffers of one exchange.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    /// Bytes from the client not yet consumed (a request head, pipelined requests).
+    client: Vec<u8>,
+    /// Bytes from the backend.
+    backend: Vec<u8>,
+    /// What is written next: the backend's request, then the client's response head.
+    out: Vec<u8>,
+}
+
+/// One worker's spare [`Buffers`]; only that worker's thread ever takes the lock.
+#[derive(Default)]
+pub(crate) struct BufferPool(Mutex<Vec<Buffers>>);
+
+impl BufferPool {
+    fn take(&self) -> Buffers {
+        let spare = self.0.lock().ok().and_then(|mut spare| spare.pop());
+        spare.unwrap_or_else(|| Buffers {
+            client: Vec::with_capacity(CLIENT_BUFFER),
+            backend: Vec::with_capacity(BACKEND_BUFFER),
+            out: Vec::with_capacity(1024),
+        })
+    }
+
+    fn give_back(&self, mut buffers: Buffers) {
+        // A buffer that grew for one huge head is not kept.
+        if buffers.client.capacity() > 4 * CLIENT_BUFFER || buffers.out.capacity() > 16 * 1024 {
+            return;
+        }
+        buffers.client.clear();
+        buffers.backend.clear();
+        buffers.out.clear();
+        if let Ok(mut spare) = self.0.lock() {
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buffers);
+            }
+        }
+    }
+}
+
+/// The relay of one worker: what every client connection it serves shares.
+pub(crate) struct Relay {
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) buffers: BufferPool,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Relay {
+    /// Serves `client` until it closes or needs hyper.
+    pub(crate) async fn serve(&self, mut client: TcpStream, peer: &Peer) -> Relayed {
+        let timer = tokio::time::sleep(self.header_read_timeout);
+        tokio::pin!(timer);
+        let mut held: Option<Buffers> = None;
+        loop {
+            if self.stop.is_cancelled() {
+                return Relayed::Closed;
+            }
+            timer
+                .as_mut()
+                .reset(Instant::now() + self.header_read_timeout);
+            let mut buffers = match held.take() {
+                Some(buffers) => buffers,
+                None => match self.wait_for_request(&client, timer.as_mut()).await {
+                    true => self.buffers.take(),
+                    false => return Relayed::Closed,
+                },
+            };
+            let prepared = match self
+                .read_head(&mut client, &mut buffers, peer, timer.as_mut())
+                .await
+            {
+                Ok(prepared) => prepared,
+                Err(Ended) => {
+                    self.buffers.give_back(buffers);
+                    return Relayed::Closed;
+                }
+            };
+            let Some(request) = prepared else {
+                let prefix = Bytes::copy_from_slice(&buffers.client);
+                self.buffers.give_back(buffers);
+                return Relayed::Handoff(Rewind::new(client, prefix));
+            };
+            buffers.client.drain(..request.head_len);
+            let keep_open = self.exchange(&mut client, &mut buffers, &request).await;
+            if !keep_open {
+                self.buffers.give_back(buffers);
+                return Relayed::Closed;
+            }
+            if buffers.client.is_empty() {
+                self.buffers.give_back(buffers);
+            } else {
+                // A pipelined request is already here.
+                held = Some(buffers);
+            }
+        }
+    }
+
+    /// Waits, without holding a buffer, until the client sends something; false when the
+    /// connection should close instead (timeout, shutdown).
+    async fn wait_for_request(&self, client: &TcpStream, timer: Pin<&mut Sleep>) -> bool {
+        tokio::select! {
+            biased;
+            ready = client.readable() => ready.is_ok(),
+            () = timer => false,
+            () = self.stop.cancelled() => false,
+        }
+    }
+
+    /// Reads until the buffer holds a whole request head, and prepares the backend's copy
+    /// in `out`. `Ok(None)`: a request for hyper.
+    async fn read_head(
+        &self,
+        client: &mut TcpStream,
+        buffers: &mut Buffers,
+        peer: &Peer,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Result<Option<Request>, Ended> {
+        loop {
+            if !buffers.client.is_empty() {
+                match self.prepare(&buffers.client, &mut buffers.out, peer) {
+                    Prepared::Forward(request) => return Ok(Some(request)),
+                    Prepared::Handoff => return Ok(None),
+                    Prepared::Partial if buffers.client.len() >= self.max_header_bytes => {
+                        // hyper answers 431.
+                        return Ok(None);
+                    }
+                    Prepared::Partial => {}
+                }
+            }
+            if buffers.client.capacity() == buffers.client.len() {
+                buffers.client.reserve(CLIENT_BUFFER);
+            }
+            let read = tokio::select! {
+                biased;
+                read = client.read_buf(&mut buffers.client) => read,
+                () = timer.as_mut() => return Err(Ended),
+            };
+            match read {
+                Ok(0) | Err(_) => return Err(Ended),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Parses the request head at the start of `buf` and, when the relay forwards it
+    /// itself, writes the backend's request into `out`.
+    fn prepare(&self, buf: &[u8], out: &mut Vec<u8>, peer: &Peer) -> Prepared {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let head_len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Prepared::Partial,
+            Err(_) => return Prepared::Handoff,
+        };
+        let (Some(method), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version)
+        else {
+            return Prepared::Handoff;
+        };
+        let Some(facts) = RequestFacts::of(parsed.headers) else {
+            return Prepared::Handoff;
+        };
+        // Absolute-form and `*` targets, CONNECT: rare, and hyper knows them.
+        if !target.starts_with('/') || method == "CONNECT" {
+            return Prepared::Handoff;
+        }
+        let Ok(raw_host) = std::str::from_utf8(facts.host) else {
+            return Prepared::Handoff;
+        };
+        let host = crate::host::normalize(raw_host);
+        let Some((pool, to_api)) = self.proxy.route(&host) else {
+            return Prepared::Handoff;
+        };
+        let now_ms = epoch_ms();
+        out.clear();
+        write_request(out, method, target, parsed.headers, &facts, peer, now_ms);
+        if let (true, Some(proof)) = (to_api, &self.proxy.api_proof) {
+            header(out, b"x-strato-router", proof.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        Prepared::Forward(Request {
+            head_len,
+            pool,
+            now_ms,
+            close: facts.close,
+            head: method == "HEAD",
+            idempotent: matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
+        })
+    }
+
+    /// Sends the prepared request to a backend and its response to the client; false when
+    /// the client connection must close afterwards.
+    async fn exchange(
+        &self,
+        client: &mut TcpStream,
+        buffers: &mut Buffers,
+        request: &Request,
+    ) -> bool {
+        let answered = match self.send(buffers, request).await {
+            Some((backend, mut stream)) => {
+                let responded = self.respond(client, &mut stream, buffers, request).await;
+                if let Ok(Finished {
+                    backend_reusable: true,
+                    ..
+                }) = responded
+                {
+                    self.proxy.upstream.give_back_stream(backend, stream);
+                }
+                responded
+            }
+            None => Err(Failed::Backend),
+        };
+        match answered {
+            Ok(finished) => finished.client_open,
+            // Nothing of a final response was sent: the client gets a 502 instead.
+            Err(Failed::Backend) => {
+                buffers.out.clear();
+                pages::bad_gateway_http1(&mut buffers.out, request.close);
+                client.write_all(&buffers.out).await.is_ok() && !request.close
+            }
+            Err(Failed::Client) => false,
+        }
+    }
+
+    /// Writes the request to one backend after another until one takes it and the first
+    /// bytes of its answer arrive (left in `buffers.backend`). Retries as
+    /// [`crate::proxy::Proxy`] does: another instance when a connection cannot be made, a
+    /// fresh connection when a pooled one turns out closed.
+    async fn send(
+        &self,
+        buffers: &mut Buffers,
+        request: &Request,
+    ) -> Option<(Arc<str>, TcpStream)> {
+        let pool: &Pool = &request.pool;
+        let attempts = self.proxy.max_attempts.clamp(1, pool.len().max(1));
+        let mut tried = Tried::default();
+        for _ in 0..attempts {
+            let (index, backend) = pool.pick(tried, request.now_ms)?;
+            tried.add(index);
+            loop {
+                let (key, mut stream, reused) = match self
+                    .proxy
+                    .upstream
+                    .checkout_stream(backend)
+                    .await
+                {
+                    Ok(checkout) => checkout,
+                    Err(error) => {
+                        backend.eject_until(request.now_ms + self.proxy.eject_ms);
+                        tracing::warn!(backend = %backend.addr, %error, "cannot connect to the backend; trying another instance");
+                        break;
+                    }
+                };
+                buffers.backend.clear();
+                if let Err(error) = stream.write_all(&buffers.out).await {
+                    if reused {
+                        continue;
+                    }
+                    backend.eject_until(request.now_ms + self.proxy.eject_ms);
+                    tracing::warn!(backend = %backend.addr, %error, "new backend connection closed at once; trying another instance");
+                    break;
+                }
+                match stream.read_buf(&mut buffers.backend).await {
+                    Ok(n) if n > 0 => return Some((key, stream)),
+                    // Closed without a byte of answer: a pooled connection the backend
+                    // closed meanwhile, or an instance going away. Safe to send again
+                    // only when the request is idempotent.
+                    _ if request.idempotent && reused => continue,
+                    _ if request.idempotent => {
+                        backend.eject_until(request.now_ms + self.proxy.eject_ms);
+                        tracing::warn!(backend = %backend.addr, "backend closed a new connection without answering; trying another instance");
+                        break;
+                    }
+                    _ => {
+                        tracing::warn!(backend = %backend.addr, "backend failed to answer the request");
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads the backend's response (its first bytes already in `buffers.backend`) and
+    /// passes it to the client.
+    async fn respond(
+        &self,
+        client: &mut TcpStream,
+        stream: &mut TcpStream,
+        buffers: &mut Buffers,
+        request: &Request,
+    ) -> Result<Finished, Failed> {
+        buffers.out.clear();
+        // Informational answers (103 Early Hints, ...) go on to the client; then the final one.
+        let (head_len, response) = loop {
+            match parse_response(&buffers.backend, request, &mut buffers.out) {
+                ResponseHead::Final(head_len, response) => break (head_len, response),
+                ResponseHead::Informational(head_len) => {
+                    client
+                        .write_all(&buffers.out)
+                        .await
+                        .map_err(|_| Failed::Client)?;
+                    buffers.out.clear();
+                    buffers.backend.drain(..head_len);
+                    continue;
+                }
+                ResponseHead::Invalid => {
+                    tracing::warn!("backend answered with a malformed response head");
+                    buffers.out.clear();
+                    return Err(Failed::Backend);
+                }
+                ResponseHead::Partial if buffers.backend.len() >= self.max_header_bytes => {
+                    tracing::warn!("backend's response head is larger than the header limit");
+                    buffers.out.clear();
+                    return Err(Failed::Backend);
+                }
+                ResponseHead::Partial => {}
+            }
+            buffers.out.clear();
+            if buffers.backend.capacity() == buffers.backend.len() {
+                buffers.backend.reserve(BACKEND_BUFFER);
+            }
+            match stream.read_buf(&mut buffers.backend).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(Failed::Backend),
+            }
+        };
+        let client_open = !request.close && response.framing != Framing::UntilClose;
+        if !client_open {
+            buffers.out.extend_from_slice(b"connection: close\r\n");
+        }
+        buffers.out.extend_from_slice(b"\r\n");
+        let mut body = BodyEnd::new(response.framing);
+        let arrived = &buffers.backend[head_len..];
+        let taken = body.feed(arrived).map_err(|()| Failed::Backend)?;
+        let mut backend_reusable = response.reusable && taken == arrived.len();
+        buffers.out.extend_from_slice(&arrived[..taken]);
+        client
+            .write_all(&buffers.out)
+            .await
+            .map_err(|_| Failed::Client)?;
+        while !body.done() {
+            buffers.backend.clear();
+            let n = stream
+                .read_buf(&mut buffers.backend)
+                .await
+                .map_err(|_| Failed::Client)?;
+            if n == 0 {
+                if body.framing == Framing::UntilClose {
+                    break;
+                }
+                // A truncated body: the client learns by the connection closing.
+                return Err(Failed::Client);
+            }
+            let taken = body.feed(&buffers.backend).map_err(|()| Failed::Client)?;
+            backend_reusable &= taken == buffers.backend.len();
+            client
+                .write_all(&buffers.backend[..taken])
+                .await
+                .map_err(|_| Failed::Client)?;
+        }
+        Ok(Finished {
+            backend_reusable: backend_reusable && body.framing != Framing::UntilClose,
+            client_open,
+        })
+    }
+}
+
+/// The connection ended (closed, timed out) while a request head was read.
+struct Ended;
+
+/// What went wrong in an exchange.
+enum Failed {
+    /// The backend failed before the response head was complete.
+    Backend,
+    /// The client went away, or the response broke off after it had begun.
+    Client,
+}
+
+/// How an exchange ended.
+struct Finished {
+    backend_reusable: bool,
+    client_open: bool,
+}
+
+/// What [`Relay::prepare`] made of the buffer.
+enum Prepared {
+    Forward(Request),
+    Partial,
+    Handoff,
+}
+
+/// A request the relay forwards, its backend copy being in `out`.
+struct Request {
+    head_len: usize,
+    pool: Arc<Pool>,
+    now_ms: u64,
+    /// The client asked to close the connection after this exchange.
+    close: bool,
+    /// A `HEAD` request: the response has no body whatever its headers say.
+    head: bool,
+    /// Safe to send again on a fresh connection when a pooled one turned out closed.
+    idempotent: bool,
+}
+
+/// What the relay must know of a request's headers before forwarding it.
+struct RequestFacts<'b> {
+    host: &'b [u8],
+    close: bool,
+    /// Headers named in `Connection`, dropped like the other hop-by-hop ones.
+    named: Vec<&'b [u8]>,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+    request_start: bool,
+    request_id: bool,
+}
+
+impl<'b> RequestFacts<'b> {
+    /// `None` for requests hyper should serve: a body, an upgrade, `Expect`, no single Host.
+    fn of(headers: &'b [httparse::Header<'b>]) -> Option<RequestFacts<'b>> {
+        let mut facts = RequestFacts {
+            host: b"",
+            close: false,
+            named: Vec::new(),
+            forwarded_proto: false,
+            forwarded_host: false,
+            request_start: false,
+            request_id: false,
+        };
+        let mut hosts = 0;
+        for h in headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"host") {
+                hosts += 1;
+                facts.host = h.value;
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                if h.value.trim_ascii() != b"0" {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"expect")
+            {
+                return None;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        facts.close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        return None;
+                    } else if !token.is_empty() {
+                        facts.named.push(token);
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+                facts.forwarded_proto = true;
+            } else if name.eq_ignore_ascii_case(b"x-forwarded-host") {
+                facts.forwarded_host = true;
+            } else if name.eq_ignore_ascii_case(b"x-request-start") {
+                facts.request_start = true;
+            } else if name.eq_ignore_ascii_case(b"x-vcap-request-id") {
+                facts.request_id = true;
+            }
+        }
+        (hosts == 1 && !facts.host.is_empty()).then_some(facts)
+    }
+
+    fn is_named(&self, name: &[u8]) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Headers that describe one connection (RFC 9110 §7.6.1), never forwarded, and the
+/// router's own proof, which a client must not send.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"x-strato-router",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The backend's request head, without the final blank line: the client's headers minus
+/// hop-by-hop ones, then the forwarding headers `proxy::prepare_request_headers` adds.
+fn write_request(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+    facts: &RequestFacts<'_>,
+    peer: &Peer,
+    now_ms: u64,
+) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<Vec<u8>> = None;
+    for h in headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name) || facts.is_named(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            let value = h.value.trim_ascii();
+            if !value.is_empty() {
+                let joined = forwarded_for.get_or_insert_with(Vec::new);
+                joined.extend_from_slice(value);
+                joined.extend_from_slice(b", ");
+            }
+            continue;
+        }
+        header(out, name, h.value);
+    }
+    let client_ip = peer.forwarded_for.as_bytes();
+    match forwarded_for {
+        Some(mut joined) => {
+            joined.extend_from_slice(client_ip);
+            header(out, b"x-forwarded-for", &joined);
+        }
+        None => header(out, b"x-forwarded-for", client_ip),
+    }
+    if !facts.forwarded_proto {
+        header(
+            out,
+            b"x-forwarded-proto",
+            if peer.https { b"https" } else { b"http" },
+        );
+    }
+    if !facts.forwarded_host {
+        header(out, b"x-forwarded-host", facts.host);
+    }
+    if !facts.request_start {
+        out.extend_from_slice(b"x-request-start: ");
+        let _ = io::Write::write_fmt(out, format_args!("{now_ms}\r\n"));
+    }
+    if !facts.request_id {
+        out.extend_from_slice(b"x-vcap-request-id: ");
+        request_id::write_next(out);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body ends (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body: `HEAD`, 1xx, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Delimited by the backend closing the connection.
+    UntilClose,
+}
+
+/// The final response as the relay needs to know it.
+struct Response {
+    framing: Framing,
+    /// The backend connection can carry another request afterwards.
+    reusable: bool,
+}
+
+enum ResponseHead {
+    Partial,
+    Invalid,
+    /// A 1xx answer of this length, its copy for the client in `out`.
+    Informational(usize),
+    /// The final answer's head length; its copy for the client in `out` (without the
+    /// blank line, so a `connection: close` can still be added).
+    Final(usize, Response),
+}
+
+/// Parses a response head from the backend and writes the client's copy into `out`.
+fn parse_response(buf: &[u8], request: &Request, out: &mut Vec<u8>) -> ResponseHead {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return ResponseHead::Partial,
+        Err(_) => return ResponseHead::Invalid,
+    };
+    let (Some(version), Some(code)) = (parsed.version, parsed.code) else {
+        return ResponseHead::Invalid;
+    };
+    // The request asked for no protocol switch.
+    if code == 101 {
+        return ResponseHead::Invalid;
+    }
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoded = false;
+    let (mut close, mut keep_alive) = (false, false);
+    let mut named: Vec<&[u8]> = Vec::new();
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(value) = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            else {
+                return ResponseHead::Invalid;
+            };
+            if length.is_some_and(|l| l != value) {
+                return ResponseHead::Invalid;
+            }
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoded = true;
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if !token.is_empty() {
+                    named.push(token);
+                }
+            }
+        }
+    }
+    let framing = if request.head || (100..200).contains(&code) || code == 204 || code == 304 {
+        Framing::Empty
+    } else if transfer_encoded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else if let Some(length) = length {
+        Framing::Length(length)
+    } else {
+        Framing::UntilClose
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let _ = io::Write::write_fmt(out, format_args!("{code} "));
+    out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        let framing_header = name.eq_ignore_ascii_case(b"transfer-encoding");
+        let dropped = (is_hop_by_hop(name) && !framing_header)
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            // With chunked framing a length is wrong (RFC 9112 §6.3).
+            || (transfer_encoded && name.eq_ignore_ascii_case(b"content-length"));
+        if !dropped {
+            header(out, name, h.value);
+        }
+    }
+    if (100..200).contains(&code) {
+        out.extend_from_slice(b"\r\n");
+        return ResponseHead::Informational(head_len);
+    }
+    ResponseHead::Final(
+        head_len,
+        Response {
+            framing,
+            // HTTP/1.0 closes unless asked to keep the connection alive.
+            reusable: !close && (version == 1 || keep_alive),
+        },
+    )
+}
+
+/// Finds where a response body ends while it passes through.
+struct BodyEnd {
+    framing: Framing,
+    /// Bytes left of a `Length` body.
+    left: u64,
+    chunk: Chunk,
+}
+
+/// Where a chunked body's scanner stands (RFC 9112 §7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Reading a chunk's size: its value so far and whether a digit was seen.
+    Size(u64, bool),
+    /// In a chunk extension, up to the line's end.
+    Extension(u64),
+    /// After the size line's CR.
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final blank line).
+    TrailerStart,
+    TrailerLine,
+    EndLf,
+    Done,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> BodyEnd {
+        BodyEnd {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunk: Chunk::Size(0, false),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self.framing {
+            Framing::Empty => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunk == Chunk::Done,
+            Framing::UntilClose => false,
+        }
+    }
+
+    /// Takes the part of `bytes` that belongs to the body; the rest (if any) would be
+    /// bytes the backend sent after its response. `Err` for a malformed chunked body.
+    fn feed(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+        match self.framing {
+            Framing::Empty => Ok(0),
+            Framing::UntilClose => Ok(bytes.len()),
+            Framing::Length(_) => {
+                let take =
+                    usize::try_from(self.left).map_or(bytes.len(), |left| left.min(bytes.len()));
+                self.left -= take as u64;
+                Ok(take)
+            }
+            Framing::Chunked => self.feed_chunked(bytes),
+        }
+    }
+
+    fn feed_chunked(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+        let mut at = 0;
+        while at < bytes.len() && self.chunk != Chunk::Done {
+            let b = bytes[at];
+            self.chunk = match self.chunk {
+                Chunk::Size(size, seen) => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
+                        let size = size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(digit))
+                            .ok_or(())?;
+                        Chunk::Size(size, true)
+                    }
+                    b';' | b' ' | b'\t' if seen => Chunk::Extension(size),
+                    b'\r' if seen => Chunk::SizeLf(size),
+                    b'\n' if seen => after_size(size),
+                    _ => return Err(()),
+                },
+                Chunk::Extension(size) => match b {
+                    b'\r' => Chunk::SizeLf(size),
+                    b'\n' => after_size(size),
+                    _ => Chunk::Extension(size),
+                },
+                Chunk::SizeLf(size) if b == b'\n' => after_size(size),
+                Chunk::SizeLf(_) => return Err(()),
+                Chunk::Data(left) => {
+                    let available = (bytes.len() - at) as u64;
+                    let take = left.min(available);
+                    at += take as usize;
+                    self.chunk = if take == left {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(left - take)
+                    };
+                    continue;
+                }
+                Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+                Chunk::DataCr | Chunk::DataLf if b == b'\n' => Chunk::Size(0, false),
+                Chunk::DataCr | Chunk::DataLf => return Err(()),
+                Chunk::TrailerStart => match b {
+                    b'\r' => Chunk::EndLf,
+                    b'\n' => Chunk::Done,
+                    _ => Chunk::TrailerLine,
+                },
+                Chunk::TrailerLine if b == b'\n' => Chunk::TrailerStart,
+                Chunk::TrailerLine => Chunk::TrailerLine,
+                Chunk::EndLf if b == b'\n' => Chunk::Done,
+                Chunk::EndLf => return Err(()),
+                Chunk::Done => break,
+            };
+            at += 1;
+        }
+        Ok(at)
+    }
+}
+
+fn after_size(size: u64) -> Chunk {
+    if size == 0 {
+        Chunk::TrailerStart
+    } else {
+        Chunk::Data(size)
+    }
+}
+
+/// A connection that first replays bytes already read from it, so hyper can take over a
+/// connection the relay started reading.
+pub(crate) struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(inner: T, prefix: Bytes) -> Rewind<T> {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `body` in pieces of `step` bytes; the body's length once it ended.
+    fn chunked_end(body: &[u8], step: usize) -> Result<Option<usize>, ()> {
+        let mut end = BodyEnd::new(Framing::Chunked);
+        let mut at = 0;
+        for piece in body.chunks(step) {
+            at += end.feed(piece)?;
+            if end.done() {
+                return Ok(Some(at));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers_however_it_is_split() {
+        let body = b"5\r\nhello\r\nA;name=v\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, body.len()] {
+            assert_eq!(
+                chunked_end(body, step),
+                Ok(Some(body.len() - 4)),
+                "step {step}"
+            );
+        }
+        assert_eq!(chunked_end(b"0\r\n\r\n", 1), Ok(Some(5)));
+        assert_eq!(chunked_end(b"3\r\nabc\r\n", 4), Ok(None));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcX\r\n",
+            b"0\rX",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert_eq!(
+                chunked_end(bad, 1),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_length_body_takes_only_its_bytes() {
+        let mut end = BodyEnd::new(Framing::Length(5));
+        assert_eq!(end.feed(b"abc"), Ok(3));
+        assert!(!end.done());
+        assert_eq!(end.feed(b"deXTRA"), Ok(2));
+        assert!(end.done());
+    }
+
+    #[test]
+    fn requests_with_bodies_upgrades_or_odd_hosts_are_for_hyper() {
+        let facts = |raw: &str| {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut request = httparse::Request::new(&mut headers);
+            request.parse(raw.as_bytes()).unwrap();
+            RequestFacts::of(request.headers).map(|f| (f.close, f.named.len()))
+        };
+        assert_eq!(facts("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some((false, 0)));
+        assert_eq!(
+            facts(
+                "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close, x-a\r\n\r\n"
+            ),
+            Some((true, 1))
+        );
+        for handed in [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ] {
+            assert_eq!(facts(handed), None, "{handed}");
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The router's fast path for plain HTTP/1.1 requests without a body: every way a response
+//! can be framed, keep-alive on both sides, pipelining, and the hand-over to hyper when a
+//! request needs it. Backends here are raw TCP servers answering scripted bytes, so the
+//! responses can be anything an app might send.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{TaskGuard, TestBackend, TestRouter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that answers each request head with the bytes its path is mapped to, and
+/// closes the connection after answers marked so.
+struct ScriptedBackend {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Every request head it got, as text.
+    heads: Arc<Mutex<Vec<String>>>,
+    _task: TaskGuard,
+}
+
+/// What the backend answers for a path: (raw response, close the connection afterwards).
+type Script = fn(&str) -> (Vec<u8>, bool);
+
+impl ScriptedBackend {
+    async fn start(script: Script) -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (accepted, seen) = (connections.clone(), heads.clone());
+        let task = tokio::spawn(async move {
+            let mut served = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                served.spawn(serve_script(stream, script, seen.clone()));
+            }
+        });
+        ScriptedBackend {
+            addr,
+            connections,
+            heads,
+            _task: TaskGuard(task),
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+async fn serve_script(mut stream: TcpStream, script: Script, heads: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = find(&buf, b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+        buf.drain(..end + 4);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        heads.lock().unwrap().push(head);
+        let (response, close) = script(&path);
+        if stream.write_all(&response).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The responses the tests use, by path.
+fn responses(path: &str) -> (Vec<u8>, bool) {
+    let text = match path {
+        "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        "/until-close" => {
+            return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close".to_vec(), true)
+        }
+        "/head" => "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        "/no-content" => "HTTP/1.1 204 No Content\r\n\r\n",
+        "/hop" => "HTTP/1.1 200 OK\r\nConnection: x-drop\r\nX-Drop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 3\r\n\r\nhop",
+        "/garbage" => "NOT HTTP AT ALL\r\n\r\n",
+        "/early-hints" => "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/http10" => "HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhttp10",
+        "/big" => {
+            let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+            big.resize(big.len() + 1024 * 1024, b'x');
+            return (big, false);
+        }
+        other => return (format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{other}", other.len()).into_bytes(), false),
+    };
+    (text.as_bytes().to_vec(), false)
+}
+
+/// A raw keep-alive client connection to the router.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One response as the client read it.
+#[derive(Debug)]
+struct Answer {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        self.head[9..12].parse().unwrap()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+impl Client {
+    async fn connect(router: &TestRouter) -> Client {
+        Client {
+            stream: TcpStream::connect(router.addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, raw: &str) {
+        self.stream.write_all(raw.as_bytes()).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+            .await
+            .expect("the router answers within 5 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads one response, framed by its headers (`head_request`: no body).
+    async fn answer(&mut self, head_request: bool) -> Answer {
+        let end = loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a response head"
+            );
+        };
+        let head = String::from_utf8(self.buf.drain(..end).collect()).unwrap();
+        let mut answer = Answer {
+            head,
+            body: Vec::new(),
+        };
+        let status = answer.status();
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            return answer;
+        }
+        if let Some(length) = answer.header("content-length") {
+            let length: usize = length.parse().unwrap();
+            while self.buf.len() < length {
+                assert!(self.fill().await, "connection closed inside a body");
+            }
+            answer.body = self.buf.drain(..length).collect();
+        } else if answer.header("transfer-encoding").is_some() {
+            while find(&self.buf, b"0\r\n").is_none() || !self.buf.ends_with(b"\r\n\r\n") {
+                assert!(self.fill().await, "connection closed inside a chunked body");
+            }
+            answer.body = std::mem::take(&mut self.buf);
+        } else {
+            while self.fill().await {}
+            answer.body = std::mem::take(&mut self.buf);
+        }
+        answer
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n"))
+            .await;
+        self.answer(false).await
+    }
+
+    /// True once the router has closed the connection.
+    async fn closed(&mut self) -> bool {
+        !self.fill().await
+    }
+}
+
+async fn router_with(backend: SocketAddr) -> TestRouter {
+    let router = TestRouter::start(|_| {}).await;
+    router.register("app.test", backend).await;
+    router
+}
+
+#[tokio::test]
+async fn chunked_bodies_pass_through_and_both_connections_stay_open() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    for _ in 0..3 {
+        let answer = client.get("/chunked").await;
+        assert_eq!(answer.status(), 200);
+        // A length beside chunked framing is wrong and is not passed on.
+        assert_eq!(answer.header("content-length"), None, "{}", answer.head);
+        let body = String::from_utf8(answer.body).unwrap();
+        assert!(
+            body.starts_with("5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n"),
+            "{body}"
+        );
+    }
+    let answer = client.get("/after").await;
+    assert_eq!(answer.body, b"/after");
+    assert_eq!(backend.connections(), 1, "the backend connection is reused");
+}
+
+#[tokio::test]
+async fn a_body_ending_with_the_connection_closes_the_client_connection_too() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    let answer = client.get("/until-close").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.body, b"until close");
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    // The next request gets a fresh backend connection.
+    let mut client = Client::connect(&router).await;
+    assert_eq!(client.get("/x").await.body, b"/x");
+    assert_eq!(backend.connections(), 2);
+}
+
+#[tokio::test]
+async fn head_and_no_content_answers_have_no_body_and_the_connection_goes_on() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("HEAD /head HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let answer = client.answer(true).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.header("content-length").as_deref(), Some("100"));
+    assert_eq!(client.get("/no-content").await.status(), 204);
+    assert_eq!(client.get("/then").await.body, b"/then");
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("GET /one HTTP/1.1\r\nHost: app.test\r\n\r\nGET /two HTTP/1.1\r\nHost: app.test\r\n\r\nGET /three HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await;
+    for want in ["/one", "/two", "/three"] {
+        assert_eq!(client.answer(false).await.body, want.as_bytes());
+    }
+    assert!(client.closed().await, "Connection: close is honoured");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_both_ways() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("GET /hop HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nKeep-Alive: 300\r\nTE: trailers\r\nX-Strato-Router: forged\r\nX-Forwarded-For: 10.1.1.1\r\nX-Mine: yes\r\n\r\n")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.body, b"hop");
+    assert_eq!(answer.header("x-kept").as_deref(), Some("1"));
+    for gone in ["x-drop", "keep-alive", "connection"] {
+        assert_eq!(
+            answer.header(gone),
+            None,
+            "{gone} reached the client: {}",
+            answer.head
+        );
+    }
+    let head = backend.last_head().to_ascii_lowercase();
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te:",
+        "connection",
+        "x-strato-router",
+    ] {
+        assert!(!head.contains(gone), "{gone} reached the backend:\n{head}");
+    }
+    for kept in [
+        "host: app.test\r\n",
+        "x-mine: yes\r\n",
+        "x-forwarded-for: 10.1.1.1, 127.0.0.1\r\n",
+        "x-forwarded-proto: http\r\n",
+        "x-forwarded-host: app.test\r\n",
+        "x-request-start: ",
+        "x-vcap-request-id: ",
+    ] {
+        assert!(
+            head.contains(kept),
+            "{kept:?} missing at the backend:\n{head}"
+        );
+    }
+    assert!(head.starts_with("get /hop http/1.1\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn a_malformed_answer_is_a_502_and_the_client_may_go_on() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    let answer = client.get("/garbage").await;
+    assert_eq!(answer.status(), 502);
+    assert_eq!(
+        answer.header("x-cf-routererror").as_deref(),
+        Some("endpoint_failure")
+    );
+    assert_eq!(client.get("/fine").await.body, b"/fine");
+}
+
+#[tokio::test]
+async fn informational_answers_are_passed_on_before_the_final_one() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("GET /early-hints HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let hints = client.answer(false).await;
+    assert_eq!(hints.status(), 103);
+    assert_eq!(hints.header("link").as_deref(), Some("</style.css>"));
+    let answer = client.answer(false).await;
+    assert_eq!((answer.status(), answer.body.as_slice()), (200, &b"ok"[..]));
+}
+
+#[tokio::test]
+async fn an_http_1_0_backend_gets_a_fresh_connection_each_time() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    for _ in 0..2 {
+        let answer = client.get("/http10").await;
+        assert_eq!(answer.body, b"http10");
+        assert!(answer.head.starts_with("HTTP/1.1 200"), "{}", answer.head);
+    }
+    assert_eq!(backend.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_large_body_streams_through_whole() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    let answer = client.get("/big").await;
+    assert_eq!(answer.body.len(), 1024 * 1024);
+    assert!(answer.body.iter().all(|&b| b == b'x'));
+    assert_eq!(client.get("/small").await.body, b"/small");
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_hands_the_connection_to_hyper_which_serves_the_rest() {
+    let backend = TestBackend::start("b").await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    assert_eq!(client.get("/").await.body, b"b");
+    client
+        .send("POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!(client.answer(false).await.body, b"hello");
+    assert_eq!(client.get("/").await.body, b"b");
+    // An unknown host on a relayed connection gets the router's 404 page.
+    client
+        .send("GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status(), 404);
+    assert!(String::from_utf8_lossy(&answer.body).contains("nobody.test"));
+}
