@@ -33,8 +33,8 @@ pub(crate) fn bad_gateway() -> Response<ProxyBody> {
 }
 
 /// The same 502 as [`bad_gateway`], written out as an HTTP/1.1 response for the relay;
-/// `close` adds `connection: close`.
-pub(crate) fn bad_gateway_http1(out: &mut Vec<u8>, close: bool) {
+/// `close` adds `connection: close`; the answer to a `HEAD` request has no body.
+pub(crate) fn bad_gateway_http1(out: &mut Vec<u8>, date: &[u8], close: bool, head: bool) {
     out.extend_from_slice(b"HTTP/1.1 502 Bad Gateway\r\n");
     for (name, value) in [
         (CONTENT_TYPE.as_str(), PLAIN_TEXT),
@@ -44,11 +44,16 @@ pub(crate) fn bad_gateway_http1(out: &mut Vec<u8>, close: bool) {
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
     out.extend_from_slice(format!("content-length: {}\r\n", BAD_GATEWAY.len()).as_bytes());
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(BAD_GATEWAY.as_bytes());
+    if !head {
+        out.extend_from_slice(BAD_GATEWAY.as_bytes());
+    }
 }
 
 /// 400 for a request that names no host at all.

@@ -81,7 +81,10 @@ impl BufferPool {
 
     fn give_back(&self, mut buffers: Buffers) {
         // A buffer that grew for one huge head is not kept.
-        if buffers.client.capacity() > 4 * CLIENT_BUFFER || buffers.out.capacity() > 16 * 1024 {
+        if buffers.client.capacity() > 4 * CLIENT_BUFFER
+            || buffers.backend.capacity() > BACKEND_BUFFER
+            || buffers.out.capacity() > 16 * 1024
+        {
             return;
         }
         buffers.client.clear();
@@ -193,6 +196,7 @@ impl Relay {
                 biased;
                 read = client.read_buf(&mut buffers.client) => read,
                 () = timer.as_mut() => return Err(Ended),
+                () = self.stop.cancelled() => return Err(Ended),
             };
             match read {
                 Ok(0) | Err(_) => return Err(Ended),
@@ -257,8 +261,8 @@ impl Relay {
         buffers: &mut Buffers,
         request: &Request,
     ) -> bool {
-        let answered = match self.send(buffers, request).await {
-            Some((backend, mut stream)) => {
+        let answered = match self.send(client, buffers, request).await {
+            Ok((backend, mut stream)) => {
                 let responded = self.respond(client, &mut stream, buffers, request).await;
                 if let Ok(Finished {
                     backend_reusable: true,
@@ -269,15 +273,17 @@ impl Relay {
                 }
                 responded
             }
-            None => Err(Failed::Backend),
+            Err(failed) => Err(failed),
         };
         match answered {
             Ok(finished) => finished.client_open,
             // Nothing of a final response was sent: the client gets a 502 instead.
             Err(Failed::Backend) => {
                 buffers.out.clear();
-                pages::bad_gateway_http1(&mut buffers.out, request.close);
-                client.write_all(&buffers.out).await.is_ok() && !request.close
+                let close = request.close || self.stop.is_cancelled();
+                let date = http_date(request.now_ms);
+                pages::bad_gateway_http1(&mut buffers.out, &date, close, request.head);
+                client.write_all(&buffers.out).await.is_ok() && !close
             }
             Err(Failed::Client) => false,
         }
@@ -285,24 +291,31 @@ impl Relay {
 
     /// Writes the request to one backend after another until one takes it and the first
     /// bytes of its answer arrive (left in `buffers.backend`). Retries as
-    /// [`crate::proxy::Proxy`] does: another instance when a connection cannot be made, a
-    /// fresh connection when a pooled one turns out closed.
+    /// [`crate::proxy::Proxy`] does: another instance only when a connection cannot be
+    /// made; a pooled connection that turns out closed is replaced, and a request it
+    /// swallowed without a word is sent again (once, on a new connection) only when it is
+    /// idempotent. A new connection that takes the request and fails is a 502: the app got
+    /// it, and another instance must not get it too.
     async fn send(
         &self,
+        client: &mut TcpStream,
         buffers: &mut Buffers,
         request: &Request,
-    ) -> Option<(Arc<str>, TcpStream)> {
+    ) -> Result<(Arc<str>, TcpStream), Failed> {
         let pool: &Pool = &request.pool;
         let attempts = self.proxy.max_attempts.clamp(1, pool.len().max(1));
         let mut tried = Tried::default();
         for _ in 0..attempts {
-            let (index, backend) = pool.pick(tried, request.now_ms)?;
+            let Some((index, backend)) = pool.pick(tried, request.now_ms) else {
+                break;
+            };
             tried.add(index);
+            let mut pooled = true;
             loop {
                 let (key, mut stream, reused) = match self
                     .proxy
                     .upstream
-                    .checkout_stream(backend)
+                    .checkout_stream(backend, pooled)
                     .await
                 {
                     Ok(checkout) => checkout,
@@ -314,6 +327,7 @@ impl Relay {
                 };
                 buffers.backend.clear();
                 if let Err(error) = stream.write_all(&buffers.out).await {
+                    // Not delivered: a pooled connection the backend had closed.
                     if reused {
                         continue;
                     }
@@ -321,25 +335,53 @@ impl Relay {
                     tracing::warn!(backend = %backend.addr, %error, "new backend connection closed at once; trying another instance");
                     break;
                 }
-                match stream.read_buf(&mut buffers.backend).await {
-                    Ok(n) if n > 0 => return Some((key, stream)),
-                    // Closed without a byte of answer: a pooled connection the backend
-                    // closed meanwhile, or an instance going away. Safe to send again
-                    // only when the request is idempotent.
-                    _ if request.idempotent && reused => continue,
-                    _ if request.idempotent => {
-                        backend.eject_until(request.now_ms + self.proxy.eject_ms);
-                        tracing::warn!(backend = %backend.addr, "backend closed a new connection without answering; trying another instance");
-                        break;
+                let read = self
+                    .read_backend(
+                        &mut stream,
+                        &mut buffers.backend,
+                        client,
+                        &mut buffers.client,
+                    )
+                    .await;
+                match read {
+                    BackendRead::Data(n) if n > 0 => return Ok((key, stream)),
+                    BackendRead::ClientGone => return Err(Failed::Client),
+                    BackendRead::Data(_) | BackendRead::Failed if reused && request.idempotent => {
+                        pooled = false;
                     }
-                    _ => {
+                    BackendRead::Data(_) | BackendRead::Failed => {
                         tracing::warn!(backend = %backend.addr, "backend failed to answer the request");
-                        return None;
+                        return Err(Failed::Backend);
                     }
                 }
             }
         }
-        None
+        Err(Failed::Backend)
+    }
+
+    /// Reads from a backend while watching the client: bytes it sends meanwhile (a
+    /// pipelined request) are kept for later, and its going away ends the wait, as with
+    /// hyper, so a hung app does not hold connections of clients long gone.
+    async fn read_backend(
+        &self,
+        stream: &mut TcpStream,
+        into: &mut Vec<u8>,
+        client: &mut TcpStream,
+        client_buf: &mut Vec<u8>,
+    ) -> BackendRead {
+        loop {
+            let watch = client_buf.len() < self.max_header_bytes;
+            tokio::select! {
+                biased;
+                read = stream.read_buf(into) => {
+                    return read.map_or(BackendRead::Failed, BackendRead::Data);
+                }
+                read = client.read_buf(client_buf), if watch => match read {
+                    Ok(n) if n > 0 => {}
+                    _ => return BackendRead::ClientGone,
+                },
+            }
+        }
     }
 
     /// Reads the backend's response (its first bytes already in `buffers.backend`) and
@@ -381,12 +423,20 @@ impl Relay {
             if buffers.backend.capacity() == buffers.backend.len() {
                 buffers.backend.reserve(BACKEND_BUFFER);
             }
-            match stream.read_buf(&mut buffers.backend).await {
-                Ok(n) if n > 0 => {}
-                _ => return Err(Failed::Backend),
+            let read = self
+                .read_backend(stream, &mut buffers.backend, client, &mut buffers.client)
+                .await;
+            match read {
+                BackendRead::Data(n) if n > 0 => {}
+                BackendRead::ClientGone => return Err(Failed::Client),
+                BackendRead::Data(_) | BackendRead::Failed => return Err(Failed::Backend),
             }
         };
-        let client_open = !request.close && response.framing != Framing::UntilClose;
+        if !response.dated {
+            header(&mut buffers.out, b"date", &http_date(request.now_ms));
+        }
+        let client_open =
+            !request.close && response.framing != Framing::UntilClose && !self.stop.is_cancelled();
         if !client_open {
             buffers.out.extend_from_slice(b"connection: close\r\n");
         }
@@ -402,10 +452,12 @@ impl Relay {
             .map_err(|_| Failed::Client)?;
         while !body.done() {
             buffers.backend.clear();
-            let n = stream
-                .read_buf(&mut buffers.backend)
-                .await
-                .map_err(|_| Failed::Client)?;
+            let read = self
+                .read_backend(stream, &mut buffers.backend, client, &mut buffers.client)
+                .await;
+            let BackendRead::Data(n) = read else {
+                return Err(Failed::Client);
+            };
             if n == 0 {
                 if body.framing == Framing::UntilClose {
                     break;
@@ -429,6 +481,14 @@ impl Relay {
 
 /// The connection ended (closed, timed out) while a request head was read.
 struct Ended;
+
+/// What came of waiting for a backend's bytes.
+enum BackendRead {
+    /// Bytes read; 0 when the backend closed the connection.
+    Data(usize),
+    Failed,
+    ClientGone,
+}
 
 /// What went wrong in an exchange.
 enum Failed {
@@ -488,6 +548,20 @@ impl<'b> RequestFacts<'b> {
             request_start: false,
             request_id: false,
         };
+        for h in headers {
+            if !h.name.eq_ignore_ascii_case("connection") {
+                continue;
+            }
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    facts.close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                } else if !token.is_empty() {
+                    facts.named.push(token);
+                }
+            }
+        }
         let mut hosts = 0;
         for h in headers {
             let name = h.name.as_bytes();
@@ -503,16 +577,8 @@ impl<'b> RequestFacts<'b> {
                 || name.eq_ignore_ascii_case(b"expect")
             {
                 return None;
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        facts.close = true;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        return None;
-                    } else if !token.is_empty() {
-                        facts.named.push(token);
-                    }
-                }
+            } else if facts.is_named(name) {
+                // Dropped on the way, so the router adds its own below.
             } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
                 facts.forwarded_proto = true;
             } else if name.eq_ignore_ascii_case(b"x-forwarded-host") {
@@ -565,7 +631,9 @@ fn write_request(
     let mut forwarded_for: Option<Vec<u8>> = None;
     for h in headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name) || facts.is_named(name) {
+        // Host stays whatever `Connection` says (the hyper path puts it back).
+        let host = name.eq_ignore_ascii_case(b"host");
+        if is_hop_by_hop(name) || (facts.is_named(name) && !host) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -608,6 +676,27 @@ fn write_request(
     }
 }
 
+/// `Date` for a response made at `now_ms`, formatted once per second per thread.
+fn http_date(now_ms: u64) -> [u8; 29] {
+    thread_local! {
+        static CACHED: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((u64::MAX, [0; 29])) };
+    }
+    let second = now_ms / 1000;
+    CACHED.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(second);
+        let mut text = [b' '; 29];
+        let formatted = httpdate::fmt_http_date(when);
+        let n = formatted.len().min(29);
+        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+        cached.set((second, text));
+        text
+    })
+}
+
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -629,6 +718,8 @@ enum Framing {
 /// The final response as the relay needs to know it.
 struct Response {
     framing: Framing,
+    /// The backend sent a `Date` (else the router adds one, as RFC 9110 §6.6.1 asks).
+    dated: bool,
     /// The backend connection can carry another request afterwards.
     reusable: bool,
 }
@@ -655,28 +746,27 @@ fn parse_response(buf: &[u8], request: &Request, out: &mut Vec<u8>) -> ResponseH
     let (Some(version), Some(code)) = (parsed.version, parsed.code) else {
         return ResponseHead::Invalid;
     };
-    // The request asked for no protocol switch.
-    if code == 101 {
+    // The request asked for no protocol switch; below 100 is no status at all.
+    if code == 101 || code < 100 {
         return ResponseHead::Invalid;
     }
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
-    let (mut close, mut keep_alive) = (false, false);
+    let (mut close, mut keep_alive, mut dated) = (false, false, false);
     let mut named: Vec<&[u8]> = Vec::new();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(value) = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            else {
+            let Some(value) = content_length(h.value) else {
                 return ResponseHead::Invalid;
             };
             if length.is_some_and(|l| l != value) {
                 return ResponseHead::Invalid;
             }
             length = Some(value);
+        } else if name.eq_ignore_ascii_case(b"date") {
+            dated = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoded = true;
             chunked = h
@@ -732,10 +822,21 @@ fn parse_response(buf: &[u8], request: &Request, out: &mut Vec<u8>) -> ResponseH
         head_len,
         Response {
             framing,
-            // HTTP/1.0 closes unless asked to keep the connection alive.
-            reusable: !close && (version == 1 || keep_alive),
+            dated,
+            // HTTP/1.0 closes unless asked to keep the connection alive, and its framing
+            // cannot be trusted when it claims a transfer coding (RFC 9112 §6.1).
+            reusable: !close && (version == 1 || (keep_alive && !transfer_encoded)),
         },
     )
+}
+
+/// A `Content-Length` value: ASCII digits only (no sign, no other blanks), as hyper reads it.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Finds where a response body ends while it passes through.
@@ -746,12 +847,15 @@ struct BodyEnd {
     chunk: Chunk,
 }
 
-/// Where a chunked body's scanner stands (RFC 9112 §7.1).
+/// Where a chunked body's scanner stands (RFC 9112 §7.1). As strict as hyper: lines end
+/// with CRLF only, so the relay never finds a different end than a proxy in front of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
     /// Reading a chunk's size: its value so far and whether a digit was seen.
     Size(u64, bool),
-    /// In a chunk extension, up to the line's end.
+    /// Blanks after the size.
+    SizeBlank(u64),
+    /// In a chunk extension, up to the line's CR.
     Extension(u64),
     /// After the size line's CR.
     SizeLf(u64),
@@ -761,6 +865,7 @@ enum Chunk {
     /// At the start of a trailer line (or the final blank line).
     TrailerStart,
     TrailerLine,
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -816,18 +921,23 @@ impl BodyEnd {
                             .ok_or(())?;
                         Chunk::Size(size, true)
                     }
-                    b';' | b' ' | b'\t' if seen => Chunk::Extension(size),
+                    b' ' | b'\t' if seen => Chunk::SizeBlank(size),
+                    b';' if seen => Chunk::Extension(size),
                     b'\r' if seen => Chunk::SizeLf(size),
-                    b'\n' if seen => after_size(size),
+                    _ => return Err(()),
+                },
+                Chunk::SizeBlank(size) => match b {
+                    b' ' | b'\t' => Chunk::SizeBlank(size),
+                    b';' => Chunk::Extension(size),
+                    b'\r' => Chunk::SizeLf(size),
                     _ => return Err(()),
                 },
                 Chunk::Extension(size) => match b {
                     b'\r' => Chunk::SizeLf(size),
-                    b'\n' => after_size(size),
+                    b'\n' => return Err(()),
                     _ => Chunk::Extension(size),
                 },
                 Chunk::SizeLf(size) if b == b'\n' => after_size(size),
-                Chunk::SizeLf(_) => return Err(()),
                 Chunk::Data(left) => {
                     let available = (bytes.len() - at) as u64;
                     let take = left.min(available);
@@ -840,17 +950,24 @@ impl BodyEnd {
                     continue;
                 }
                 Chunk::DataCr if b == b'\r' => Chunk::DataLf,
-                Chunk::DataCr | Chunk::DataLf if b == b'\n' => Chunk::Size(0, false),
-                Chunk::DataCr | Chunk::DataLf => return Err(()),
+                Chunk::DataLf if b == b'\n' => Chunk::Size(0, false),
                 Chunk::TrailerStart => match b {
                     b'\r' => Chunk::EndLf,
-                    b'\n' => Chunk::Done,
+                    b'\n' => return Err(()),
                     _ => Chunk::TrailerLine,
                 },
-                Chunk::TrailerLine if b == b'\n' => Chunk::TrailerStart,
-                Chunk::TrailerLine => Chunk::TrailerLine,
+                Chunk::TrailerLine => match b {
+                    b'\r' => Chunk::TrailerLf,
+                    b'\n' => return Err(()),
+                    _ => Chunk::TrailerLine,
+                },
+                Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
                 Chunk::EndLf if b == b'\n' => Chunk::Done,
-                Chunk::EndLf => return Err(()),
+                Chunk::SizeLf(_)
+                | Chunk::DataCr
+                | Chunk::DataLf
+                | Chunk::TrailerLf
+                | Chunk::EndLf => return Err(()),
                 Chunk::Done => break,
             };
             at += 1;

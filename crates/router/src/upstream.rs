@@ -154,13 +154,18 @@ impl Upstream {
         (slot.key.clone(), None)
     }
 
-    /// The relay's connection to `backend`: (pool key, stream, reused from the pool).
+    /// The relay's connection to `backend`: (pool key, stream, reused from the pool). With
+    /// `pooled` false, always a new one.
     pub(crate) async fn checkout_stream(
         &self,
         backend: &Backend,
+        pooled: bool,
     ) -> Result<(Arc<str>, TcpStream, bool), ConnectError> {
-        let (key, pooled) = self.take_idle_stream(&backend.addr);
-        if let Some(stream) = pooled {
+        let (key, idle) = match pooled {
+            true => self.take_idle_stream(&backend.addr),
+            false => (Arc::from(backend.addr.as_str()), None),
+        };
+        if let Some(stream) = idle {
             return Ok((key, stream, true));
         }
         Ok((key, self.connect_stream(backend).await?, false))

@@ -19,12 +19,15 @@ use tokio::net::{TcpListener, TcpStream};
 struct ScriptedBackend {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Connections the router closed.
+    closed_by_peer: Arc<AtomicUsize>,
     /// Every request head it got, as text.
     heads: Arc<Mutex<Vec<String>>>,
     _task: TaskGuard,
 }
 
 /// What the backend answers for a path: (raw response, close the connection afterwards).
+/// Nothing and no close: it never answers (until the router closes the connection).
 type Script = fn(&str) -> (Vec<u8>, bool);
 
 impl ScriptedBackend {
@@ -32,18 +35,25 @@ impl ScriptedBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed_by_peer = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (accepted, seen) = (connections.clone(), heads.clone());
+        let (accepted, closed, seen) = (connections.clone(), closed_by_peer.clone(), heads.clone());
         let task = tokio::spawn(async move {
             let mut served = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
-                served.spawn(serve_script(stream, script, seen.clone()));
+                let (closed, seen) = (closed.clone(), seen.clone());
+                served.spawn(async move {
+                    if serve_script(stream, script, seen).await {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
         ScriptedBackend {
             addr,
             connections,
+            closed_by_peer,
             heads,
             _task: TaskGuard(task),
         }
@@ -51,6 +61,10 @@ impl ScriptedBackend {
 
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.heads.lock().unwrap().len()
     }
 
     fn last_head(&self) -> String {
@@ -63,13 +77,18 @@ impl ScriptedBackend {
     }
 }
 
-async fn serve_script(mut stream: TcpStream, script: Script, heads: Arc<Mutex<Vec<String>>>) {
+/// Serves one connection; true when the peer closed it.
+async fn serve_script(
+    mut stream: TcpStream,
+    script: Script,
+    heads: Arc<Mutex<Vec<String>>>,
+) -> bool {
     let mut buf = Vec::new();
     loop {
         let Some(end) = find(&buf, b"\r\n\r\n") else {
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return true,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
             continue;
@@ -80,7 +99,7 @@ async fn serve_script(mut stream: TcpStream, script: Script, heads: Arc<Mutex<Ve
         heads.lock().unwrap().push(head);
         let (response, close) = script(&path);
         if stream.write_all(&response).await.is_err() || close {
-            return;
+            return false;
         }
     }
 }
@@ -101,6 +120,9 @@ fn responses(path: &str) -> (Vec<u8>, bool) {
         "/hop" => "HTTP/1.1 200 OK\r\nConnection: x-drop\r\nX-Drop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 3\r\n\r\nhop",
         "/garbage" => "NOT HTTP AT ALL\r\n\r\n",
         "/early-hints" => "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/hang" => return (Vec::new(), false),
+        "/drop" => return (Vec::new(), true),
+        "/dated" => "HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
         "/http10" => "HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhttp10",
         "/big" => {
             let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
@@ -400,4 +422,97 @@ async fn a_request_with_a_body_hands_the_connection_to_hyper_which_serves_the_re
     let answer = client.answer(false).await;
     assert_eq!(answer.status(), 404);
     assert!(String::from_utf8_lossy(&answer.body).contains("nobody.test"));
+}
+
+#[tokio::test]
+async fn a_502_to_a_head_request_has_no_body() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("HEAD /garbage HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let answer = client.answer(true).await;
+    assert_eq!(answer.status(), 502);
+    assert!(answer.header("date").is_some(), "{}", answer.head);
+    // Nothing of a body is left to be mistaken for the next answer.
+    assert_eq!(client.get("/next").await.body, b"/next");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_the_app_hangs_frees_the_backend_connection() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("GET /hang HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    while backend.requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while backend.closed_by_peer.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the router kept the backend connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_an_instance_took_and_dropped_is_not_sent_to_another() {
+    let first = ScriptedBackend::start(responses).await;
+    let second = ScriptedBackend::start(responses).await;
+    let router = router_with(first.addr).await;
+    router.register("app.test", second.addr).await;
+    let mut client = Client::connect(&router).await;
+    assert_eq!(client.get("/drop").await.status(), 502);
+    assert_eq!(
+        first.requests() + second.requests(),
+        1,
+        "the request went to one instance only"
+    );
+    // Neither was ejected: both still get requests.
+    for _ in 0..4 {
+        assert_eq!(client.get("/ok").await.status(), 200);
+    }
+    assert!(first.requests() >= 2 && second.requests() >= 2);
+}
+
+#[tokio::test]
+async fn a_date_is_added_when_the_app_sends_none_and_kept_when_it_does() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    let answer = client.get("/x").await;
+    let date = answer.header("date").expect("a date");
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+    let answer = client.get("/dated").await;
+    assert_eq!(
+        answer.header("date").as_deref(),
+        Some("Tue, 01 Dec 2026 00:00:00 GMT")
+    );
+    assert_eq!(
+        answer.head.matches("Date").count() + answer.head.matches("date:").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_host_named_in_connection_still_reaches_the_backend_and_forwarding_headers_are_renewed() {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: host, x-vcap-request-id\r\nX-Vcap-Request-Id: forged\r\n\r\n")
+        .await;
+    assert_eq!(client.answer(false).await.status(), 200);
+    let head = backend.last_head().to_ascii_lowercase();
+    assert!(head.contains("host: app.test\r\n"), "{head}");
+    assert!(
+        head.contains("x-vcap-request-id: ") && !head.contains("forged"),
+        "{head}"
+    );
 }
