@@ -20,6 +20,7 @@ mod pages;
 mod proxy;
 mod relay;
 mod request_id;
+mod sticky;
 mod sync;
 mod table;
 mod upstream;
@@ -147,10 +148,9 @@ impl Router {
         ];
         let shared = worker::Shared {
             table: self.table.clone(),
-            api: self
-                .cfg
-                .api_backend
-                .and_then(|addr| Backend::new(addr.to_string()).map(|b| Arc::new(Pool::fixed(b)))),
+            api: self.cfg.api_backend.and_then(|addr| {
+                Backend::new(addr.to_string(), "").map(|b| Arc::new(Pool::fixed(b)))
+            }),
             api_host: format!("api.{}", host::normalize(&self.cfg.domain)),
             cfg: self.cfg.clone(),
             stop: stop.clone(),

@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderValue, CONNECTION, COOKIE, HOST, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::uri::PathAndQuery;
 use http::{request, HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
@@ -25,7 +27,8 @@ use crate::body::{PooledBody, ProxyBody};
 use crate::host;
 use crate::pages;
 use crate::request_id;
-use crate::table::{Pool, RouteTable, Tried};
+use crate::sticky;
+use crate::table::{Backend, Pool, RouteTable, Tried};
 use crate::upstream::Upstream;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -94,6 +97,12 @@ impl Proxy {
             return pages::unknown_route(&host);
         };
         let now_ms = epoch_ms();
+        let session: Option<Box<[u8]>> = req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .find_map(|cookie| sticky::instance_in(cookie.as_bytes()))
+            .map(Box::from);
         let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         prepare_request_headers(
@@ -108,9 +117,13 @@ impl Proxy {
             parts.headers.insert(X_STRATO_ROUTER.clone(), proof.clone());
         }
         let request = backend_request(parts, body);
-        let Some(mut response) = self.forward(&pool, request, now_ms).await else {
+        let Some((mut response, backend)) = self
+            .forward(&pool, request, now_ms, session.as_deref())
+            .await
+        else {
             return pages::bad_gateway();
         };
+        pin_session(response.headers_mut(), &backend.instance);
         match client_upgrade {
             Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let backend_upgrade = hyper::upgrade::on(&mut response);
@@ -145,11 +158,12 @@ impl Proxy {
         pool: &Pool,
         mut request: Request<Incoming>,
         now_ms: u64,
-    ) -> Option<Response<PooledBody>> {
+        session: Option<&[u8]>,
+    ) -> Option<(Response<PooledBody>, Arc<Backend>)> {
         let attempts = self.max_attempts.clamp(1, pool.len().max(1));
         let mut tried = Tried::default();
         for _ in 0..attempts {
-            let (index, backend) = pool.pick(tried, now_ms)?;
+            let (index, backend) = pool.pick_for(session, tried, now_ms)?;
             tried.add(index);
             // Pooled connections the backend closed meanwhile are skipped, then a new one.
             loop {
@@ -165,7 +179,7 @@ impl Proxy {
                 match sender.try_send_request(request).await {
                     Ok(response) => {
                         let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                        return Some(response.map(|body| {
+                        let response = response.map(|body| {
                             PooledBody::new(
                                 body,
                                 self.upstream.clone(),
@@ -173,7 +187,8 @@ impl Proxy {
                                 sender,
                                 reusable,
                             )
-                        }));
+                        });
+                        return Some((response, backend.clone()));
                     }
                     Err(mut error) => match error.take_message() {
                         Some(unsent) if checkout.reused => request = unsent,
@@ -192,6 +207,20 @@ impl Proxy {
             }
         }
         None
+    }
+}
+
+/// Adds the `__VCAP_ID__` cookie naming `instance` when the response starts a sticky
+/// session ([`sticky`]).
+fn pin_session(headers: &mut HeaderMap, instance: &str) {
+    let pins: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|cookie| sticky::instance_cookie(cookie.as_bytes(), instance))
+        .filter_map(|cookie| HeaderValue::from_bytes(&cookie).ok())
+        .collect();
+    for pin in pins {
+        headers.append(SET_COOKIE, pin);
     }
 }
 

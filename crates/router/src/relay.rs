@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::pages;
 use crate::proxy::{epoch_ms, Peer, Proxy};
 use crate::request_id;
-use crate::table::{Pool, Tried};
+use crate::sticky;
+use crate::table::{Backend, Pool, Tried};
 
 /// Headers a request or response may have; one with more goes to hyper (requests) or
 /// fails (responses).
@@ -250,6 +251,7 @@ impl Relay {
                 method,
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
             ),
+            sticky: facts.sticky.map(Box::from),
         })
     }
 
@@ -262,14 +264,16 @@ impl Relay {
         request: &Request,
     ) -> bool {
         let answered = match self.send(client, buffers, request).await {
-            Ok((backend, mut stream)) => {
-                let responded = self.respond(client, &mut stream, buffers, request).await;
+            Ok((key, mut stream, backend)) => {
+                let responded = self
+                    .respond(client, &mut stream, buffers, request, &backend)
+                    .await;
                 if let Ok(Finished {
                     backend_reusable: true,
                     ..
                 }) = responded
                 {
-                    self.proxy.upstream.give_back_stream(backend, stream);
+                    self.proxy.upstream.give_back_stream(key, stream);
                 }
                 responded
             }
@@ -301,12 +305,14 @@ impl Relay {
         client: &mut TcpStream,
         buffers: &mut Buffers,
         request: &Request,
-    ) -> Result<(Arc<str>, TcpStream), Failed> {
+    ) -> Result<(Arc<str>, TcpStream, Arc<Backend>), Failed> {
         let pool: &Pool = &request.pool;
         let attempts = self.proxy.max_attempts.clamp(1, pool.len().max(1));
         let mut tried = Tried::default();
         for _ in 0..attempts {
-            let Some((index, backend)) = pool.pick(tried, request.now_ms) else {
+            let Some((index, backend)) =
+                pool.pick_for(request.sticky.as_deref(), tried, request.now_ms)
+            else {
                 break;
             };
             tried.add(index);
@@ -344,7 +350,7 @@ impl Relay {
                     )
                     .await;
                 match read {
-                    BackendRead::Data(n) if n > 0 => return Ok((key, stream)),
+                    BackendRead::Data(n) if n > 0 => return Ok((key, stream, backend.clone())),
                     BackendRead::ClientGone => return Err(Failed::Client),
                     BackendRead::Data(_) | BackendRead::Failed if reused && request.idempotent => {
                         pooled = false;
@@ -392,11 +398,17 @@ impl Relay {
         stream: &mut TcpStream,
         buffers: &mut Buffers,
         request: &Request,
+        backend: &Backend,
     ) -> Result<Finished, Failed> {
         buffers.out.clear();
         // Informational answers (103 Early Hints, ...) go on to the client; then the final one.
         let (head_len, response) = loop {
-            match parse_response(&buffers.backend, request, &mut buffers.out) {
+            match parse_response(
+                &buffers.backend,
+                request,
+                &backend.instance,
+                &mut buffers.out,
+            ) {
                 ResponseHead::Final(head_len, response) => break (head_len, response),
                 ResponseHead::Informational(head_len) => {
                     client
@@ -522,6 +534,8 @@ struct Request {
     head: bool,
     /// Safe to send again on a fresh connection when a pooled one turned out closed.
     idempotent: bool,
+    /// The instance a sticky session names.
+    sticky: Option<Box<[u8]>>,
 }
 
 /// What the relay must know of a request's headers before forwarding it.
@@ -534,6 +548,8 @@ struct RequestFacts<'b> {
     forwarded_host: bool,
     request_start: bool,
     request_id: bool,
+    /// The instance of a sticky session (`__VCAP_ID__`).
+    sticky: Option<&'b [u8]>,
 }
 
 impl<'b> RequestFacts<'b> {
@@ -547,6 +563,7 @@ impl<'b> RequestFacts<'b> {
             forwarded_host: false,
             request_start: false,
             request_id: false,
+            sticky: None,
         };
         for h in headers {
             if !h.name.eq_ignore_ascii_case("connection") {
@@ -577,6 +594,8 @@ impl<'b> RequestFacts<'b> {
                 || name.eq_ignore_ascii_case(b"expect")
             {
                 return None;
+            } else if name.eq_ignore_ascii_case(b"cookie") {
+                facts.sticky = facts.sticky.or_else(|| sticky::instance_in(h.value));
             } else if facts.is_named(name) {
                 // Dropped on the way, so the router adds its own below.
             } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
@@ -734,8 +753,13 @@ enum ResponseHead {
     Final(usize, Response),
 }
 
-/// Parses a response head from the backend and writes the client's copy into `out`.
-fn parse_response(buf: &[u8], request: &Request, out: &mut Vec<u8>) -> ResponseHead {
+/// Parses a response head from `instance` and writes the client's copy into `out`.
+fn parse_response(
+    buf: &[u8],
+    request: &Request,
+    instance: &str,
+    out: &mut Vec<u8>,
+) -> ResponseHead {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -812,6 +836,11 @@ fn parse_response(buf: &[u8], request: &Request, out: &mut Vec<u8>) -> ResponseH
             || (transfer_encoded && name.eq_ignore_ascii_case(b"content-length"));
         if !dropped {
             header(out, name, h.value);
+        }
+        if name.eq_ignore_ascii_case(b"set-cookie") {
+            if let Some(cookie) = sticky::instance_cookie(h.value, instance) {
+                header(out, b"set-cookie", &cookie);
+            }
         }
     }
     if (100..200).contains(&code) {

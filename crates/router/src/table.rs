@@ -22,6 +22,9 @@ use crate::host;
 pub(crate) struct Backend {
     /// `host:port`, as registered.
     pub(crate) addr: String,
+    /// The instance behind it (the DEA's private instance id, else `addr`): what a sticky
+    /// session's `__VCAP_ID__` cookie names.
+    pub(crate) instance: Box<str>,
     /// The address itself when `addr` is an IP literal (no name lookup per connection).
     pub(crate) socket_addr: Option<SocketAddr>,
     /// Milliseconds since the epoch until which the backend is skipped (it refused a
@@ -30,11 +33,17 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
-    pub(crate) fn new(addr: String) -> Option<Backend> {
+    /// A backend at `addr` (`host:port`) for `instance` (empty: named by its address).
+    pub(crate) fn new(addr: String, instance: &str) -> Option<Backend> {
         // host:port with a port, as a URI authority would be.
         Authority::try_from(addr.as_str()).ok()?.port_u16()?;
         Some(Backend {
             socket_addr: addr.parse().ok(),
+            instance: Box::from(if instance.is_empty() {
+                addr.as_str()
+            } else {
+                instance
+            }),
             addr,
             ejected_until_ms: AtomicU64::new(0),
         })
@@ -81,6 +90,32 @@ impl Pool {
 
     pub(crate) fn len(&self) -> usize {
         self.backends.len()
+    }
+
+    /// The backend of `instance` (a sticky session's), unless it was tried or is ejected.
+    pub(crate) fn find(
+        &self,
+        instance: &[u8],
+        tried: Tried,
+        now_ms: u64,
+    ) -> Option<(usize, &Arc<Backend>)> {
+        self.backends
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.instance.as_bytes() == instance)
+            .filter(|(index, b)| !tried.contains(*index) && !b.is_ejected(now_ms))
+    }
+
+    /// [`Pool::find`] for a sticky session's instance, else [`Pool::pick`].
+    pub(crate) fn pick_for(
+        &self,
+        instance: Option<&[u8]>,
+        tried: Tried,
+        now_ms: u64,
+    ) -> Option<(usize, &Arc<Backend>)> {
+        instance
+            .and_then(|instance| self.find(instance, tried, now_ms))
+            .or_else(|| self.pick(tried, now_ms))
     }
 
     /// The next backend in round-robin order that was not tried yet, preferring ones that
@@ -162,19 +197,26 @@ struct Registry {
 }
 
 impl Registry {
-    fn register(&mut self, host: &str, addr: &str, dea: &str, now: Instant) {
+    fn register(&mut self, host: &str, addr: &str, instance: &str, dea: &str, now: Instant) {
         let routes = self.hosts.entry(host.to_string()).or_default();
         let mut changed = false;
         match routes.entries.iter_mut().find(|e| e.backend.addr == addr) {
             Some(entry) => {
                 entry.last_seen = now;
+                // Another instance on the same address (a port reused after a restart).
+                if !instance.is_empty() && *entry.backend.instance != *instance {
+                    if let Some(backend) = Backend::new(addr.to_string(), instance) {
+                        entry.backend = Arc::new(backend);
+                        changed = true;
+                    }
+                }
                 if entry.dea != dea {
                     entry.dea = dea.to_string();
                 }
                 changed |= entry.draining_until.take().is_some();
             }
             None => {
-                let Some(backend) = Backend::new(addr.to_string()) else {
+                let Some(backend) = Backend::new(addr.to_string(), instance) else {
                     tracing::warn!(
                         host,
                         addr,
@@ -392,7 +434,13 @@ impl RouteTable {
                     continue;
                 }
                 if is_register {
-                    registry.register(&host, &addr, &registration.dea, now);
+                    registry.register(
+                        &host,
+                        &addr,
+                        &registration.private_instance_id,
+                        &registration.dea,
+                        now,
+                    );
                 } else {
                     registry.unregister(&host, &addr, now, self.drain);
                 }
@@ -463,6 +511,36 @@ mod tests {
         assert_eq!(t.lookup("a.example.com:80").unwrap(), vec!["127.0.0.1:1"]);
         assert_eq!(t.lookup("B.EXAMPLE.COM.").unwrap(), vec!["127.0.0.1:1"]);
         assert_eq!(t.hosts(), vec!["a.example.com", "b.example.com"]);
+    }
+
+    #[test]
+    fn a_new_instance_on_a_reused_address_is_found_by_its_own_id() {
+        let t = table();
+        let with_id = |id: &str| RouteRegistration {
+            private_instance_id: id.into(),
+            ..reg(&["a.example.com"], 1)
+        };
+        t.register(&with_id("old"));
+        let pool = t.pool("a.example.com").unwrap();
+        assert!(pool.find(b"old", Tried::default(), 0).is_some());
+        t.register(&with_id("new"));
+        let pool = t.pool("a.example.com").unwrap();
+        assert!(pool.find(b"old", Tried::default(), 0).is_none());
+        let (index, backend) = pool.find(b"new", Tried::default(), 0).unwrap();
+        assert_eq!(&*backend.instance, "new");
+        // Tried or ejected: the session's instance is not picked again.
+        let mut tried = Tried::default();
+        tried.add(index);
+        assert!(pool.find(b"new", tried, 0).is_none());
+        backend.eject_until(10);
+        assert!(pool.find(b"new", Tried::default(), 5).is_none());
+        // No id registered: the address names the instance.
+        t.register(&reg(&["b.example.com"], 2));
+        assert!(t
+            .pool("b.example.com")
+            .unwrap()
+            .find(b"127.0.0.1:2", Tried::default(), 0)
+            .is_some());
     }
 
     #[test]

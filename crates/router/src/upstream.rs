@@ -398,7 +398,7 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        let backend = Backend::new(addr.to_string()).unwrap();
+        let backend = Backend::new(addr.to_string(), "").unwrap();
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60), 4);
         assert!(matches!(
             upstream.checkout(&backend).await,

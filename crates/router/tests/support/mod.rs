@@ -36,7 +36,8 @@ impl Drop for TaskGuard {
 }
 
 /// A backend answering with its name; `/headers` returns the request headers as JSON,
-/// `/echo` returns the request body, `/slow` answers after a second.
+/// `/echo` returns the request body, `/slow` answers after a second, `/session` sets a
+/// `JSESSIONID` cookie.
 pub struct TestBackend {
     pub addr: SocketAddr,
     pub name: &'static str,
@@ -126,6 +127,14 @@ async fn answer(
             tokio::time::sleep(Duration::from_secs(1)).await;
             Bytes::from_static(name.as_bytes())
         }
+        "/session" => {
+            let mut response = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+            response.headers_mut().insert(
+                http::header::SET_COOKIE,
+                http::HeaderValue::from_static("JSESSIONID=s1; Path=/; HttpOnly"),
+            );
+            return Ok(response);
+        }
         _ => Bytes::from_static(name.as_bytes()),
     };
     Ok(Response::new(Full::new(body)))
@@ -163,6 +172,11 @@ impl EchoWsBackend {
             _task: TaskGuard(task),
         }
     }
+}
+
+/// The private instance id [`TestRouter::register`] gives a backend.
+pub fn instance_id(backend: SocketAddr) -> String {
+    format!("id-{}", backend.port())
 }
 
 /// A port nothing listens on.
@@ -216,7 +230,7 @@ impl TestRouter {
             host: backend.ip().to_string(),
             port: backend.port(),
             tags: Default::default(),
-            private_instance_id: String::new(),
+            private_instance_id: instance_id(backend),
         };
         strato_bus::publish_json(self.bus.as_ref(), subject, &registration)
             .await
