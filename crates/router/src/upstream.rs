@@ -45,22 +45,6 @@ pub(crate) enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-struct Idle {
-    sender: Sender,
-    since: Instant,
-}
-
-struct IdleStream {
-    stream: TcpStream,
-    since: Instant,
-}
-
-/// The relay's idle connections to one backend, with the key handed to each checkout.
-struct StreamSlot {
-    key: Arc<str>,
-    idle: Vec<IdleStream>,
-}
-
 /// Whether an idle connection is still good for a request: the backend has neither closed
 /// it nor sent anything unasked. Costs a system call only when the connection had an event.
 fn still_open(stream: &TcpStream) -> bool {
@@ -76,17 +60,82 @@ fn still_open(stream: &TcpStream) -> bool {
     }
 }
 
+/// Idle connections of one kind (hyper senders, raw streams) per backend, most recently
+/// used last. Only the worker's own thread takes the lock.
+struct IdleSet<C> {
+    slots: Mutex<HashMap<Arc<str>, Slot<C>>>,
+}
+
 /// The idle connections to one backend, with the key handed to each checkout.
-struct Slot {
+struct Slot<C> {
     key: Arc<str>,
-    idle: Vec<Idle>,
+    idle: Vec<(C, Instant)>,
+}
+
+impl<C> IdleSet<C> {
+    fn new() -> IdleSet<C> {
+        IdleSet {
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Pops the most recently used idle connection to `addr` younger than `max_age` that
+    /// is `usable` (LIFO keeps the set of busy connections small); older or closed ones
+    /// found on the way are dropped. Also gives the backend's key.
+    fn take(
+        &self,
+        addr: &str,
+        max_age: Duration,
+        usable: impl Fn(&C) -> bool,
+    ) -> (Arc<str>, Option<C>) {
+        let mut slots = lock(&self.slots);
+        let Some(slot) = slots.get_mut(addr) else {
+            let key: Arc<str> = Arc::from(addr);
+            let slot = Slot {
+                key: key.clone(),
+                idle: Vec::new(),
+            };
+            slots.insert(key.clone(), slot);
+            return (key, None);
+        };
+        let now = Instant::now();
+        while let Some((conn, since)) = slot.idle.pop() {
+            if now.duration_since(since) < max_age && usable(&conn) {
+                return (slot.key.clone(), Some(conn));
+            }
+        }
+        (slot.key.clone(), None)
+    }
+
+    /// Keeps `conn` for the next request to `key`, unless `max` are kept already.
+    fn put(&self, key: Arc<str>, conn: C, max: usize) {
+        let mut slots = lock(&self.slots);
+        let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
+            key,
+            idle: Vec::new(),
+        });
+        if slot.idle.len() < max {
+            slot.idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Drops connections older than `max_age` or no longer `usable`, and backends with
+    /// none left.
+    fn sweep(&self, max_age: Duration, usable: impl Fn(&C) -> bool) {
+        let now = Instant::now();
+        lock(&self.slots).retain(|_, slot| {
+            slot.idle
+                .retain(|(conn, since)| now.duration_since(*since) < max_age && usable(conn));
+            !slot.idle.is_empty()
+        });
+    }
 }
 
 /// One worker's connections to every backend it talked to.
 pub(crate) struct Upstream {
-    idle: Mutex<HashMap<Arc<str>, Slot>>,
+    senders: IdleSet<Sender>,
     /// The relay's idle connections per backend.
-    streams: Mutex<HashMap<Arc<str>, StreamSlot>>,
+    streams: IdleSet<TcpStream>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_backend: usize,
@@ -106,8 +155,8 @@ impl Upstream {
         max_idle_per_backend: usize,
     ) -> Upstream {
         Upstream {
-            idle: Mutex::new(HashMap::new()),
-            streams: Mutex::new(HashMap::new()),
+            senders: IdleSet::new(),
+            streams: IdleSet::new(),
             connect_timeout,
             idle_timeout,
             max_idle_per_backend,
@@ -116,7 +165,9 @@ impl Upstream {
 
     /// An idle connection to `backend` when there is a usable one, else a new one.
     pub(crate) async fn checkout(&self, backend: &Backend) -> Result<Checkout, ConnectError> {
-        let (key, pooled) = self.take_idle(&backend.addr);
+        let (key, pooled) =
+            self.senders
+                .take(&backend.addr, self.idle_timeout, SendRequest::is_ready);
         if let Some(sender) = pooled {
             return Ok(Checkout {
                 sender,
@@ -132,28 +183,6 @@ impl Upstream {
         })
     }
 
-    /// Pops the most recently used idle connection that is still open (LIFO keeps the set
-    /// of busy connections small); older or closed ones found on the way are dropped.
-    fn take_idle(&self, addr: &str) -> (Arc<str>, Option<Sender>) {
-        let mut idle = self.lock();
-        let Some(slot) = idle.get_mut(addr) else {
-            let key: Arc<str> = Arc::from(addr);
-            let slot = Slot {
-                key: key.clone(),
-                idle: Vec::new(),
-            };
-            idle.insert(key.clone(), slot);
-            return (key, None);
-        };
-        let now = Instant::now();
-        while let Some(entry) = slot.idle.pop() {
-            if entry.sender.is_ready() && now.duration_since(entry.since) < self.idle_timeout {
-                return (slot.key.clone(), Some(entry.sender));
-            }
-        }
-        (slot.key.clone(), None)
-    }
-
     /// The relay's connection to `backend`: (pool key, stream, reused from the pool). With
     /// `pooled` false, always a new one.
     pub(crate) async fn checkout_stream(
@@ -162,7 +191,9 @@ impl Upstream {
         pooled: bool,
     ) -> Result<(Arc<str>, TcpStream, bool), ConnectError> {
         let (key, idle) = match pooled {
-            true => self.take_idle_stream(&backend.addr),
+            true => self
+                .streams
+                .take(&backend.addr, self.idle_timeout, still_open),
             false => (Arc::from(backend.addr.as_str()), None),
         };
         if let Some(stream) = idle {
@@ -171,40 +202,9 @@ impl Upstream {
         Ok((key, self.connect_stream(backend).await?, false))
     }
 
-    /// Like [`Upstream::take_idle`], for the relay's connections.
-    fn take_idle_stream(&self, addr: &str) -> (Arc<str>, Option<TcpStream>) {
-        let mut streams = lock(&self.streams);
-        let Some(slot) = streams.get_mut(addr) else {
-            let key: Arc<str> = Arc::from(addr);
-            let slot = StreamSlot {
-                key: key.clone(),
-                idle: Vec::new(),
-            };
-            streams.insert(key.clone(), slot);
-            return (key, None);
-        };
-        let now = Instant::now();
-        while let Some(entry) = slot.idle.pop() {
-            if now.duration_since(entry.since) < self.idle_timeout && still_open(&entry.stream) {
-                return (slot.key.clone(), Some(entry.stream));
-            }
-        }
-        (slot.key.clone(), None)
-    }
-
     /// Keeps a relay connection whose last exchange completed for the next request.
     pub(crate) fn give_back_stream(&self, key: Arc<str>, stream: TcpStream) {
-        let mut streams = lock(&self.streams);
-        let slot = streams.entry(key.clone()).or_insert_with(|| StreamSlot {
-            key,
-            idle: Vec::new(),
-        });
-        if slot.idle.len() < self.max_idle_per_backend {
-            slot.idle.push(IdleStream {
-                stream,
-                since: Instant::now(),
-            });
-        }
+        self.streams.put(key, stream, self.max_idle_per_backend);
     }
 
     async fn connect_stream(&self, backend: &Backend) -> Result<TcpStream, ConnectError> {
@@ -250,46 +250,20 @@ impl Upstream {
     }
 
     fn put(&self, key: Arc<str>, sender: Sender) {
-        let mut idle = self.lock();
-        let slot = idle.entry(key.clone()).or_insert_with(|| Slot {
-            key,
-            idle: Vec::new(),
-        });
-        if slot.idle.len() < self.max_idle_per_backend {
-            slot.idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+        self.senders.put(key, sender, self.max_idle_per_backend);
     }
 
     /// Closes idle connections older than the idle timeout or closed by the backend, and
     /// forgets backends with no connection left.
     pub(crate) fn sweep(&self) {
-        let now = Instant::now();
-        let mut idle = self.lock();
-        idle.retain(|_, slot| {
-            slot.idle.retain(|entry| {
-                !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout
-            });
-            !slot.idle.is_empty()
-        });
-        drop(idle);
-        lock(&self.streams).retain(|_, slot| {
-            slot.idle.retain(|entry| {
-                now.duration_since(entry.since) < self.idle_timeout && still_open(&entry.stream)
-            });
-            !slot.idle.is_empty()
-        });
+        self.senders
+            .sweep(self.idle_timeout, |sender| !sender.is_closed());
+        self.streams.sweep(self.idle_timeout, still_open);
     }
 
     /// How often [`Upstream::sweep`] should run.
     pub(crate) fn sweep_interval(&self) -> Duration {
         (self.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
-        lock(&self.idle)
     }
 }
 

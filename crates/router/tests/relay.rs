@@ -232,6 +232,14 @@ impl Client {
     }
 }
 
+/// A scripted backend, a router routing `app.test` to it, and a client connected to that.
+async fn scripted() -> (ScriptedBackend, TestRouter, Client) {
+    let backend = ScriptedBackend::start(responses).await;
+    let router = router_with(backend.addr).await;
+    let client = Client::connect(&router).await;
+    (backend, router, client)
+}
+
 async fn router_with(backend: SocketAddr) -> TestRouter {
     let router = TestRouter::start(|_| {}).await;
     router.register("app.test", backend).await;
@@ -240,9 +248,7 @@ async fn router_with(backend: SocketAddr) -> TestRouter {
 
 #[tokio::test]
 async fn chunked_bodies_pass_through_and_both_connections_stay_open() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, _router, mut client) = scripted().await;
     for _ in 0..3 {
         let answer = client.get("/chunked").await;
         assert_eq!(answer.status(), 200);
@@ -261,9 +267,7 @@ async fn chunked_bodies_pass_through_and_both_connections_stay_open() {
 
 #[tokio::test]
 async fn a_body_ending_with_the_connection_closes_the_client_connection_too() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, router, mut client) = scripted().await;
     let answer = client.get("/until-close").await;
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.body, b"until close");
@@ -276,9 +280,7 @@ async fn a_body_ending_with_the_connection_closes_the_client_connection_too() {
 
 #[tokio::test]
 async fn head_and_no_content_answers_have_no_body_and_the_connection_goes_on() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, _router, mut client) = scripted().await;
     client
         .send("HEAD /head HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
@@ -292,9 +294,7 @@ async fn head_and_no_content_answers_have_no_body_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (_backend, _router, mut client) = scripted().await;
     client
         .send("GET /one HTTP/1.1\r\nHost: app.test\r\n\r\nGET /two HTTP/1.1\r\nHost: app.test\r\n\r\nGET /three HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
         .await;
@@ -306,9 +306,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_both_ways() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, _router, mut client) = scripted().await;
     client
         .send("GET /hop HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nKeep-Alive: 300\r\nTE: trailers\r\nX-Strato-Router: forged\r\nX-Forwarded-For: 10.1.1.1\r\nX-Mine: yes\r\n\r\n")
         .await;
@@ -352,9 +350,7 @@ async fn hop_by_hop_headers_are_dropped_both_ways() {
 
 #[tokio::test]
 async fn a_malformed_answer_is_a_502_and_the_client_may_go_on() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (_backend, _router, mut client) = scripted().await;
     let answer = client.get("/garbage").await;
     assert_eq!(answer.status(), 502);
     assert_eq!(
@@ -366,9 +362,7 @@ async fn a_malformed_answer_is_a_502_and_the_client_may_go_on() {
 
 #[tokio::test]
 async fn informational_answers_are_passed_on_before_the_final_one() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (_backend, _router, mut client) = scripted().await;
     client
         .send("GET /early-hints HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
@@ -381,9 +375,7 @@ async fn informational_answers_are_passed_on_before_the_final_one() {
 
 #[tokio::test]
 async fn an_http_1_0_backend_gets_a_fresh_connection_each_time() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, _router, mut client) = scripted().await;
     for _ in 0..2 {
         let answer = client.get("/http10").await;
         assert_eq!(answer.body, b"http10");
@@ -394,9 +386,7 @@ async fn an_http_1_0_backend_gets_a_fresh_connection_each_time() {
 
 #[tokio::test]
 async fn a_large_body_streams_through_whole() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, _router, mut client) = scripted().await;
     let answer = client.get("/big").await;
     assert_eq!(answer.body.len(), 1024 * 1024);
     assert!(answer.body.iter().all(|&b| b == b'x'));
@@ -426,9 +416,7 @@ async fn a_request_with_a_body_hands_the_connection_to_hyper_which_serves_the_re
 
 #[tokio::test]
 async fn a_502_to_a_head_request_has_no_body() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (_backend, _router, mut client) = scripted().await;
     client
         .send("HEAD /garbage HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
@@ -441,9 +429,7 @@ async fn a_502_to_a_head_request_has_no_body() {
 
 #[tokio::test]
 async fn a_client_that_leaves_while_the_app_hangs_frees_the_backend_connection() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, _router, mut client) = scripted().await;
     client
         .send("GET /hang HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
@@ -483,9 +469,7 @@ async fn a_request_an_instance_took_and_dropped_is_not_sent_to_another() {
 
 #[tokio::test]
 async fn a_date_is_added_when_the_app_sends_none_and_kept_when_it_does() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (_backend, _router, mut client) = scripted().await;
     let answer = client.get("/x").await;
     let date = answer.header("date").expect("a date");
     assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
@@ -502,9 +486,7 @@ async fn a_date_is_added_when_the_app_sends_none_and_kept_when_it_does() {
 
 #[tokio::test]
 async fn a_host_named_in_connection_still_reaches_the_backend_and_forwarding_headers_are_renewed() {
-    let backend = ScriptedBackend::start(responses).await;
-    let router = router_with(backend.addr).await;
-    let mut client = Client::connect(&router).await;
+    let (backend, _router, mut client) = scripted().await;
     client
         .send("GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: host, x-vcap-request-id\r\nX-Vcap-Request-Id: forged\r\n\r\n")
         .await;
