@@ -27,7 +27,7 @@ use crate::body::{PooledBody, ProxyBody};
 use crate::host;
 use crate::pages;
 use crate::request_id;
-use crate::sticky;
+use crate::sticky::Session;
 use crate::table::{Backend, Pool, RouteTable, Tried};
 use crate::upstream::Upstream;
 
@@ -97,12 +97,10 @@ impl Proxy {
             return pages::unknown_route(&host);
         };
         let now_ms = epoch_ms();
-        let session: Option<Box<[u8]>> = req
-            .headers()
-            .get_all(COOKIE)
-            .iter()
-            .find_map(|cookie| sticky::instance_in(cookie.as_bytes()))
-            .map(Box::from);
+        let mut session = Session::default();
+        for cookie in req.headers().get_all(COOKIE) {
+            session.read(cookie.as_bytes());
+        }
         let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         prepare_request_headers(
@@ -118,12 +116,12 @@ impl Proxy {
         }
         let request = backend_request(parts, body);
         let Some((mut response, backend)) = self
-            .forward(&pool, request, now_ms, session.as_deref())
+            .forward(&pool, request, now_ms, session.instance())
             .await
         else {
             return pages::bad_gateway();
         };
-        pin_session(response.headers_mut(), &backend.instance);
+        pin_session(response.headers_mut(), &backend.instance, &session);
         match client_upgrade {
             Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let backend_upgrade = hyper::upgrade::on(&mut response);
@@ -211,13 +209,20 @@ impl Proxy {
 }
 
 /// Adds the `__VCAP_ID__` cookie naming `instance` when the response starts a sticky
-/// session ([`sticky`]).
-fn pin_session(headers: &mut HeaderMap, instance: &str) {
-    let pins: Vec<HeaderValue> = headers
+/// session, or the session moved there ([`crate::sticky`]).
+fn pin_session(headers: &mut HeaderMap, instance: &str, session: &Session) {
+    if !session.started && !headers.contains_key(SET_COOKIE) {
+        return;
+    }
+    let set_cookies: Vec<&[u8]> = headers
         .get_all(SET_COOKIE)
         .iter()
-        .filter_map(|cookie| sticky::instance_cookie(cookie.as_bytes(), instance))
-        .filter_map(|cookie| HeaderValue::from_bytes(&cookie).ok())
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let pins: Vec<HeaderValue> = session
+        .pins(&set_cookies, instance)
+        .into_iter()
+        .filter_map(|pin| HeaderValue::from_bytes(&pin).ok())
         .collect();
     for pin in pins {
         headers.append(SET_COOKIE, pin);
@@ -276,6 +281,7 @@ fn prepare_request_headers(
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
+    join_cookies(headers);
     if !headers.contains_key(HOST) {
         headers.insert(HOST, raw_host.clone());
     }
@@ -299,6 +305,23 @@ fn prepare_request_headers(
     }
     if !headers.contains_key(&X_VCAP_REQUEST_ID) {
         headers.insert(X_VCAP_REQUEST_ID.clone(), request_id::next());
+    }
+}
+
+/// One `Cookie` field for the HTTP/1.1 backend where HTTP/2 may send several (RFC 9113
+/// §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -401,6 +424,16 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h[UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn cookies_split_over_fields_reach_the_backend_as_one() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append(COOKIE, HeaderValue::from_static("__VCAP_ID__=i"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h[COOKIE], "a=1; __VCAP_ID__=i");
     }
 
     #[test]

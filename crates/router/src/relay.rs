@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::pages;
 use crate::proxy::{epoch_ms, Peer, Proxy};
 use crate::request_id;
-use crate::sticky;
+use crate::sticky::Session;
 use crate::table::{Backend, Pool, Tried};
 
 /// Headers a request or response may have; one with more goes to hyper (requests) or
@@ -220,7 +220,7 @@ impl Relay {
         else {
             return Prepared::Handoff;
         };
-        let Some(facts) = RequestFacts::of(parsed.headers) else {
+        let Some(mut facts) = RequestFacts::of(parsed.headers) else {
             return Prepared::Handoff;
         };
         // Absolute-form and `*` targets, CONNECT: rare, and hyper knows them.
@@ -251,7 +251,7 @@ impl Relay {
                 method,
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
             ),
-            sticky: facts.sticky.map(Box::from),
+            session: std::mem::take(&mut facts.session),
         })
     }
 
@@ -311,7 +311,7 @@ impl Relay {
         let mut tried = Tried::default();
         for _ in 0..attempts {
             let Some((index, backend)) =
-                pool.pick_for(request.sticky.as_deref(), tried, request.now_ms)
+                pool.pick_for(request.session.instance(), tried, request.now_ms)
             else {
                 break;
             };
@@ -534,8 +534,8 @@ struct Request {
     head: bool,
     /// Safe to send again on a fresh connection when a pooled one turned out closed.
     idempotent: bool,
-    /// The instance a sticky session names.
-    sticky: Option<Box<[u8]>>,
+    /// The sticky session the request's cookies carry.
+    session: Session,
 }
 
 /// What the relay must know of a request's headers before forwarding it.
@@ -548,8 +548,8 @@ struct RequestFacts<'b> {
     forwarded_host: bool,
     request_start: bool,
     request_id: bool,
-    /// The instance of a sticky session (`__VCAP_ID__`).
-    sticky: Option<&'b [u8]>,
+    /// The sticky session the cookies carry.
+    session: Session,
 }
 
 impl<'b> RequestFacts<'b> {
@@ -563,7 +563,7 @@ impl<'b> RequestFacts<'b> {
             forwarded_host: false,
             request_start: false,
             request_id: false,
-            sticky: None,
+            session: Session::default(),
         };
         for h in headers {
             if !h.name.eq_ignore_ascii_case("connection") {
@@ -595,7 +595,7 @@ impl<'b> RequestFacts<'b> {
             {
                 return None;
             } else if name.eq_ignore_ascii_case(b"cookie") {
-                facts.sticky = facts.sticky.or_else(|| sticky::instance_in(h.value));
+                facts.session.read(h.value);
             } else if facts.is_named(name) {
                 // Dropped on the way, so the router adds its own below.
             } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
@@ -777,7 +777,7 @@ fn parse_response(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
-    let (mut close, mut keep_alive, mut dated) = (false, false, false);
+    let (mut close, mut keep_alive, mut dated, mut cookies) = (false, false, false, false);
     let mut named: Vec<&[u8]> = Vec::new();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
@@ -791,6 +791,8 @@ fn parse_response(
             length = Some(value);
         } else if name.eq_ignore_ascii_case(b"date") {
             dated = true;
+        } else if name.eq_ignore_ascii_case(b"set-cookie") {
+            cookies = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoded = true;
             chunked = h
@@ -837,10 +839,16 @@ fn parse_response(
         if !dropped {
             header(out, name, h.value);
         }
-        if name.eq_ignore_ascii_case(b"set-cookie") {
-            if let Some(cookie) = sticky::instance_cookie(h.value, instance) {
-                header(out, b"set-cookie", &cookie);
-            }
+    }
+    if cookies || request.session.started {
+        let set_cookies: Vec<&[u8]> = parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("set-cookie"))
+            .map(|h| h.value)
+            .collect();
+        for pin in request.session.pins(&set_cookies, instance) {
+            header(out, b"set-cookie", &pin);
         }
     }
     if (100..200).contains(&code) {

@@ -16,6 +16,7 @@ use http::uri::Authority;
 use strato_core::messages::RouteRegistration;
 
 use crate::host;
+use crate::sticky;
 
 /// One app instance (or the API server) the router can send requests to.
 #[derive(Debug)]
@@ -34,16 +35,20 @@ pub(crate) struct Backend {
 
 impl Backend {
     /// A backend at `addr` (`host:port`) for `instance` (empty: named by its address).
+    /// An id that cannot be a cookie value is not used for sticky sessions.
     pub(crate) fn new(addr: String, instance: &str) -> Option<Backend> {
         // host:port with a port, as a URI authority would be.
         Authority::try_from(addr.as_str()).ok()?.port_u16()?;
+        if !instance.is_empty() && !sticky::is_cookie_value(instance) {
+            tracing::warn!(addr, "instance id is not a plain token; naming the instance by its address in sticky sessions");
+        }
+        let instance = [instance, addr.as_str()]
+            .into_iter()
+            .find(|id| sticky::is_cookie_value(id))
+            .unwrap_or_default();
         Some(Backend {
             socket_addr: addr.parse().ok(),
-            instance: Box::from(if instance.is_empty() {
-                addr.as_str()
-            } else {
-                instance
-            }),
+            instance: Box::from(instance),
             addr,
             ejected_until_ms: AtomicU64::new(0),
         })
@@ -106,16 +111,30 @@ impl Pool {
             .filter(|(index, b)| !tried.contains(*index) && !b.is_ejected(now_ms))
     }
 
-    /// [`Pool::find`] for a sticky session's instance, else [`Pool::pick`].
+    /// [`Pool::find`] for a sticky session's instance, else [`Pool::pick`]; when every
+    /// backend is ejected, the session's own is as good as any.
     pub(crate) fn pick_for(
         &self,
         instance: Option<&[u8]>,
         tried: Tried,
         now_ms: u64,
     ) -> Option<(usize, &Arc<Backend>)> {
-        instance
-            .and_then(|instance| self.find(instance, tried, now_ms))
-            .or_else(|| self.pick(tried, now_ms))
+        let Some(instance) = instance else {
+            return self.pick(tried, now_ms);
+        };
+        if let Some(found) = self.find(instance, tried, now_ms) {
+            return Some(found);
+        }
+        let picked = self.pick(tried, now_ms)?;
+        if !picked.1.is_ejected(now_ms) {
+            return Some(picked);
+        }
+        let own = self
+            .backends
+            .iter()
+            .enumerate()
+            .find(|(index, b)| b.instance.as_bytes() == instance && !tried.contains(*index));
+        Some(own.unwrap_or(picked))
     }
 
     /// The next backend in round-robin order that was not tried yet, preferring ones that
@@ -534,6 +553,26 @@ mod tests {
         assert!(pool.find(b"new", tried, 0).is_none());
         backend.eject_until(10);
         assert!(pool.find(b"new", Tried::default(), 5).is_none());
+        // Every backend ejected: the session's own is as good as any.
+        t.register(&RouteRegistration {
+            private_instance_id: "other".into(),
+            ..reg(&["a.example.com"], 3)
+        });
+        let pool = t.pool("a.example.com").unwrap();
+        for b in pool.backends.iter() {
+            b.eject_until(10);
+        }
+        for _ in 0..4 {
+            let (_, picked) = pool.pick_for(Some(b"new"), Tried::default(), 5).unwrap();
+            assert_eq!(&*picked.instance, "new");
+        }
+        // An id that could smuggle cookie attributes is not used.
+        t.register(&RouteRegistration {
+            private_instance_id: "x; Domain=evil".into(),
+            ..reg(&["c.example.com"], 4)
+        });
+        let pool = t.pool("c.example.com").unwrap();
+        assert!(pool.find(b"127.0.0.1:4", Tried::default(), 0).is_some());
         // No id registered: the address names the instance.
         t.register(&reg(&["b.example.com"], 2));
         assert!(t

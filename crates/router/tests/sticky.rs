@@ -79,13 +79,32 @@ async fn a_session_stays_on_its_instance_over_both_request_paths() {
 }
 
 #[tokio::test]
-async fn a_session_whose_instance_is_gone_goes_to_another() {
+async fn a_session_whose_instance_is_gone_moves_to_another_and_is_pinned_there() {
     let (router, a, b) = two_instances().await;
-    let cookie = format!("__VCAP_ID__={}", instance_id(a.addr));
+    let cookie = format!("JSESSIONID=s1; __VCAP_ID__={}", instance_id(a.addr));
     assert_eq!(who(&router, Method::GET, &cookie).await, "a");
     drop(a);
     for method in [Method::GET, Method::POST] {
-        assert_eq!(who(&router, method, &cookie).await, "b");
+        let body = match method {
+            Method::POST => Bytes::from_static(b"form"),
+            _ => Bytes::new(),
+        };
+        let reply = send(
+            router.addr,
+            method.clone(),
+            "app.test",
+            "/",
+            cookies(&cookie),
+            body,
+        )
+        .await;
+        assert_eq!(reply.body, "b", "{method}");
+        let pinned = reply.headers.get(http::header::SET_COOKIE);
+        let want = format!("__VCAP_ID__={}; Path=/; HttpOnly", instance_id(b.addr));
+        assert_eq!(
+            pinned.and_then(|v| v.to_str().ok()),
+            Some(want.as_str()),
+            "{method}"
+        );
     }
-    drop(b);
 }
