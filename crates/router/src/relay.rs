@@ -19,6 +19,7 @@
 //! keep-alive connection holds no buffer at all.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -209,9 +210,10 @@ impl Relay {
     /// Parses the request head at the start of `buf` and, when the relay forwards it
     /// itself, writes the backend's request into `out`.
     fn prepare(&self, buf: &[u8], out: &mut Vec<u8>, peer: &Peer) -> Prepared {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        let head_len = match parsed.parse(buf) {
+        // Left uninitialized: httparse fills what it uses (saves copying 3 KiB each time).
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let head_len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Prepared::Partial,
             Err(_) => return Prepared::Handoff,
@@ -760,9 +762,10 @@ fn parse_response(
     instance: &str,
     out: &mut Vec<u8>,
 ) -> ResponseHead {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let parser = httparse::ParserConfig::default();
+    let head_len = match parser.parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return ResponseHead::Partial,
         Err(_) => return ResponseHead::Invalid,
