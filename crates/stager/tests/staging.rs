@@ -366,6 +366,51 @@ async fn python_fixture_stages_a_virtualenv_with_flask() {
     // The pip cache persisted for the next staging of this app.
     let cache = h.stager.config().cache_dir.join(&req.app_id).join("pip");
     assert!(cache.is_dir(), "no pip cache at {}", cache.display());
+
+    // Changed code, the same requirements: the last staging's virtualenv, without pip.
+    let changed = tempfile::tempdir().unwrap();
+    for f in ["app.py", "requirements.txt", "stackato.yml"] {
+        fs::copy(fixtures().join("python").join(f), changed.path().join(f)).unwrap();
+    }
+    fs::write(changed.path().join("extra.txt"), "changed").unwrap();
+    let again = StagingRequest {
+        app_id: req.app_id.clone(),
+        ..h.request(changed.path(), "python1b")
+    };
+    let (result, lines) = h.stage(&again).await;
+    let (sha, _, _) = staged(&result);
+    let all = texts(&lines);
+    assert!(
+        all.contains("Reusing the virtualenv from the staging cache"),
+        "{all}"
+    );
+    assert!(!all.contains("Installing dependencies"), "{all}");
+    let droplet = h.stager.blobs().path_of(BlobKind::Droplet, sha).unwrap();
+    assert!(
+        droplet_entries(&droplet)
+            .iter()
+            .any(|e| e.ends_with("site-packages/flask/__init__.py")),
+        "flask not in the reused venv"
+    );
+
+    // Changed requirements: installed again (from the wheels the cache already has).
+    fs::write(
+        changed.path().join("requirements.txt"),
+        "flask\nmarkupsafe\n",
+    )
+    .unwrap();
+    let third = StagingRequest {
+        app_id: req.app_id.clone(),
+        ..h.request(changed.path(), "python1c")
+    };
+    let (result, lines) = h.stage(&third).await;
+    staged(&result);
+    let all = texts(&lines);
+    assert!(
+        all.contains("Installing dependencies from requirements.txt"),
+        "{all}"
+    );
+    assert!(!all.contains("Reusing the virtualenv"), "{all}");
     h.assert_clean().await;
 }
 
