@@ -434,6 +434,54 @@ async fn node_fixture_installs_ws_and_serves() {
     let page = app.get("/").await;
     assert!(page.contains("hello from node"), "{page}");
     app.stop().await;
+
+    // Changed code, the same package.json: the last staging's node_modules, without npm;
+    // the droplet still serves.
+    let changed = tempfile::tempdir().unwrap();
+    for f in ["package.json", "server.js", "stackato.yml"] {
+        fs::copy(fixtures().join("node").join(f), changed.path().join(f)).unwrap();
+    }
+    let server = fs::read_to_string(changed.path().join("server.js")).unwrap();
+    fs::write(
+        changed.path().join("server.js"),
+        server.replace("hello from node", "hello again from node"),
+    )
+    .unwrap();
+    let again = StagingRequest {
+        app_id: req.app_id.clone(),
+        ..h.request(changed.path(), "node1b")
+    };
+    let (result, lines) = h.stage(&again).await;
+    let (sha, _, command) = staged(&result);
+    let all = texts(&lines);
+    assert!(
+        all.contains("Reusing node_modules from the staging cache"),
+        "{all}"
+    );
+    assert!(!all.contains("Installing dependencies"), "{all}");
+    let app = RunningDroplet::start(&h, sha, command, "node").await;
+    let page = app.get("/").await;
+    assert!(page.contains("hello again from node"), "{page}");
+    app.stop().await;
+
+    // A changed package.json runs npm again.
+    let package = fs::read_to_string(changed.path().join("package.json")).unwrap();
+    fs::write(
+        changed.path().join("package.json"),
+        package.replacen('{', "{\n  \"description\": \"changed\",", 1),
+    )
+    .unwrap();
+    let third = StagingRequest {
+        app_id: req.app_id.clone(),
+        ..h.request(changed.path(), "node1c")
+    };
+    let (result, lines) = h.stage(&third).await;
+    staged(&result);
+    assert!(
+        texts(&lines).contains("Installing dependencies"),
+        "{}",
+        texts(&lines)
+    );
     h.assert_clean().await;
 }
 
