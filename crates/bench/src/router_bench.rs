@@ -31,8 +31,9 @@ pub struct RouterOptions {
     /// How long wrk loads each target in each round (whole seconds).
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     duration: Duration,
-    /// Rounds of nginx and the router back to back, in alternating order.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of nginx and the router back to back, in alternating order (the verdict is
+    /// the median round's, so an odd count).
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Open connections wrk keeps.
     #[arg(long, default_value_t = 64)]
@@ -76,7 +77,10 @@ pub fn run(options: &RouterOptions, as_json: bool) -> anyhow::Result<()> {
         options.threads >= 1 && options.wrk_threads >= 1 && options.backend_threads >= 1,
         "thread counts must be at least 1"
     );
-    anyhow::ensure!(options.rounds >= 1, "--rounds must be at least 1");
+    anyhow::ensure!(
+        options.rounds % 2 == 1,
+        "--rounds must be odd (1, 3, 5, ...): the verdict is the median round's"
+    );
     anyhow::ensure!(
         options.connections >= options.wrk_threads,
         "--connections must be at least --wrk-threads (wrk gives each thread its connections)"
