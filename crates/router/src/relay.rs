@@ -9,10 +9,11 @@
 //! between, where a general HTTP stack spends most of its time in allocation, header maps
 //! and task hand-offs.
 //!
-//! Anything else — a request with a body, an upgrade, HTTP/1.0 or HTTP/2, a request hyper
-//! should answer with an error page (no Host, unknown route, malformed) — is handed to
-//! hyper with the bytes already read ([`Relayed::Handoff`]), and hyper serves that
-//! connection from then on. So the relay never has to be a complete HTTP server; it only
+//! Plain HTTP and HTTPS connections that chose HTTP/1.1 go through the relay alike
+//! ([`ClientIo`]). Anything else — a request with a body, an upgrade, HTTP/1.0 or HTTP/2,
+//! a request hyper should answer with an error page (no Host, unknown route, malformed) —
+//! is handed to hyper with the bytes already read ([`Relayed::Handoff`]), and hyper serves
+//! that connection from then on. So the relay never has to be a complete HTTP server; it only
 //! has to frame responses correctly (length, chunked, until close, none).
 //!
 //! Buffers are borrowed from the worker for one exchange and given back, so an idle
@@ -44,16 +45,43 @@ const MAX_HEADERS: usize = 100;
 const CLIENT_BUFFER: usize = 4096;
 /// Reads from backends go into a buffer this large.
 const BACKEND_BUFFER: usize = 32 * 1024;
+/// How long closing a client connection properly may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Buffer sets a worker keeps for the next exchanges.
 const SPARE_BUFFERS: usize = 128;
 
 /// What the relay did with a client connection.
-pub(crate) enum Relayed {
+pub(crate) enum Relayed<C> {
     /// The connection is finished: closed by either side, timed out, or the router stops.
     Closed,
     /// A request the relay does not forward itself: hyper serves the connection from here
     /// on, starting with the bytes already read.
-    Handoff(Rewind<TcpStream>),
+    Handoff(Rewind<C>),
+}
+
+/// A client connection the relay can serve: plain TCP or TLS over it.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Completes once reading may give bytes (or end-of-file), so an idle keep-alive
+    /// connection can wait without holding a buffer.
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+impl ClientIo for TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn readable(&self) -> io::Result<()> {
+        let (tcp, tls) = self.get_ref();
+        // rustls may hold decrypted bytes already (it does not want more TLS records
+        // then): those are readable now, whatever the socket says.
+        if !tls.wants_read() {
+            return Ok(());
+        }
+        tcp.readable().await
+    }
 }
 
 /// The buffers of one exchange.
@@ -111,44 +139,58 @@ pub(crate) struct Relay {
 
 impl Relay {
     /// Serves `client` until it closes or needs hyper.
-    pub(crate) async fn serve(&self, mut client: TcpStream, peer: &Peer) -> Relayed {
+    pub(crate) async fn serve<C: ClientIo>(&self, mut client: C, peer: &Peer) -> Relayed<C> {
+        match self.serve_until_handoff(&mut client, peer).await {
+            Some(prefix) => Relayed::Handoff(Rewind::new(client, prefix)),
+            None => {
+                // Closed properly: over TLS that is a close_notify, without which clients
+                // reading to the end see an error.
+                let _ = tokio::time::timeout(CLOSE_GRACE, client.shutdown()).await;
+                Relayed::Closed
+            }
+        }
+    }
+
+    /// Serves requests on `client` until it must close (`None`) or a request needs hyper:
+    /// then the bytes read so far.
+    async fn serve_until_handoff<C: ClientIo>(&self, client: &mut C, peer: &Peer) -> Option<Bytes> {
         let timer = tokio::time::sleep(self.header_read_timeout);
         tokio::pin!(timer);
         let mut held: Option<Buffers> = None;
         loop {
             if self.stop.is_cancelled() {
-                return Relayed::Closed;
+                return None;
             }
             timer
                 .as_mut()
                 .reset(Instant::now() + self.header_read_timeout);
             let mut buffers = match held.take() {
                 Some(buffers) => buffers,
-                None => match self.wait_for_request(&client, timer.as_mut()).await {
+                None => match self.wait_for_request(client, timer.as_mut()).await {
                     true => self.buffers.take(),
-                    false => return Relayed::Closed,
+                    false => return None,
                 },
             };
             let prepared = match self
-                .read_head(&mut client, &mut buffers, peer, timer.as_mut())
+                .read_head(client, &mut buffers, peer, timer.as_mut())
                 .await
             {
                 Ok(prepared) => prepared,
                 Err(Ended) => {
                     self.buffers.give_back(buffers);
-                    return Relayed::Closed;
+                    return None;
                 }
             };
             let Some(request) = prepared else {
                 let prefix = Bytes::copy_from_slice(&buffers.client);
                 self.buffers.give_back(buffers);
-                return Relayed::Handoff(Rewind::new(client, prefix));
+                return Some(prefix);
             };
             buffers.client.drain(..request.head_len);
-            let keep_open = self.exchange(&mut client, &mut buffers, &request).await;
+            let keep_open = self.exchange(client, &mut buffers, &request).await;
             if !keep_open {
                 self.buffers.give_back(buffers);
-                return Relayed::Closed;
+                return None;
             }
             if buffers.client.is_empty() {
                 self.buffers.give_back(buffers);
@@ -161,7 +203,7 @@ impl Relay {
 
     /// Waits, without holding a buffer, until the client sends something; false when the
     /// connection should close instead (timeout, shutdown).
-    async fn wait_for_request(&self, client: &TcpStream, timer: Pin<&mut Sleep>) -> bool {
+    async fn wait_for_request<C: ClientIo>(&self, client: &C, timer: Pin<&mut Sleep>) -> bool {
         tokio::select! {
             biased;
             ready = client.readable() => ready.is_ok(),
@@ -172,9 +214,9 @@ impl Relay {
 
     /// Reads until the buffer holds a whole request head, and prepares the backend's copy
     /// in `out`. `Ok(None)`: a request for hyper.
-    async fn read_head(
+    async fn read_head<C: ClientIo>(
         &self,
-        client: &mut TcpStream,
+        client: &mut C,
         buffers: &mut Buffers,
         peer: &Peer,
         mut timer: Pin<&mut Sleep>,
@@ -259,9 +301,9 @@ impl Relay {
 
     /// Sends the prepared request to a backend and its response to the client; false when
     /// the client connection must close afterwards.
-    async fn exchange(
+    async fn exchange<C: ClientIo>(
         &self,
-        client: &mut TcpStream,
+        client: &mut C,
         buffers: &mut Buffers,
         request: &Request,
     ) -> bool {
@@ -302,9 +344,9 @@ impl Relay {
     /// swallowed without a word is sent again (once, on a new connection) only when it is
     /// idempotent. A new connection that takes the request and fails is a 502: the app got
     /// it, and another instance must not get it too.
-    async fn send(
+    async fn send<C: ClientIo>(
         &self,
-        client: &mut TcpStream,
+        client: &mut C,
         buffers: &mut Buffers,
         request: &Request,
     ) -> Result<(Arc<str>, TcpStream, Arc<Backend>), Failed> {
@@ -370,11 +412,11 @@ impl Relay {
     /// Reads from a backend while watching the client: bytes it sends meanwhile (a
     /// pipelined request) are kept for later, and its going away ends the wait, as with
     /// hyper, so a hung app does not hold connections of clients long gone.
-    async fn read_backend(
+    async fn read_backend<C: ClientIo>(
         &self,
         stream: &mut TcpStream,
         into: &mut Vec<u8>,
-        client: &mut TcpStream,
+        client: &mut C,
         client_buf: &mut Vec<u8>,
     ) -> BackendRead {
         loop {
@@ -394,9 +436,9 @@ impl Relay {
 
     /// Reads the backend's response (its first bytes already in `buffers.backend`) and
     /// passes it to the client.
-    async fn respond(
+    async fn respond<C: ClientIo>(
         &self,
-        client: &mut TcpStream,
+        client: &mut C,
         stream: &mut TcpStream,
         buffers: &mut Buffers,
         request: &Request,

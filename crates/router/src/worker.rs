@@ -7,7 +7,9 @@
 //! open connections ([`Workers::dispatch`]); that one cross-thread step per connection keeps
 //! long-lived keep-alive connections evenly spread, which `SO_REUSEPORT`'s hashing does not.
 //! HTTPS connections are handed over before their TLS handshake, which the worker then does
-//! itself, so the acceptor never spends CPU on cryptography.
+//! itself, so the acceptor never spends CPU on cryptography. HTTP/1.1 requests, plain or
+//! over TLS, start on the relay ([`crate::relay`]); HTTP/2 and what the relay hands back
+//! are served by hyper.
 
 use std::convert::Infallible;
 use std::io;
@@ -361,10 +363,19 @@ async fn serve_connections(
             }
             (Scheme::Https, Some(tls)) => {
                 let tls = tls.clone();
+                let relay = relay.clone();
                 connections.spawn(async move {
                     let _guard = guard;
-                    if let Some(stream) = handshake(&tls, stream, peer).await {
+                    let Some(stream) = handshake(&tls, stream, peer).await else {
+                        return;
+                    };
+                    // HTTP/2 (chosen by ALPN) is hyper's; HTTP/1.1 goes through the relay.
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                         connection.serve(stream).await;
+                    } else if let Relayed::Handoff(io) =
+                        relay.serve(stream, &connection.client).await
+                    {
+                        connection.serve(io).await;
                     }
                 });
             }

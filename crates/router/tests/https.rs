@@ -15,87 +15,16 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use strato_router::rustls::pki_types::{CertificateDer, ServerName};
-use strato_router::rustls::{self, ClientConfig, RootCertStore};
+use strato_router::rustls::pki_types::CertificateDer;
 use strato_router::{HttpsSettings, Router, RouterConfig, RouterError};
-use strato_tls::{fingerprint_of, Authority, CertResolver, CustomCerts};
+use strato_tls::fingerprint_of;
+use support::tls::{tls_connect, Tls};
 use support::{EchoWsBackend, TaskGuard, TestBackend, TestRouter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The cloud's CA and custom certificate store in a temp dir, and the rustls config made
-/// from them, as stratod sets them up.
-struct Tls {
-    authority: Arc<Authority>,
-    custom: CustomCerts,
-    config: Arc<rustls::ServerConfig>,
-    _dir: tempfile::TempDir,
-}
-
-impl Tls {
-    fn new() -> Tls {
-        let dir = tempfile::tempdir().unwrap();
-        let authority =
-            Arc::new(Authority::load_or_create(&dir.path().join("ca"), "Strato CA test").unwrap());
-        let custom = CustomCerts::new(dir.path().join("custom"));
-        let resolver = CertResolver::new(authority.clone(), custom.clone(), "127.0.0.1").unwrap();
-        let config = strato_tls::server_config(Arc::new(resolver)).unwrap();
-        Tls {
-            authority,
-            custom,
-            config,
-            _dir: dir,
-        }
-    }
-
-    async fn router(&self, adjust: impl FnOnce(&mut RouterConfig)) -> TestRouter {
-        let config = self.config.clone();
-        TestRouter::start(move |cfg| {
-            cfg.https = Some(HttpsSettings::new("127.0.0.1:0".parse().unwrap(), config));
-            adjust(cfg);
-        })
-        .await
-    }
-
-    /// A reqwest client trusting only the cloud's CA, with `host` resolving to `addr`.
-    fn client(&self, host: &str, addr: SocketAddr) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(self.authority.ca_pem().as_bytes()).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .resolve(host, addr)
-            .build()
-            .unwrap()
-    }
-}
-
-/// A raw TLS client connection trusting only `root`, asking for `sni`, offering `alpn`.
-async fn tls_connect(
-    addr: SocketAddr,
-    sni: &str,
-    root: &CertificateDer<'static>,
-    alpn: &[&[u8]],
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let mut roots = RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let stream = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-}
 
 fn served_leaf(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     stream.get_ref().1.peer_certificates().unwrap()[0]

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::tls::{tls_connect, Tls};
 use support::{TaskGuard, TestBackend, TestRouter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A backend that answers each request head with the bytes its path is mapped to, and
@@ -134,9 +135,9 @@ fn responses(path: &str) -> (Vec<u8>, bool) {
     (text.as_bytes().to_vec(), false)
 }
 
-/// A raw keep-alive client connection to the router.
-struct Client {
-    stream: TcpStream,
+/// A raw keep-alive client connection to the router (plain, or TLS over it).
+struct Client<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
 }
 
@@ -162,8 +163,14 @@ impl Answer {
 
 impl Client {
     async fn connect(router: &TestRouter) -> Client {
+        Client::over(TcpStream::connect(router.addr).await.unwrap())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    fn over(stream: S) -> Client<S> {
         Client {
-            stream: TcpStream::connect(router.addr).await.unwrap(),
+            stream,
             buf: Vec::new(),
         }
     }
@@ -497,4 +504,60 @@ async fn a_host_named_in_connection_still_reaches_the_backend_and_forwarding_hea
         head.contains("x-vcap-request-id: ") && !head.contains("forged"),
         "{head}"
     );
+}
+
+#[tokio::test]
+async fn http_1_1_over_tls_takes_the_relay_too_and_knows_it_is_https() {
+    let backend = ScriptedBackend::start(responses).await;
+    let tls = Tls::new();
+    let router = tls.router(|_| {}).await;
+    router.register("app.test", backend.addr).await;
+    let https = router.https_addr.unwrap();
+    let ca = tls.authority.ca_der();
+    let stream = tls_connect(https, "app.test", ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let mut client = Client::over(stream);
+    // Only the relay passes 1xx answers on (hyper's client drops them).
+    client
+        .send("GET /early-hints HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    assert_eq!(client.answer(false).await.status(), 103);
+    assert_eq!(client.answer(false).await.body, b"ok");
+    assert!(
+        backend.last_head().contains("x-forwarded-proto: https\r\n"),
+        "{}",
+        backend.last_head()
+    );
+    // More pipelined requests than the relay reads at once: rustls keeps the rest
+    // decrypted, and the relay must not wait on the socket for what is already there.
+    let batch: String = (0..200)
+        .map(|i| format!("GET /p{i} HTTP/1.1\r\nHost: app.test\r\n\r\n"))
+        .collect();
+    client.send(&batch).await;
+    for i in 0..200 {
+        assert_eq!(client.answer(false).await.body, format!("/p{i}").as_bytes());
+    }
+    // HTTP/2 chosen by ALPN is hyper's, and still served.
+    let h2 = tls_connect(https, "app.test", ca, &[b"h2"]).await.unwrap();
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2),
+    )
+    .await
+    .unwrap();
+    let _connection = TaskGuard(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let request = http::Request::get("https://app.test/over-h2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"/over-h2");
 }
