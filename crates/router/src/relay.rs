@@ -141,25 +141,31 @@ impl Relay {
     /// Serves `client` until it closes or needs hyper.
     pub(crate) async fn serve<C: ClientIo>(&self, mut client: C, peer: &Peer) -> Relayed<C> {
         match self.serve_until_handoff(&mut client, peer).await {
-            Some(prefix) => Relayed::Handoff(Rewind::new(client, prefix)),
-            None => {
+            Ok(prefix) => Relayed::Handoff(Rewind::new(client, prefix)),
+            Err(After::Close) => {
                 // Closed properly: over TLS that is a close_notify, without which clients
                 // reading to the end see an error.
                 let _ = tokio::time::timeout(CLOSE_GRACE, client.shutdown()).await;
                 Relayed::Closed
             }
+            // A response broke off: no close_notify, so a TLS client sees the truncation.
+            Err(After::KeepOpen | After::Abort) => Relayed::Closed,
         }
     }
 
-    /// Serves requests on `client` until it must close (`None`) or a request needs hyper:
-    /// then the bytes read so far.
-    async fn serve_until_handoff<C: ClientIo>(&self, client: &mut C, peer: &Peer) -> Option<Bytes> {
+    /// Serves requests on `client` until a request needs hyper (`Ok`: the bytes read so
+    /// far) or the connection must end (`Err`: how).
+    async fn serve_until_handoff<C: ClientIo>(
+        &self,
+        client: &mut C,
+        peer: &Peer,
+    ) -> Result<Bytes, After> {
         let timer = tokio::time::sleep(self.header_read_timeout);
         tokio::pin!(timer);
         let mut held: Option<Buffers> = None;
         loop {
             if self.stop.is_cancelled() {
-                return None;
+                return Err(After::Close);
             }
             timer
                 .as_mut()
@@ -168,7 +174,7 @@ impl Relay {
                 Some(buffers) => buffers,
                 None => match self.wait_for_request(client, timer.as_mut()).await {
                     true => self.buffers.take(),
-                    false => return None,
+                    false => return Err(After::Close),
                 },
             };
             let prepared = match self
@@ -178,19 +184,19 @@ impl Relay {
                 Ok(prepared) => prepared,
                 Err(Ended) => {
                     self.buffers.give_back(buffers);
-                    return None;
+                    return Err(After::Close);
                 }
             };
             let Some(request) = prepared else {
                 let prefix = Bytes::copy_from_slice(&buffers.client);
                 self.buffers.give_back(buffers);
-                return Some(prefix);
+                return Ok(prefix);
             };
             buffers.client.drain(..request.head_len);
-            let keep_open = self.exchange(client, &mut buffers, &request).await;
-            if !keep_open {
+            let after = self.exchange(client, &mut buffers, &request).await;
+            if after != After::KeepOpen {
                 self.buffers.give_back(buffers);
-                return None;
+                return Err(after);
             }
             if buffers.client.is_empty() {
                 self.buffers.give_back(buffers);
@@ -299,14 +305,14 @@ impl Relay {
         })
     }
 
-    /// Sends the prepared request to a backend and its response to the client; false when
-    /// the client connection must close afterwards.
+    /// Sends the prepared request to a backend and its response to the client, and says
+    /// what becomes of the client connection.
     async fn exchange<C: ClientIo>(
         &self,
         client: &mut C,
         buffers: &mut Buffers,
         request: &Request,
-    ) -> bool {
+    ) -> After {
         let answered = match self.send(client, buffers, request).await {
             Ok((key, mut stream, backend)) => {
                 let responded = self
@@ -324,16 +330,23 @@ impl Relay {
             Err(failed) => Err(failed),
         };
         match answered {
-            Ok(finished) => finished.client_open,
+            Ok(Finished {
+                client_open: true, ..
+            }) => After::KeepOpen,
+            Ok(Finished { .. }) => After::Close,
             // Nothing of a final response was sent: the client gets a 502 instead.
             Err(Failed::Backend) => {
                 buffers.out.clear();
                 let close = request.close || self.stop.is_cancelled();
                 let date = http_date(request.now_ms);
                 pages::bad_gateway_http1(&mut buffers.out, &date, close, request.head);
-                client.write_all(&buffers.out).await.is_ok() && !close
+                match send_to(client, &buffers.out).await {
+                    Err(_) => After::Abort,
+                    Ok(()) if close => After::Close,
+                    Ok(()) => After::KeepOpen,
+                }
             }
-            Err(Failed::Client) => false,
+            Err(Failed::Client) => After::Abort,
         }
     }
 
@@ -455,8 +468,7 @@ impl Relay {
             ) {
                 ResponseHead::Final(head_len, response) => break (head_len, response),
                 ResponseHead::Informational(head_len) => {
-                    client
-                        .write_all(&buffers.out)
+                    send_to(client, &buffers.out)
                         .await
                         .map_err(|_| Failed::Client)?;
                     buffers.out.clear();
@@ -502,8 +514,7 @@ impl Relay {
         let taken = body.feed(arrived).map_err(|()| Failed::Backend)?;
         let mut backend_reusable = response.reusable && taken == arrived.len();
         buffers.out.extend_from_slice(&arrived[..taken]);
-        client
-            .write_all(&buffers.out)
+        send_to(client, &buffers.out)
             .await
             .map_err(|_| Failed::Client)?;
         while !body.done() {
@@ -523,8 +534,7 @@ impl Relay {
             }
             let taken = body.feed(&buffers.backend).map_err(|()| Failed::Client)?;
             backend_reusable &= taken == buffers.backend.len();
-            client
-                .write_all(&buffers.backend[..taken])
+            send_to(client, &buffers.backend[..taken])
                 .await
                 .map_err(|_| Failed::Client)?;
         }
@@ -537,6 +547,25 @@ impl Relay {
 
 /// The connection ended (closed, timed out) while a request head was read.
 struct Ended;
+
+/// What becomes of a client connection after an exchange.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum After {
+    /// Ready for the next request.
+    KeepOpen,
+    /// Done in good order: shut down (over TLS, with a close_notify).
+    Close,
+    /// Broken off (client gone, response truncated): dropped without a close_notify, so a
+    /// TLS client cannot mistake a truncated body for a whole one.
+    Abort,
+}
+
+/// Writes `bytes` to the client and flushes them: over TLS, a write can leave its tail in
+/// the session's buffer, and the client must not wait on it until the next response.
+async fn send_to<C: ClientIo>(client: &mut C, bytes: &[u8]) -> io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
+}
 
 /// What came of waiting for a backend's bytes.
 enum BackendRead {

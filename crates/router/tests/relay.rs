@@ -125,6 +125,14 @@ fn responses(path: &str) -> (Vec<u8>, bool) {
         "/drop" => return (Vec::new(), true),
         "/dated" => "HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
         "/http10" => "HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhttp10",
+        "/huge" => {
+            let mut huge = b"HTTP/1.1 200 OK\r\nContent-Length: 16777216\r\n\r\n".to_vec();
+            huge.resize(huge.len() + 16 * 1024 * 1024, b'h');
+            return (huge, false);
+        }
+        "/truncated" => {
+            return (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec(), true)
+        }
         "/big" => {
             let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
             big.resize(big.len() + 1024 * 1024, b'x');
@@ -560,4 +568,44 @@ async fn http_1_1_over_tls_takes_the_relay_too_and_knows_it_is_https() {
         .unwrap()
         .to_bytes();
     assert_eq!(&body[..], b"/over-h2");
+}
+
+#[tokio::test]
+async fn over_tls_a_large_answer_to_a_slow_reader_arrives_whole_and_a_truncated_one_does_not_look_whole(
+) {
+    let backend = ScriptedBackend::start(responses).await;
+    let tls = Tls::new();
+    let router = tls.router(|_| {}).await;
+    router.register("app.test", backend.addr).await;
+    let https = router.https_addr.unwrap();
+    let ca = tls.authority.ca_der();
+    let stream = tls_connect(https, "app.test", ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let mut client = Client::over(stream);
+    client
+        .send("GET /huge HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    // The client reads late: the socket fills, and the end of the answer must still be
+    // sent, not left in the TLS session until the next response.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.body.len(), 16 * 1024 * 1024);
+    assert!(answer.body.iter().all(|&b| b == b'h'));
+    assert_eq!(client.get("/after").await.body, b"/after");
+
+    // A body the app broke off: the router drops the connection without a close_notify,
+    // so the client sees an error rather than what looks like an orderly end.
+    client
+        .send("GET /truncated HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), client.stream.read_to_end(&mut rest))
+        .await
+        .expect("the router ends the connection within 5 s");
+    let error = ended.expect_err("a truncated body over TLS must not end in a clean close");
+    assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof, "{error}");
+    let rest = [&client.buf[..], &rest[..]].concat();
+    assert!(find(&rest, b"only this").is_some());
 }
