@@ -66,6 +66,11 @@ pub struct RouterConfig {
     /// they believe its `X-Forwarded-For`; a client's own header of that name is dropped
     /// from every request.
     pub api_proof: Option<String>,
+    /// An app that has not begun its response (its status line and headers) this long
+    /// after the router started sending it the request is cut off: the client gets `504
+    /// Gateway Timeout` and the backend connection is closed. Cloud Foundry's
+    /// `endpoint_timeout`; a body that has begun may take as long as it takes.
+    pub response_timeout: Duration,
     /// Giving up on a TCP connect to a backend after this counts as a connect error.
     pub connect_timeout: Duration,
     /// A DEA silent (no `dea.heartbeat`) for this long is gone: its routes are dropped.
@@ -106,6 +111,8 @@ impl Default for RouterConfig {
             // Long enough for one lost SYN to be sent again (after 1 s); a backend that
             // does not answer by then is ejected and the request tried on another.
             connect_timeout: Duration::from_secs(2),
+            // Cloud Foundry's default: long polls and slow reports still get through.
+            response_timeout: Duration::from_secs(900),
             dea_deadline: timings::HEARTBEAT_DEADLINE,
             max_hold: Duration::from_secs(600),
             backend_eject: Duration::from_secs(2),

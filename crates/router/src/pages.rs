@@ -1,5 +1,7 @@
-//! The router's own answers: unknown route, no instance answered, bad request. Plain text,
-//! worded like Cloud Foundry's router so users and scripts recognise them.
+//! The router's own answers: unknown route, no instance answered, app too slow, bad request.
+//! Plain text, worded like Cloud Foundry's router so users and scripts recognise them.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -35,24 +37,77 @@ pub(crate) fn bad_gateway() -> Response<ProxyBody> {
 /// The same 502 as [`bad_gateway`], written out as an HTTP/1.1 response for the relay;
 /// `close` adds `connection: close`; the answer to a `HEAD` request has no body.
 pub(crate) fn bad_gateway_http1(out: &mut Vec<u8>, date: &[u8], close: bool, head: bool) {
-    out.extend_from_slice(b"HTTP/1.1 502 Bad Gateway\r\n");
-    for (name, value) in [
-        (CONTENT_TYPE.as_str(), PLAIN_TEXT),
-        (NOSNIFF.as_str(), "nosniff"),
-        (X_CF_ROUTER_ERROR.as_str(), "endpoint_failure"),
-    ] {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    out.extend_from_slice(format!("content-length: {}\r\n", BAD_GATEWAY.len()).as_bytes());
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head {
-        out.extend_from_slice(BAD_GATEWAY.as_bytes());
+    let page = Http1Page {
+        status: "502 Bad Gateway",
+        text: BAD_GATEWAY,
+        error: "endpoint_failure",
+    };
+    page.write(out, date, close, head);
+}
+
+/// 504 when the app took the request but did not begin its response within `timeout`
+/// (the `router2g` key `response_timeout`).
+pub(crate) fn gateway_timeout(timeout: Duration) -> Response<ProxyBody> {
+    page(
+        StatusCode::GATEWAY_TIMEOUT,
+        gateway_timeout_text(timeout),
+        "endpoint_timeout",
+    )
+}
+
+/// The same 504 as [`gateway_timeout`], as an HTTP/1.1 response for the relay.
+pub(crate) fn gateway_timeout_http1(
+    out: &mut Vec<u8>,
+    timeout: Duration,
+    date: &[u8],
+    close: bool,
+    head: bool,
+) {
+    let page = Http1Page {
+        status: "504 Gateway Timeout",
+        text: &gateway_timeout_text(timeout),
+        error: "endpoint_timeout",
+    };
+    page.write(out, date, close, head);
+}
+
+fn gateway_timeout_text(timeout: Duration) -> String {
+    format!(
+        "504 Gateway Timeout: Registered endpoint did not begin its response within {} s.\n",
+        timeout.as_secs_f64()
+    )
+}
+
+/// One of the router's pages, for the relay to write out itself.
+struct Http1Page<'a> {
+    status: &'a str,
+    text: &'a str,
+    error: &'a str,
+}
+
+impl Http1Page<'_> {
+    fn write(&self, out: &mut Vec<u8>, date: &[u8], close: bool, head: bool) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in [
+            (CONTENT_TYPE.as_str(), PLAIN_TEXT),
+            (NOSNIFF.as_str(), "nosniff"),
+            (X_CF_ROUTER_ERROR.as_str(), self.error),
+        ] {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        out.extend_from_slice(format!("content-length: {}\r\n", self.text.len()).as_bytes());
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head {
+            out.extend_from_slice(self.text.as_bytes());
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{
     HeaderValue, CONNECTION, COOKIE, HOST, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -54,6 +54,8 @@ pub(crate) struct Proxy {
     pub(crate) api_proof: Option<HeaderValue>,
     pub(crate) max_attempts: usize,
     pub(crate) eject_ms: u64,
+    /// [`crate::RouterConfig::response_timeout`].
+    pub(crate) response_timeout: Duration,
     /// Ends WebSocket tunnels on shutdown.
     pub(crate) stop: CancellationToken,
 }
@@ -115,11 +117,13 @@ impl Proxy {
             parts.headers.insert(X_STRATO_ROUTER.clone(), proof.clone());
         }
         let request = backend_request(parts, body);
-        let Some((mut response, backend)) = self
+        let (mut response, backend) = match self
             .forward(&pool, request, now_ms, session.instance())
             .await
-        else {
-            return pages::bad_gateway();
+        {
+            Ok(answered) => answered,
+            Err(Unanswered::Failed) => return pages::bad_gateway(),
+            Err(Unanswered::TimedOut) => return pages::gateway_timeout(self.response_timeout),
         };
         pin_session(response.headers_mut(), &backend.instance, &session);
         match client_upgrade {
@@ -145,8 +149,8 @@ impl Proxy {
     }
 
     /// Sends the request to one backend after another until one accepts the connection.
-    /// `None` means no backend answered: every connect failed, or the one that took the
-    /// request failed before its response headers.
+    /// `Err` when no backend answered: every connect failed, or the one that took the
+    /// request failed (or timed out) before its response headers.
     ///
     /// The request is only built once: a connection is made before it is handed over, and
     /// hyper gives it back untouched when a pooled connection turns out closed before
@@ -157,11 +161,14 @@ impl Proxy {
         mut request: Request<Incoming>,
         now_ms: u64,
         session: Option<&[u8]>,
-    ) -> Option<(Response<PooledBody>, Arc<Backend>)> {
+    ) -> Result<(Response<PooledBody>, Arc<Backend>), Unanswered> {
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
         let attempts = self.max_attempts.clamp(1, pool.len().max(1));
         let mut tried = Tried::default();
         for _ in 0..attempts {
-            let (index, backend) = pool.pick_for(session, tried, now_ms)?;
+            let (index, backend) = pool
+                .pick_for(session, tried, now_ms)
+                .ok_or(Unanswered::Failed)?;
             tried.add(index);
             // Pooled connections the backend closed meanwhile are skipped, then a new one.
             loop {
@@ -174,7 +181,14 @@ impl Proxy {
                     }
                 };
                 let mut sender = checkout.sender;
-                match sender.try_send_request(request).await {
+                let sent = tokio::time::timeout_at(deadline, sender.try_send_request(request));
+                let Ok(sent) = sent.await else {
+                    // Dropping the request closes this connection; the app got the request,
+                    // so no other instance gets it.
+                    tracing::warn!(backend = %backend.addr, timeout = ?self.response_timeout, "the app did not begin its response in time; answered 504");
+                    return Err(Unanswered::TimedOut);
+                };
+                match sent {
                     Ok(response) => {
                         let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
                         let response = response.map(|body| {
@@ -186,7 +200,7 @@ impl Proxy {
                                 reusable,
                             )
                         });
-                        return Some((response, backend.clone()));
+                        return Ok((response, backend.clone()));
                     }
                     Err(mut error) => match error.take_message() {
                         Some(unsent) if checkout.reused => request = unsent,
@@ -198,14 +212,23 @@ impl Proxy {
                         }
                         None => {
                             tracing::warn!(backend = %backend.addr, error = %error.error(), "backend failed to answer the request");
-                            return None;
+                            return Err(Unanswered::Failed);
                         }
                     },
                 }
             }
         }
-        None
+        Err(Unanswered::Failed)
     }
+}
+
+/// Why [`Proxy::forward`] has no response.
+#[derive(Debug)]
+enum Unanswered {
+    /// No instance could be reached, or the one that took the request failed.
+    Failed,
+    /// The instance that took the request did not begin its response in time.
+    TimedOut,
 }
 
 /// Adds the `__VCAP_ID__` cookie naming `instance` when the response starts a sticky

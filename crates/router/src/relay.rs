@@ -133,6 +133,8 @@ pub(crate) struct Relay {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) buffers: BufferPool,
     pub(crate) header_read_timeout: Duration,
+    /// [`crate::RouterConfig::response_timeout`].
+    pub(crate) response_timeout: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) stop: CancellationToken,
 }
@@ -193,7 +195,9 @@ impl Relay {
                 return Ok(prefix);
             };
             buffers.client.drain(..request.head_len);
-            let after = self.exchange(client, &mut buffers, &request).await;
+            let after = self
+                .exchange(client, &mut buffers, &request, timer.as_mut())
+                .await;
             if after != After::KeepOpen {
                 self.buffers.give_back(buffers);
                 return Err(after);
@@ -312,11 +316,14 @@ impl Relay {
         client: &mut C,
         buffers: &mut Buffers,
         request: &Request,
+        mut timer: Pin<&mut Sleep>,
     ) -> After {
-        let answered = match self.send(client, buffers, request).await {
+        // Until the response head is here.
+        timer.as_mut().reset(Instant::now() + self.response_timeout);
+        let answered = match self.send(client, buffers, request, timer.as_mut()).await {
             Ok((key, mut stream, backend)) => {
                 let responded = self
-                    .respond(client, &mut stream, buffers, request, &backend)
+                    .respond(client, &mut stream, buffers, request, &backend, timer)
                     .await;
                 if let Ok(Finished {
                     backend_reusable: true,
@@ -334,12 +341,23 @@ impl Relay {
                 client_open: true, ..
             }) => After::KeepOpen,
             Ok(Finished { .. }) => After::Close,
-            // Nothing of a final response was sent: the client gets a 502 instead.
-            Err(Failed::Backend) => {
+            // Nothing of a final response was sent: the client gets a 502 or 504 instead.
+            Err(failed @ (Failed::Backend | Failed::TimedOut)) => {
                 buffers.out.clear();
                 let close = request.close || self.stop.is_cancelled();
                 let date = http_date(request.now_ms);
-                pages::bad_gateway_http1(&mut buffers.out, &date, close, request.head);
+                if let Failed::TimedOut = failed {
+                    let timeout = self.response_timeout;
+                    pages::gateway_timeout_http1(
+                        &mut buffers.out,
+                        timeout,
+                        &date,
+                        close,
+                        request.head,
+                    );
+                } else {
+                    pages::bad_gateway_http1(&mut buffers.out, &date, close, request.head);
+                }
                 match send_to(client, &buffers.out).await {
                     Err(_) => After::Abort,
                     Ok(()) if close => After::Close,
@@ -362,6 +380,7 @@ impl Relay {
         client: &mut C,
         buffers: &mut Buffers,
         request: &Request,
+        mut timer: Pin<&mut Sleep>,
     ) -> Result<(Arc<str>, TcpStream, Arc<Backend>), Failed> {
         let pool: &Pool = &request.pool;
         let attempts = self.proxy.max_attempts.clamp(1, pool.len().max(1));
@@ -404,11 +423,16 @@ impl Relay {
                         &mut buffers.backend,
                         client,
                         &mut buffers.client,
+                        Some(timer.as_mut()),
                     )
                     .await;
                 match read {
                     BackendRead::Data(n) if n > 0 => return Ok((key, stream, backend.clone())),
                     BackendRead::ClientGone => return Err(Failed::Client),
+                    BackendRead::TimedOut => {
+                        self.log_timeout(backend);
+                        return Err(Failed::TimedOut);
+                    }
                     BackendRead::Data(_) | BackendRead::Failed if reused && request.idempotent => {
                         pooled = false;
                     }
@@ -422,23 +446,31 @@ impl Relay {
         Err(Failed::Backend)
     }
 
+    fn log_timeout(&self, backend: &Backend) {
+        tracing::warn!(backend = %backend.addr, timeout = ?self.response_timeout, "the app did not begin its response in time; answered 504");
+    }
+
     /// Reads from a backend while watching the client: bytes it sends meanwhile (a
     /// pipelined request) are kept for later, and its going away ends the wait, as with
-    /// hyper, so a hung app does not hold connections of clients long gone.
+    /// hyper, so a hung app does not hold connections of clients long gone. With a
+    /// `deadline`, waits at most until it.
     async fn read_backend<C: ClientIo>(
         &self,
         stream: &mut TcpStream,
         into: &mut Vec<u8>,
         client: &mut C,
         client_buf: &mut Vec<u8>,
+        mut deadline: Option<Pin<&mut Sleep>>,
     ) -> BackendRead {
         loop {
             let watch = client_buf.len() < self.max_header_bytes;
+            let timed = deadline.is_some();
             tokio::select! {
                 biased;
                 read = stream.read_buf(into) => {
                     return read.map_or(BackendRead::Failed, BackendRead::Data);
                 }
+                () = expiry(deadline.as_mut()), if timed => return BackendRead::TimedOut,
                 read = client.read_buf(client_buf), if watch => match read {
                     Ok(n) if n > 0 => {}
                     _ => return BackendRead::ClientGone,
@@ -456,6 +488,7 @@ impl Relay {
         buffers: &mut Buffers,
         request: &Request,
         backend: &Backend,
+        mut timer: Pin<&mut Sleep>,
     ) -> Result<Finished, Failed> {
         buffers.out.clear();
         // Informational answers (103 Early Hints, ...) go on to the client; then the final one.
@@ -492,11 +525,21 @@ impl Relay {
                 buffers.backend.reserve(BACKEND_BUFFER);
             }
             let read = self
-                .read_backend(stream, &mut buffers.backend, client, &mut buffers.client)
+                .read_backend(
+                    stream,
+                    &mut buffers.backend,
+                    client,
+                    &mut buffers.client,
+                    Some(timer.as_mut()),
+                )
                 .await;
             match read {
                 BackendRead::Data(n) if n > 0 => {}
                 BackendRead::ClientGone => return Err(Failed::Client),
+                BackendRead::TimedOut => {
+                    self.log_timeout(backend);
+                    return Err(Failed::TimedOut);
+                }
                 BackendRead::Data(_) | BackendRead::Failed => return Err(Failed::Backend),
             }
         };
@@ -520,7 +563,13 @@ impl Relay {
         while !body.done() {
             buffers.backend.clear();
             let read = self
-                .read_backend(stream, &mut buffers.backend, client, &mut buffers.client)
+                .read_backend(
+                    stream,
+                    &mut buffers.backend,
+                    client,
+                    &mut buffers.client,
+                    None,
+                )
                 .await;
             let BackendRead::Data(n) = read else {
                 return Err(Failed::Client);
@@ -548,6 +597,14 @@ impl Relay {
 /// The connection ended (closed, timed out) while a request head was read.
 struct Ended;
 
+/// Ends when `deadline` passes; never without one.
+async fn expiry(deadline: Option<&mut Pin<&mut Sleep>>) {
+    match deadline {
+        Some(deadline) => deadline.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What becomes of a client connection after an exchange.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum After {
@@ -573,6 +630,8 @@ enum BackendRead {
     Data(usize),
     Failed,
     ClientGone,
+    /// The deadline passed first.
+    TimedOut,
 }
 
 /// What went wrong in an exchange.
@@ -581,6 +640,8 @@ enum Failed {
     Backend,
     /// The client went away, or the response broke off after it had begun.
     Client,
+    /// The backend took the request and did not begin its response in time.
+    TimedOut,
 }
 
 /// How an exchange ended.

@@ -174,6 +174,7 @@ async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>,
             .and_then(|p| http::HeaderValue::from_str(p).ok()),
         max_attempts: cfg.max_attempts,
         eject_ms: cfg.backend_eject.as_millis() as u64,
+        response_timeout: cfg.response_timeout,
         stop: shared.stop.clone(),
     });
     let sweeper = tokio::spawn(sweep(upstream, shared.stop.clone()));
@@ -185,6 +186,7 @@ async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>,
         proxy: proxy.clone(),
         buffers: Default::default(),
         header_read_timeout: cfg.header_read_timeout,
+        response_timeout: cfg.response_timeout,
         max_header_bytes: cfg.max_header_bytes.max(MIN_MAX_BUF_SIZE),
         stop: shared.stop.clone(),
     });

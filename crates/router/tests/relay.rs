@@ -609,3 +609,64 @@ async fn over_tls_a_large_answer_to_a_slow_reader_arrives_whole_and_a_truncated_
     let rest = [&client.buf[..], &rest[..]].concat();
     assert!(find(&rest, b"only this").is_some());
 }
+
+#[tokio::test]
+async fn an_app_that_does_not_begin_its_response_in_time_gets_a_504_on_either_path() {
+    let first = ScriptedBackend::start(responses).await;
+    let second = ScriptedBackend::start(responses).await;
+    let router = TestRouter::start(|cfg| cfg.response_timeout = Duration::from_millis(300)).await;
+    router.register("app.test", first.addr).await;
+    router.register("app.test", second.addr).await;
+    let hung = || {
+        [&first, &second]
+            .iter()
+            .map(|b| {
+                let heads = b.heads.lock().unwrap();
+                heads.iter().filter(|h| h.contains("/hang")).count()
+            })
+            .sum::<usize>()
+    };
+    let closed = || {
+        first.closed_by_peer.load(Ordering::SeqCst) + second.closed_by_peer.load(Ordering::SeqCst)
+    };
+    let mut client = Client::connect(&router).await;
+
+    // The relay's path.
+    let answer = client.get("/hang").await;
+    assert_eq!(answer.status(), 504);
+    assert_eq!(
+        answer.header("x-cf-routererror").as_deref(),
+        Some("endpoint_timeout")
+    );
+    let text = String::from_utf8_lossy(&answer.body);
+    assert!(text.contains("within 0.3 s"), "{text}");
+    // The app got the request once: it is not tried on the other instance.
+    assert_eq!(hung(), 1);
+    // The router let go of the hung backend connection; the client's goes on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while closed() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend connection is kept"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.get("/after").await.body, b"/after");
+
+    // hyper's path (a request with a body).
+    client
+        .send("POST /hang HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status(), 504);
+    assert_eq!(hung(), 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while closed() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend connection is kept"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.get("/still-here").await.body, b"/still-here");
+}

@@ -326,6 +326,9 @@ impl Node {
                     cfg.register_interval = node
                         .config_secs(c, "register_interval", cfg.register_interval)
                         .await;
+                    cfg.response_timeout = node
+                        .config_secs(c, "response_timeout", cfg.response_timeout)
+                        .await;
                     let router = strato_router::Router::bind(cfg, node.bus.clone())
                         .await
                         .with_context(|| format!("the router cannot listen on port {} or {}; set STRATO_HTTP_PORT and STRATO_HTTPS_PORT to free ports", node.opts.http_port, node.opts.https_port))?;
