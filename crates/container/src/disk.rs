@@ -165,11 +165,20 @@ mod tests {
         q.release().unwrap();
         assert!(!is_mounted(&mount));
         assert!(!image.exists() && !mount.exists());
-        let loops = Command::new("losetup").arg("-a").output().unwrap();
-        assert!(
-            !String::from_utf8_lossy(&loops.stdout).contains(&*image.to_string_lossy()),
-            "the loop device is detached"
-        );
+        // The kernel detaches an autoclear loop device from a work queue, just after the
+        // unmount returns.
+        let attached = || {
+            let loops = Command::new("losetup").arg("-a").output().unwrap();
+            String::from_utf8_lossy(&loops.stdout).contains(&*image.to_string_lossy())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while attached() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loop device is detached"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         q.release().unwrap();
     }
 
