@@ -67,9 +67,10 @@ pub struct RouterConfig {
     /// from every request.
     pub api_proof: Option<String>,
     /// An app that has not begun its response (its status line and headers) this long
-    /// after the router started sending it the request is cut off: the client gets `504
+    /// after the router has sent it the whole request is cut off: the client gets `504
     /// Gateway Timeout` and the backend connection is closed. Cloud Foundry's
-    /// `endpoint_timeout`; a body that has begun may take as long as it takes.
+    /// `endpoint_timeout`; a slow upload, or a response body that has begun, may take as
+    /// long as it takes.
     pub response_timeout: Duration,
     /// Giving up on a TCP connect to a backend after this counts as a connect error.
     pub connect_timeout: Duration,

@@ -23,7 +23,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{PooledBody, ProxyBody};
+use crate::body::{BodySent, PooledBody, ProxyBody, RequestBody};
 use crate::host;
 use crate::pages;
 use crate::request_id;
@@ -116,9 +116,10 @@ impl Proxy {
         if let (true, Some(proof)) = (to_api, &self.api_proof) {
             parts.headers.insert(X_STRATO_ROUTER.clone(), proof.clone());
         }
+        let (body, body_sent) = RequestBody::new(body);
         let request = backend_request(parts, body);
         let (mut response, backend) = match self
-            .forward(&pool, request, now_ms, session.instance())
+            .forward(&pool, request, body_sent, now_ms, session.instance())
             .await
         {
             Ok(answered) => answered,
@@ -158,11 +159,11 @@ impl Proxy {
     async fn forward(
         &self,
         pool: &Pool,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
+        mut body_sent: BodySent,
         now_ms: u64,
         session: Option<&[u8]>,
     ) -> Result<(Response<PooledBody>, Arc<Backend>), Unanswered> {
-        let deadline = tokio::time::Instant::now() + self.response_timeout;
         let attempts = self.max_attempts.clamp(1, pool.len().max(1));
         let mut tried = Tried::default();
         for _ in 0..attempts {
@@ -181,12 +182,19 @@ impl Proxy {
                     }
                 };
                 let mut sender = checkout.sender;
-                let sent = tokio::time::timeout_at(deadline, sender.try_send_request(request));
-                let Ok(sent) = sent.await else {
-                    // Dropping the request closes this connection; the app got the request,
-                    // so no other instance gets it.
-                    tracing::warn!(backend = %backend.addr, timeout = ?self.response_timeout, "the app did not begin its response in time; answered 504");
-                    return Err(Unanswered::TimedOut);
+                let expired = async {
+                    body_sent.wait().await;
+                    tokio::time::sleep(self.response_timeout).await;
+                };
+                let sent = tokio::select! {
+                    biased;
+                    sent = sender.try_send_request(request) => sent,
+                    () = expired => {
+                        // Dropping the request closes this connection; the app got the
+                        // request, so no other instance gets it.
+                        tracing::warn!(backend = %backend.addr, timeout = ?self.response_timeout, "the app did not begin its response in time; answered 504");
+                        return Err(Unanswered::TimedOut);
+                    }
                 };
                 match sent {
                     Ok(response) => {
@@ -261,7 +269,7 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 /// The request as an HTTP/1.1 backend gets it: origin-form target, the prepared headers.
-fn backend_request(parts: request::Parts, body: Incoming) -> Request<Incoming> {
+fn backend_request(parts: request::Parts, body: RequestBody) -> Request<RequestBody> {
     let mut request = Request::new(body);
     *request.uri_mut() = backend_uri(parts.uri);
     *request.method_mut() = parts.method;

@@ -318,8 +318,6 @@ impl Relay {
         request: &Request,
         mut timer: Pin<&mut Sleep>,
     ) -> After {
-        // Until the response head is here.
-        timer.as_mut().reset(Instant::now() + self.response_timeout);
         let answered = match self.send(client, buffers, request, timer.as_mut()).await {
             Ok((key, mut stream, backend)) => {
                 let responded = self
@@ -408,6 +406,8 @@ impl Relay {
                     }
                 };
                 buffers.backend.clear();
+                // The app's time to answer runs from here to its response head.
+                timer.as_mut().reset(Instant::now() + self.response_timeout);
                 if let Err(error) = stream.write_all(&buffers.out).await {
                     // Not delivered: a pooled connection the backend had closed.
                     if reused {

@@ -27,10 +27,11 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::body::RequestBody;
 use crate::table::Backend;
 
 /// A sender for requests on one backend connection.
-pub(crate) type Sender = SendRequest<Incoming>;
+pub(crate) type Sender = SendRequest<RequestBody>;
 
 /// Why no connection to a backend could be made.
 #[derive(Debug, thiserror::Error)]

@@ -670,3 +670,20 @@ async fn an_app_that_does_not_begin_its_response_in_time_gets_a_504_on_either_pa
     }
     assert_eq!(client.get("/still-here").await.body, b"/still-here");
 }
+
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_off_the_app_s_time_runs_from_its_end() {
+    let backend = TestBackend::start("b").await;
+    let router = TestRouter::start(|cfg| cfg.response_timeout = Duration::from_millis(300)).await;
+    router.register("app.test", backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nhello")
+        .await;
+    // The upload takes longer than the app may take to answer.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.send("world").await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status(), 200, "{}", answer.head);
+    assert_eq!(answer.body, b"helloworld");
+}
