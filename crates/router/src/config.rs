@@ -72,6 +72,10 @@ pub struct RouterConfig {
     /// `endpoint_timeout`; a slow upload, or a response body that has begun, may take as
     /// long as it takes.
     pub response_timeout: Duration,
+    /// A client that sends nothing more of a request body for this long (a stalled or
+    /// slowloris upload) is answered `408 Request Timeout` and the request to the app
+    /// abandoned. nginx's `client_body_timeout`.
+    pub body_read_timeout: Duration,
     /// Giving up on a TCP connect to a backend after this counts as a connect error.
     pub connect_timeout: Duration,
     /// A DEA silent (no `dea.heartbeat`) for this long is gone: its routes are dropped.
@@ -114,6 +118,7 @@ impl Default for RouterConfig {
             connect_timeout: Duration::from_secs(2),
             // Cloud Foundry's default: long polls and slow reports still get through.
             response_timeout: Duration::from_secs(900),
+            body_read_timeout: Duration::from_secs(60),
             dea_deadline: timings::HEARTBEAT_DEADLINE,
             max_hold: Duration::from_secs(600),
             backend_eject: Duration::from_secs(2),

@@ -71,6 +71,23 @@ pub(crate) fn gateway_timeout_http1(
     page.write(out, date, close, head);
 }
 
+/// 408 when the client stopped sending its request body for `timeout` (the `router2g`
+/// key `body_read_timeout`).
+pub(crate) fn request_timeout(timeout: Duration) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "408 Request Timeout: no more of the request body arrived within {} s.\n",
+            timeout.as_secs_f64()
+        ),
+        "client_timeout",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn gateway_timeout_text(timeout: Duration) -> String {
     format!(
         "504 Gateway Timeout: Registered endpoint did not begin its response within {} s.\n",

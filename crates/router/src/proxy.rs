@@ -56,6 +56,8 @@ pub(crate) struct Proxy {
     pub(crate) eject_ms: u64,
     /// [`crate::RouterConfig::response_timeout`].
     pub(crate) response_timeout: Duration,
+    /// [`crate::RouterConfig::body_read_timeout`].
+    pub(crate) body_read_timeout: Duration,
     /// Ends WebSocket tunnels on shutdown.
     pub(crate) stop: CancellationToken,
 }
@@ -116,7 +118,7 @@ impl Proxy {
         if let (true, Some(proof)) = (to_api, &self.api_proof) {
             parts.headers.insert(X_STRATO_ROUTER.clone(), proof.clone());
         }
-        let (body, body_sent) = RequestBody::new(body);
+        let (body, body_sent) = RequestBody::new(body, self.body_read_timeout);
         let request = backend_request(parts, body);
         let (mut response, backend) = match self
             .forward(&pool, request, body_sent, now_ms, session.instance())
@@ -125,6 +127,9 @@ impl Proxy {
             Ok(answered) => answered,
             Err(Unanswered::Failed) => return pages::bad_gateway(),
             Err(Unanswered::TimedOut) => return pages::gateway_timeout(self.response_timeout),
+            Err(Unanswered::ClientStalled) => {
+                return pages::request_timeout(self.body_read_timeout)
+            }
         };
         pin_session(response.headers_mut(), &backend.instance, &session);
         match client_upgrade {
@@ -218,6 +223,7 @@ impl Proxy {
                             tracing::warn!(backend = %backend.addr, error = %error.error(), "new backend connection closed at once; trying another instance");
                             break;
                         }
+                        None if body_sent.stalled() => return Err(Unanswered::ClientStalled),
                         None => {
                             tracing::warn!(backend = %backend.addr, error = %error.error(), "backend failed to answer the request");
                             return Err(Unanswered::Failed);
@@ -237,6 +243,8 @@ enum Unanswered {
     Failed,
     /// The instance that took the request did not begin its response in time.
     TimedOut,
+    /// The client stopped sending its request body part-way.
+    ClientStalled,
 }
 
 /// Adds the `__VCAP_ID__` cookie naming `instance` when the response starts a sticky

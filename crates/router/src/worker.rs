@@ -175,6 +175,7 @@ async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>,
         max_attempts: cfg.max_attempts,
         eject_ms: cfg.backend_eject.as_millis() as u64,
         response_timeout: cfg.response_timeout,
+        body_read_timeout: cfg.body_read_timeout,
         stop: shared.stop.clone(),
     });
     let sweeper = tokio::spawn(sweep(upstream, shared.stop.clone()));

@@ -687,3 +687,111 @@ async fn a_slow_upload_is_not_cut_off_the_app_s_time_runs_from_its_end() {
     assert_eq!(answer.status(), 200, "{}", answer.head);
     assert_eq!(answer.body, b"helloworld");
 }
+
+#[tokio::test]
+async fn a_chunked_upload_with_trailers_still_gets_the_app_s_time_limit() {
+    let backend = TestBackend::start("b").await;
+    let router = TestRouter::start(|cfg| cfg.response_timeout = Duration::from_millis(300)).await;
+    router.register("app.test", backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    // `/slow` answers after a second: longer than the app may take once the body is in.
+    client
+        .send(
+            "POST /slow HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\nX-Checksum: 1\r\n\r\n",
+        )
+        .await;
+    assert_eq!(client.answer(false).await.status(), 504);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_a_408() {
+    // `/echo` waits for the whole body.
+    let backend = TestBackend::start("b").await;
+    let router = TestRouter::start(|cfg| cfg.body_read_timeout = Duration::from_millis(300)).await;
+    router.register("app.test", backend.addr).await;
+    let mut client = Client::connect(&router).await;
+    client
+        .send("POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\nhalf")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status(), 408, "{}", answer.head);
+    assert_eq!(
+        answer.header("x-cf-routererror").as_deref(),
+        Some("client_timeout")
+    );
+    assert!(
+        client.closed().await,
+        "the connection is closed after a 408"
+    );
+    // A client that keeps sending is not cut off, however long the whole upload takes.
+    let mut client = Client::connect(&router).await;
+    client
+        .send("POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\n")
+        .await;
+    for byte in ["a", "b", "c", "d"] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        client.send(byte).await;
+    }
+    assert_eq!(client.answer(false).await.body, b"abcd");
+}
+
+#[tokio::test]
+async fn an_app_that_reads_an_upload_slowly_does_not_make_the_client_look_stalled() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    // An app that reads the body a megabyte at a time, pausing longer than the client may
+    // be silent between reads: meanwhile the router, not the client, is the one waiting.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _app = TaskGuard(tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 65536];
+            let n = stream.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        let mut got = buf.len() - head_end;
+        let mut chunk = vec![0u8; 1024 * 1024];
+        while got < SIZE {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let want = (SIZE - got).min(chunk.len());
+            stream.read_exact(&mut chunk[..want]).await.unwrap();
+            got += want;
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ngot")
+            .await;
+        // Keep the connection until the router is done with it.
+        let _ = stream.read(&mut [0u8; 1]).await;
+    }));
+    let router = TestRouter::start(|cfg| cfg.body_read_timeout = Duration::from_millis(300)).await;
+    router.register("app.test", addr).await;
+    let stream = TcpStream::connect(router.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let _upload = TaskGuard(tokio::spawn(async move {
+        let head =
+            format!("PUT /bits HTTP/1.1\r\nHost: app.test\r\nContent-Length: {SIZE}\r\n\r\n");
+        write.write_all(head.as_bytes()).await.unwrap();
+        write.write_all(&vec![b'u'; SIZE]).await.unwrap();
+        // Half-close would end the request early for some servers: keep the write side.
+        std::future::pending::<()>().await;
+    }));
+    let mut answer = Vec::new();
+    let read_all = async {
+        while find(&answer, b"\r\n\r\n").is_none() {
+            let mut chunk = [0u8; 4096];
+            let n = read.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the router closed the connection: {answer:?}");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("an answer within 20 s");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

@@ -329,6 +329,9 @@ impl Node {
                     cfg.response_timeout = node
                         .config_secs(c, "response_timeout", cfg.response_timeout)
                         .await;
+                    cfg.body_read_timeout = node
+                        .config_secs(c, "body_read_timeout", cfg.body_read_timeout)
+                        .await;
                     let router = strato_router::Router::bind(cfg, node.bus.clone())
                         .await
                         .with_context(|| format!("the router cannot listen on port {} or {}; set STRATO_HTTP_PORT and STRATO_HTTPS_PORT to free ports", node.opts.http_port, node.opts.https_port))?;
