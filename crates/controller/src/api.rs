@@ -184,7 +184,6 @@ async fn root(headers: HeaderMap) -> Json<Value> {
             "cloud_controller_v2": {"href": format!("{base}/v2"), "meta": {"version": "2.x"}},
             "login": {"href": base},
             "uaa": {"href": base},
-            "logging": {"href": format!("{base}/v2/apps")},
         }
     }))
 }

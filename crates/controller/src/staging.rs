@@ -262,19 +262,20 @@ async fn finish(
             exit_status,
             ..
         } => {
-            // The log tail already streamed to the client line by line.
-            let what = match exit_status {
-                Some(s) => format!("{kind}: {message} (exit status {s})"),
-                None => format!("{kind}: {message}"),
+            // The log tail already streamed to the client line by line; clients that did
+            // not follow it still learn how it ended from the app's failure description.
+            let described = match exit_status {
+                Some(s) => format!("{message} (exit status {s})"),
+                None => message,
             };
-            log.push(format!("-----> staging failed: {what}"));
+            log.push(format!("-----> staging failed: {kind}: {described}"));
             if app.droplet_hash.is_some() {
                 log.push("-----> the app keeps running its previous droplet".into());
                 app.package_state = package_state::STAGED.into();
             } else {
                 app.package_state = package_state::FAILED.into();
             }
-            app.set_staging_failure(&kind, &message);
+            app.set_staging_failure(&kind, &described);
             let _ = c.db.update_app(&app).await;
         }
     }

@@ -145,6 +145,26 @@ async fn root_links_follow_the_host_the_client_used() {
         v["links"]["cloud_controller_v2"]["href"],
         "http://api.example.test:8080/v2"
     );
+    assert_eq!(v["links"]["login"]["href"], "http://api.example.test:8080");
+    assert_eq!(v["links"]["uaa"]["href"], "http://api.example.test:8080");
+    assert!(
+        v["links"].get("logging").is_none(),
+        "no logging link: there is no log endpoint to point at: {v}"
+    );
+    // Through the router over HTTPS: the scheme the client used.
+    let v: Value = api
+        .http
+        .get(format!("{}/", api.base))
+        .header("x-forwarded-host", "api.cloud.test")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["links"]["self"]["href"], "https://api.cloud.test");
+    assert_eq!(v["links"]["login"]["href"], "https://api.cloud.test");
     let info: Value = api
         .http
         .get(format!("{}/v2/info", api.base))
