@@ -442,8 +442,15 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
                 instances: Some(req.instances.clone()),
                 ..Default::default()
             };
-            if let Err(e) = c.runner.stop(&stop).await {
-                tracing::warn!(app = %req.droplet, error = %e, "cannot stop instances for the health manager");
+            match c.runner.stop(&stop).await {
+                Ok(()) => {
+                    let app = c.db.app_by_guid(&req.droplet).await.ok().flatten();
+                    let what = serde_json::json!({"instances": req.instances});
+                    hm_event(c, &req, app.as_ref(), what).await;
+                }
+                Err(e) => {
+                    tracing::warn!(app = %req.droplet, error = %e, "cannot stop instances for the health manager")
+                }
             }
         }
         HmOp::Start => {
@@ -476,6 +483,8 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
             match started {
                 Ok(started) if !started.is_empty() => {
                     tracing::info!(app = %app.name, ?started, reason = %req.reason, "health manager started instances");
+                    let what = serde_json::json!({"indices": started});
+                    hm_event(c, &req, Some(&app), what).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -483,6 +492,36 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
                 }
             }
         }
+    }
+}
+
+/// Records what the health manager had done to an app as one of the app's events
+/// (`strato events APP`): `app.health_manager.start` or `.stop`, with the reason
+/// (`crashed`, `lost`, `missing`, `extra`, `not desired`) in its metadata.
+async fn hm_event(c: &Shared, req: &HmRequest, app: Option<&App>, mut what: serde_json::Value) {
+    let kind = match req.op {
+        HmOp::Start => "app.health_manager.start",
+        HmOp::Stop => "app.health_manager.stop",
+    };
+    what["reason"] = req.reason.clone().into();
+    let (name, space) = match app {
+        Some(app) => (app.name.as_str(), Some(app.space_guid.as_str())),
+        None => (req.droplet.as_str(), None),
+    };
+    let recorded =
+        c.db.add_event(
+            kind,
+            "health_manager",
+            "health_manager",
+            &req.droplet,
+            "app",
+            name,
+            space,
+            &what,
+        )
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(app = %name, error = %e, "could not record event {kind}");
     }
 }
 

@@ -220,6 +220,22 @@ async fn node_websocket_crash_recovery_and_restart() {
         Duration::from_secs(60),
     );
     println!("crash -> serving again: {:?}", killed.elapsed());
+    // The health manager's decision is one of the app's events.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = mc.strato_ok(&fixture("node"), &["events", "nodefixture"]);
+        if events
+            .lines()
+            .any(|l| l.contains("app.health_manager.start") && l.contains("crashed (index 0)"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no health manager event for the crash:\n{events}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A restart of stratod brings the started app back.
     mc.restart().expect("stratod restarts");
@@ -378,6 +394,28 @@ async fn staging_streams_live_and_bad_input_is_refused() {
     assert!(
         all.contains("about-to-fail"),
         "the log tail reaches the user:\n{all}"
+    );
+    assert!(
+        all.contains("exit status 3"),
+        "the hook's exit code reaches the user:\n{all}"
+    );
+    // And a client that did not follow the log finds it on the app.
+    let apps: serde_json::Value = http
+        .get(format!("{}/v2/apps?q=name:slow", mc.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entity = &apps["resources"][0]["entity"];
+    assert_eq!(entity["staging_failed_reason"], "StagingError", "{entity}");
+    assert!(
+        entity["staging_failed_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("exit status 3")),
+        "{entity}"
     );
     let (status, body) = mc.get("slow.localhost", "/");
     assert_eq!(status, 200);

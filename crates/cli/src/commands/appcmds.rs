@@ -333,12 +333,31 @@ async fn events(ctx: &Ctx, name: Option<&str>) -> Result<()> {
                 t("type"),
                 t("actor_name"),
                 format!("{} {}", t("actee_type"), t("actee_name")),
+                event_detail(&e.entity["metadata"]),
             ]
         })
         .collect();
-    ctx.out
-        .print_table(&["Time", "Event", "Actor", "Target"], &rows, "No events.");
+    ctx.out.print_table(
+        &["Time", "Event", "Actor", "Target", "Detail"],
+        &rows,
+        "No events.",
+    );
     Ok(())
+}
+
+/// What an event's metadata says worth a table cell: the health manager's reason and the
+/// instance indices it acted on.
+fn event_detail(metadata: &Value) -> String {
+    let Some(reason) = metadata["reason"].as_str() else {
+        return String::new();
+    };
+    match metadata["indices"].as_array() {
+        Some(indices) if !indices.is_empty() => {
+            let list: Vec<String> = indices.iter().map(Value::to_string).collect();
+            format!("{reason} (index {})", list.join(", "))
+        }
+        _ => reason.to_string(),
+    }
 }
 
 /// `strato open APP`.
