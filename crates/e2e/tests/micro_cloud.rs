@@ -423,6 +423,53 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         body.contains("hello from slow"),
         "the previous droplet keeps serving: {body}"
     );
+
+    // The operator's detection order: a typo is refused, naming the built-ins...
+    let out = mc.kato(&["config", "set", "stager", "buildpack_order", "pythn,static"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a typo is refused");
+    assert!(err.contains("'pythn'") && err.contains("procfile"), "{err}");
+    // ...and with procfile before static, an app with both a Procfile and an index.html
+    // is staged by the procfile pack.
+    let set = mc.kato(&[
+        "config",
+        "set",
+        "stager",
+        "buildpack_order",
+        "procfile,static",
+    ]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    for args in [
+        &["restart", "stager"][..],
+        &["process", "ready", "stager", "-b", "30"],
+    ] {
+        let out = mc.kato(args);
+        assert!(
+            out.status.success(),
+            "kato {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let both = tempfile::tempdir().unwrap();
+    write(both.path(), "stackato.yml", "name: both\nmem: 64M\n");
+    write(both.path(), "index.html", "<p>both</p>\n");
+    write(
+        both.path(),
+        "Procfile",
+        "web: /usr/bin/python3 -m http.server $PORT\n",
+    );
+    let pushed = mc.strato_ok(both.path(), &["push", "-n"]);
+    assert!(pushed.contains("(buildpack procfile)"), "{pushed}");
+    mc.wait_for(
+        "both.localhost",
+        "/",
+        "<p>both</p>",
+        Duration::from_secs(30),
+    );
 }
 
 /// A re-push with new bits, and an environment change, replace a running app without a

@@ -971,6 +971,7 @@ async fn config_set(
     Path(path): Path<String>,
     Json(value): Json<Value>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    crate::settings::check(&path, &value).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let rev = node
         .kv
         .set(&path, value)

@@ -12,6 +12,7 @@ pub mod core_db;
 pub mod discovery;
 pub mod node;
 pub mod remote;
+pub mod settings;
 pub mod supervisor;
 
 pub use node::{run, Options};

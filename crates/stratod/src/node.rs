@@ -260,17 +260,6 @@ fn first_roles() -> anyhow::Result<Vec<Role>> {
     Ok(roles)
 }
 
-/// A positive number of seconds; `Err(true)` when the value is there but unusable,
-/// `Err(false)` when there is none.
-fn seconds(value: Option<&serde_json::Value>) -> Result<Duration, bool> {
-    let v = value.ok_or(false)?;
-    v.as_f64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or(true)
-}
-
 /// The role whose task serves `role`: the logs role lives inside the controller for now,
 /// so its state is the controller's.
 pub fn hosting_role(role: Role) -> Role {
@@ -347,6 +336,9 @@ impl Node {
                     cfg.blobs_dir = node.layout.blobs();
                     cfg.uid = APP_UID;
                     cfg.gid = APP_UID;
+                    if let Some(order) = node.buildpack_order().await {
+                        cfg.buildpack_order = order;
+                    }
                     strato_stager::run(cfg, node.bus.clone(), node.driver.clone(), cancel).await
                 })
             }),
@@ -425,6 +417,19 @@ impl Node {
     /// A duration in seconds (fractions allowed) from the config store, or `default`.
     /// Timings are config keys (DESIGN "Decisions"); a role reads them when it starts, so
     /// `kato restart ROLE` applies a change.
+    /// The operator's detection order for built-in buildpacks, if one is set (and good).
+    async fn buildpack_order(&self) -> Option<Vec<String>> {
+        let value = self
+            .kv
+            .get(crate::settings::BUILDPACK_ORDER)
+            .await
+            .ok()
+            .flatten()?;
+        crate::settings::buildpack_order(&value.value)
+            .inspect_err(|e| tracing::warn!("{e}; using the default order"))
+            .ok()
+    }
+
     async fn config_secs(&self, component: &str, key: &str, default: Duration) -> Duration {
         let value = self
             .kv
@@ -432,7 +437,7 @@ impl Node {
             .await
             .ok()
             .flatten();
-        seconds(value.as_ref().map(|v| &v.value)).unwrap_or_else(|bad| {
+        crate::settings::seconds(value.as_ref().map(|v| &v.value)).unwrap_or_else(|bad| {
             if bad {
                 tracing::warn!(
                     "{component}/{key} must be a positive number of seconds; using {}",
@@ -1251,7 +1256,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn held_roles_wait_and_a_shared_task_runs_for_any_of_its_roles() {
@@ -1263,15 +1267,5 @@ mod tests {
         assert_eq!(runnable(&[Dea, Logs], &[Logs]), vec![Dea]);
         assert_eq!(runnable(&[Controller, Logs], &[Logs]), vec![Controller]);
         assert_eq!(runnable(&[Dea, Router], &[]), vec![Dea, Router]);
-    }
-
-    #[test]
-    fn timing_keys_are_positive_seconds() {
-        assert_eq!(seconds(Some(&json!(2.5))), Ok(Duration::from_millis(2500)));
-        assert_eq!(seconds(Some(&json!("3"))), Ok(Duration::from_secs(3)));
-        assert_eq!(seconds(None), Err(false), "absent: the default, quietly");
-        assert_eq!(seconds(Some(&json!(0))), Err(true));
-        assert_eq!(seconds(Some(&json!(-1))), Err(true));
-        assert_eq!(seconds(Some(&json!("soon"))), Err(true));
     }
 }
