@@ -97,6 +97,31 @@ impl RuncDriver {
         Ok(())
     }
 
+    /// Runs a trivial container the way instances run (an unprivileged user, a memory
+    /// limit, the read-only stack) and removes it: proves that runc works here, not only
+    /// that it is installed. [`RuncDriver::check_available`] first.
+    pub async fn probe(&self) -> Result<(), ContainerError> {
+        const NOBODY: u32 = 65534;
+        let id = format!("strato-probe-{}", std::process::id());
+        let mut spec =
+            ContainerSpec::new(id.clone(), vec!["/bin/true".to_string()], NOBODY, NOBODY);
+        spec.cwd = "/".to_string();
+        spec.memory_limit_bytes = Some(64 * 1024 * 1024);
+        let ran = async {
+            let mut running = self.run(spec).await?;
+            running.wait().await
+        }
+        .await;
+        let _ = self.delete(&id).await;
+        match ran {
+            Ok(0) => Ok(()),
+            Ok(status) => Err(ContainerError::InvalidSpec(format!(
+                "a test container exited with status {status} instead of 0"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The stack this driver builds containers from.
     pub fn stack(&self) -> &Stack {
         &self.stack

@@ -309,3 +309,24 @@ async fn a_bad_command_fails_to_start_cleanly() {
     }
     assert!(fx.driver.list().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_probe_runs_a_container_and_fails_where_runc_cannot() {
+    let fx = Fixture::new();
+    fx.driver.probe().await.expect("runc works on this machine");
+    // The probe leaves nothing behind.
+    let left: Vec<_> = std::fs::read_dir(fx.state.path().join("containers/runc"))
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runc state left: {left:?}");
+    // A runc that is installed but cannot run containers (here: one that always fails)
+    // passes the cheap check and fails the probe.
+    let broken = RuncDriver::new(fx.state.path().join("broken"), Stack::host_default())
+        .with_runc_binary(PathBuf::from("/bin/false"));
+    broken.check_available().expect("the binary is there");
+    let err = broken
+        .probe()
+        .await
+        .expect_err("/bin/false runs no container");
+    assert!(!err.to_string().is_empty());
+}

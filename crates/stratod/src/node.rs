@@ -133,13 +133,19 @@ pub const DOMAIN_KEY: &str = "cluster/domain";
 /// and reads the new secret from the database.
 pub const SECRET_GENERATION_KEY: &str = "cluster/token_secret_generation";
 
-fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
+/// runc when it can run containers here (it is installed, and a test container runs),
+/// else the process driver, said loudly.
+async fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriver> {
     let runc = strato_container::RuncDriver::new(
         layout.containers(),
         strato_container::Stack::host_default(),
     );
     if !opts.process_driver {
-        match runc.check_available() {
+        let usable = match runc.check_available() {
+            Ok(()) => runc.probe().await,
+            Err(e) => Err(e),
+        };
+        match usable {
             Ok(()) if opts.network_isolation => {
                 let mut open_ports = vec![(opts.http_port, opts.http_port), opts.service_ports()];
                 if opts.https_port != 0 {
@@ -1157,7 +1163,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         db.set(open_controller_db(&opts, &layout).await?)
             .map_err(|_| anyhow::anyhow!("the controller database was opened twice"))?;
     }
-    let driver = choose_driver(&opts, &layout);
+    let driver = choose_driver(&opts, &layout).await;
     let api_listener = TcpListener::bind("127.0.0.1:0").context("binding the API port")?;
     api_listener.set_nonblocking(true)?;
     let node = Arc::new(Node {
