@@ -31,6 +31,9 @@ ensure_packages() {
     done
 }
 
+# Packages building Strato needs (a C compiler and linker for the crates that build C).
+BUILD_PACKAGES=(gcc libc6-dev curl ca-certificates)
+
 # Packages every Strato node needs at run time.
 RUNTIME_PACKAGES=(runc tini iproute2 nftables python3 python3-venv git zip ca-certificates curl
     postgresql mariadb-server redis-server e2fsprogs mount)
@@ -41,3 +44,30 @@ node_packages() {
         echo nodejs npm
     fi
 }
+
+# A Rust toolchain to build with: the one on PATH or in ~/.cargo, else stable from
+# rustup (minimal profile), for this user.
+ensure_rust() {
+    if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+        export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    fi
+    if command -v cargo >/dev/null; then
+        return 0
+    fi
+    echo "==> installing a Rust toolchain (rustup, stable, minimal profile)"
+    # rustup-init acts on the name it is run by: keep that name.
+    local dir init
+    dir="$(mktemp -d)"
+    init="$dir/rustup-init"
+    if ! curl --proto '=https' --tlsv1.2 -fsSL -o "$init" \
+        "https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init"; then
+        rm -rf "$dir"
+        echo "cannot download rustup-init from static.rust-lang.org; install a Rust toolchain (https://rustup.rs) and run this again" >&2
+        return 1
+    fi
+    chmod +x "$init"
+    "$init" -y -q --profile minimal --default-toolchain stable --no-modify-path >/dev/null
+    rm -rf "$dir"
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+}
+

@@ -212,7 +212,11 @@ async fn exec_stats_sigterm_and_delete_clean_up() {
         String::from_utf8_lossy(&exec.stderr)
     );
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[..3], [UID.to_string().as_str(), "hello world", "777"]);
+    assert_eq!(
+        lines,
+        [UID.to_string().as_str(), "hello world", "777", "64"],
+        "uid, environment, open-file limit, pids limit"
+    );
 
     let failing = fx
         .driver

@@ -1282,10 +1282,12 @@ async fn restage(
     access: Access,
     headers: HeaderMap,
     Path(guid): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> CfResult<Response> {
+    // A started app's instances are replaced as an update's would be.
+    let swap = swap_param(query.as_deref())?;
     let a = app_for(&c, &access, Action::Develop, &guid).await?;
-    let task =
-        crate::staging::begin(&c, &a.guid, &access.user, crate::runner::Swap::default()).await?;
+    let task = crate::staging::begin(&c, &a.guid, &access.user, swap).await?;
     let url = format!(
         "{}/v2/apps/{}/staging_log/{}",
         base_url(&headers),

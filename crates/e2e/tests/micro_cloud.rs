@@ -470,6 +470,17 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         "<p>both</p>",
         Duration::from_secs(30),
     );
+    // `push --buildpack` names the pack whatever the order, and a restage keeps it.
+    let pushed = mc.strato_ok(both.path(), &["push", "-n", "--buildpack", "static"]);
+    assert!(pushed.contains("(buildpack static)"), "{pushed}");
+    let restaged = mc.strato_ok(both.path(), &["restage", "both"]);
+    assert!(restaged.contains("(buildpack static)"), "{restaged}");
+    mc.wait_for(
+        "both.localhost",
+        "/",
+        "<p>both</p>",
+        Duration::from_secs(30),
+    );
 }
 
 /// A re-push with new bits, and an environment change, replace a running app without a

@@ -82,13 +82,23 @@ pub fn update_path(
     strategy: Option<&str>,
     max_in_flight: Option<u32>,
 ) -> String {
+    with_swap(format!("/v2/apps/{guid}"), extra, strategy, max_in_flight)
+}
+
+/// `path` with the `extra` query pairs and the swap options.
+fn with_swap(
+    path: String,
+    extra: &[&str],
+    strategy: Option<&str>,
+    max_in_flight: Option<u32>,
+) -> String {
     let mut query: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     query.extend(strategy.map(|s| format!("strategy={s}")));
     query.extend(max_in_flight.map(|n| format!("max_in_flight={n}")));
     if query.is_empty() {
-        format!("/v2/apps/{guid}")
+        path
     } else {
-        format!("/v2/apps/{guid}?{}", query.join("&"))
+        format!("{path}?{}", query.join("&"))
     }
 }
 
@@ -252,24 +262,50 @@ pub async fn stop_cmd(ctx: &Ctx, name: &str) -> Result<()> {
 pub async fn restage_cmd(ctx: &Ctx, args: AppStartArgs) -> Result<()> {
     let scope = ctx.scope()?;
     let app = scope.require_app(&args.name).await?;
-    let guid = app.metadata.guid.clone();
-    println!("Restaging {}...", args.name);
-    let response = scope
-        .api
-        .request(Method::POST, &format!("/v2/apps/{guid}/restage"), None)
-        .await?;
-    let log_url = staging_log_url(&response);
-    drop(response);
+    let started = app.entity.state == "STARTED";
     let opts = StartOptions::from(&args);
-    follow_staging(&scope.api, log_url.as_deref(), opts.tail).await;
-    if app.entity.state == "STARTED" {
-        wait_running(&scope.api, &guid, &args.name, opts.timeout_secs).await?;
-        print_urls(&scope, &ctx.out, &guid, &args.name).await?;
-    } else {
+    restage_app(
+        &scope,
+        &ctx.out,
+        &app.metadata.guid,
+        &args.name,
+        started,
+        opts,
+    )
+    .await?;
+    if !started {
         println!(
             "Restaged {} (it is stopped; `strato start {}` runs it)",
             args.name, args.name
         );
+    }
+    Ok(())
+}
+
+/// Stages the app's current bits again, following the log; a started app then runs the
+/// new droplet, its instances replaced as `opts` says.
+pub async fn restage_app(
+    scope: &Scope,
+    out: &Output,
+    guid: &str,
+    name: &str,
+    started: bool,
+    opts: StartOptions,
+) -> Result<()> {
+    println!("Restaging {name}...");
+    let path = with_swap(
+        format!("/v2/apps/{guid}/restage"),
+        &[],
+        opts.strategy,
+        opts.max_in_flight,
+    );
+    let response = scope.api.request(Method::POST, &path, None).await?;
+    let log_url = staging_log_url(&response);
+    drop(response);
+    follow_staging(&scope.api, log_url.as_deref(), opts.tail).await;
+    if started {
+        wait_running(&scope.api, guid, name, opts.timeout_secs).await?;
+        print_urls(scope, out, guid, name).await?;
     }
     Ok(())
 }
