@@ -481,6 +481,15 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         "<p>both</p>",
         Duration::from_secs(30),
     );
+    // `push --command` replaces the start command: here a server of another directory.
+    let command = "/usr/bin/python3 -m http.server $PORT --directory /usr/share";
+    mc.strato_ok(both.path(), &["push", "-n", "--command", command]);
+    mc.wait_for(
+        "both.localhost",
+        "/",
+        "Directory listing",
+        Duration::from_secs(30),
+    );
 }
 
 /// A re-push with new bits, and an environment change, replace a running app without a
