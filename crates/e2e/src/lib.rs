@@ -58,7 +58,8 @@ pub struct MicroCloud {
 /// The roles of tests that push apps but use no data services (faster to start).
 pub const APP_ROLES: &str = "controller,stager,dea,router,health_manager,logs";
 
-fn random_port_base() -> u16 {
+/// The first of a block of 1000 ports for one cloud's apps (`STRATO_APP_PORT_BASE`).
+pub fn random_port_base() -> u16 {
     // A block of 1000 ports per cloud so parallel tests never share app ports.
     let n = (std::process::id() as u64
         ^ std::time::SystemTime::now()
@@ -327,30 +328,6 @@ impl MicroCloud {
         }
     }
 
-    /// Kills every process whose command line names this cloud's home (service servers
-    /// left behind if stratod died without stopping them).
-    fn kill_strays(&self) {
-        let home = self.home.path().to_string_lossy().to_string();
-        let me = std::process::id();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&home) {
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
-        }
-    }
-
     /// The host pid of the app's main process (the child of the container's init) in the
     /// container whose process tree mentions `hint`.
     pub fn app_pid(&self, hint: &str) -> Option<i32> {
@@ -374,25 +351,60 @@ impl MicroCloud {
         }
         None
     }
-
-    fn force_cleanup(&self) {
-        self.kill_strays();
-        let root = self.home.path().join("containers/runc");
-        for id in self.containers() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "-f", &id])
-                .output();
-        }
-        unmount_under(self.home.path());
-    }
 }
 
 impl Drop for MicroCloud {
     fn drop(&mut self) {
         self.stop();
-        self.force_cleanup();
+        clean_up_home(self.home.path());
+    }
+}
+
+/// Removes what a node under `home` may have left when its daemon died without cleaning
+/// up: processes whose command line names `home` (service servers), its runc
+/// containers, its mounts.
+pub fn clean_up_home(home: &Path) {
+    kill_processes_naming(home);
+    let root = home.join("containers/runc");
+    let listed = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output();
+    if let Ok(listed) = listed {
+        for id in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", id])
+                .output();
+        }
+    }
+    unmount_under(home);
+}
+
+/// Kills every process whose command line names `home` (service servers left behind if
+/// stratod died without stopping them).
+fn kill_processes_naming(home: &Path) {
+    let home = home.to_string_lossy().to_string();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&home) {
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
     }
 }
 

@@ -767,3 +767,111 @@ fn a_part_of_primary_is_removed_on_its_own() {
     assert!(strato_e2e::output_text(&out).contains("does not have the role router"));
     ok(&["role", "add", "router"]);
 }
+
+/// The operator's way: `kato start` launches stratod in the background (with kato's
+/// environment), `kato node setup micro` gives the node the micro cloud's roles, `kato
+/// stop` stops it all, and the next `kato start` brings it back with its data.
+#[test]
+fn kato_starts_sets_up_and_stops_a_micro_cloud() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    let home = tempfile::Builder::new()
+        .prefix("strato-e2e-")
+        .tempdir()
+        .unwrap();
+    // Service users must be able to traverse the data dir.
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let _cleanup = KatoNode(home.path().to_path_buf());
+    let port = strato_testkit::free_port();
+    let app_ports = strato_e2e::random_port_base().to_string();
+    let kato = |args: &[&str]| {
+        let out = Command::new(strato_e2e::bin("kato"))
+            .args(args)
+            .env("STRATO_HOME", home.path())
+            .env("STRATO_HTTP_PORT", port.to_string())
+            .env("STRATO_HTTPS_PORT", "0")
+            .env("STRATO_HTTP_ADDR", "127.0.0.1")
+            .env("STRATO_ADMIN_PASSWORD", "kato-pw")
+            .env("STRATO_APP_PORT_BASE", &app_ports)
+            .env("STRATO_LOG", "info,sqlx=warn")
+            .env("STRATO_ROLES", strato_e2e::APP_ROLES)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kato");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::read_to_string(home.path().join("logs/stratod.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        assert!(
+            out.status.success(),
+            "kato {args:?}:\n{text}\nstratod log, newest first:\n{}",
+            tail.join("\n")
+        );
+        text
+    };
+    let api_answers = || strato_e2e::http_get(port, "127.0.0.1", "/v2/info").0 == 200;
+
+    let started = kato(&["start"]);
+    assert!(started.contains("starting stratod"), "{started}");
+    assert!(api_answers(), "the API answers once kato start returns");
+    let setup = kato(&["node", "setup", "micro"]);
+    assert!(setup.contains("micro cloud"), "{setup}");
+    for role in [
+        "controller",
+        "router",
+        "dea",
+        "mysql",
+        "postgresql",
+        "redis",
+    ] {
+        assert!(
+            setup.contains(role),
+            "{role} in the micro cloud's roles: {setup}"
+        );
+    }
+    let status = kato(&["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("dea") && l.contains("running")),
+        "{status}"
+    );
+
+    let stopped = kato(&["stop"]);
+    assert!(stopped.contains("stratod stopped"), "{stopped}");
+    assert!(!api_answers(), "nothing answers after kato stop");
+    // At once: the stopped daemon has let go of its files.
+    kato(&["start"]);
+    assert!(api_answers(), "kato start brings the node back");
+    let status = kato(&["status"]);
+    assert!(
+        status.lines().any(|l| l.contains("mysql")),
+        "the micro cloud's roles are kept: {status}"
+    );
+    kato(&["stop"]);
+}
+
+/// Stops the node a test started with kato, and removes what it left, also when the
+/// test fails.
+struct KatoNode(std::path::PathBuf);
+
+impl Drop for KatoNode {
+    fn drop(&mut self) {
+        let _ = strato_e2e::kato_at(&self.0, &["stop"]);
+        let pid = std::fs::read_to_string(self.0.join("run/stratod.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // Only that node's stratod, should the pid have gone to another process.
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let ours = format!("STRATO_HOME={}", self.0.display());
+            if environ.split(|&b| b == 0).any(|v| v == ours.as_bytes()) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        strato_e2e::clean_up_home(&self.0);
+    }
+}

@@ -883,13 +883,15 @@ async fn process_ready(
     }
 }
 
+/// Waits until stratod has stopped: its control API closed and the process gone, so
+/// a `kato start` right after finds its files free.
 async fn wait_down(ctl: &Control, wait: Duration) -> anyhow::Result<()> {
     let until = std::time::Instant::now() + wait;
     while std::time::Instant::now() < until {
-        if !ctl.is_up().await {
+        if !ctl.is_up().await && !ctl.process_alive() {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("stratod is still running after {} s", wait.as_secs())
 }

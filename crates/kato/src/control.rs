@@ -54,6 +54,21 @@ impl Control {
         self.call("GET", "/status", None).await.is_ok()
     }
 
+    /// True while a stratod process holds this node's pid file lock, which it takes at
+    /// start and the kernel releases when it exits: after its control API has closed,
+    /// it may still be letting go of its files.
+    pub fn process_alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let pid_file = self.socket.with_file_name("stratod.pid");
+        let Ok(file) = std::fs::File::open(pid_file) else {
+            return false;
+        };
+        // SAFETY: flock on a descriptor we own; a shared lock is released when `file`
+        // is dropped.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        locked != 0
+    }
+
     pub async fn call(
         &self,
         method: &str,

@@ -1131,7 +1131,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             std::fs::Permissions::from_mode(0o700),
         );
     }
-    let _lock = lock_pid_file(&layout)?;
+    // Held until the process exits (the kernel lets go of it then), not until this
+    // function returns: tasks still holding the config store and databases finish after
+    // that, and `kato stop` waits for the lock to know the files are free.
+    std::mem::forget(lock_pid_file(&layout)?);
     let identity = NodeIdentity::load_or_create(&layout)?;
     let mut opts = opts;
     let bus_server = join_settings(&mut opts, &layout, &identity.id)?;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ struct Slot {
 #[derive(Default)]
 pub struct Supervisor {
     slots: Mutex<BTreeMap<Role, Slot>>,
+    /// Set by [`Supervisor::stop_all`]: the node is going down, and a start asked for
+    /// meanwhile (a role change arriving late, a control call) must not outlive it.
+    stopping: AtomicBool,
 }
 
 fn set(status: &Arc<Mutex<RoleStatus>>, state: &str, err: Option<String>) {
@@ -56,6 +60,10 @@ impl Supervisor {
     /// Starts `role` unless it already runs.
     pub fn start(&self, role: Role, factory: RoleFactory) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopping.load(Ordering::SeqCst) {
+            tracing::info!(%role, "not starting: the node is stopping");
+            return;
+        }
         if let Some(s) = slots.get(&role) {
             if !s.task.is_finished() {
                 return;
@@ -100,10 +108,11 @@ impl Supervisor {
     /// Stops every role at once and gives each up to `wait` to finish (the DEA uses it to
     /// stop its instances cleanly).
     pub async fn stop_all(&self, wait: Duration) {
-        let slots: Vec<(Role, Slot)> =
-            std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()))
-                .into_iter()
-                .collect();
+        let slots: Vec<(Role, Slot)> = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *slots).into_iter().collect()
+        };
         for (_, s) in &slots {
             s.cancel.cancel();
         }
@@ -207,5 +216,34 @@ mod tests {
         assert_eq!(st[0].last_error.as_deref(), Some("boom"));
         assert!(sup.stop(Role::Router, Duration::from_secs(2)).await);
         assert!(sup.status().is_empty());
+    }
+
+    #[tokio::test]
+    async fn nothing_starts_once_the_node_is_stopping() {
+        let sup = Arc::new(Supervisor::default());
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let factory: RoleFactory = Arc::new(move |cancel: CancellationToken| {
+            let r = r.clone();
+            Box::pin(async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                // Slow to stop, as a data service is.
+                cancel.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(())
+            })
+        });
+        sup.start(Role::Dea, factory.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stopping = tokio::spawn({
+            let sup = sup.clone();
+            async move { sup.stop_all(Duration::from_secs(2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A start asked for while the node stops (a late role change) is refused.
+        sup.start(Role::Router, factory);
+        stopping.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "only the first role ran");
+        assert!(sup.status().is_empty(), "{:?}", sup.status());
     }
 }
