@@ -45,16 +45,27 @@ node_packages() {
     fi
 }
 
-# A Rust toolchain to build with: the one on PATH or in ~/.cargo, else stable from
+# Whether the rustc on PATH is at least version $1.
+rust_at_least() {
+    local have
+    have="$(rustc --version 2>/dev/null | awk '{print $2}')"
+    [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$1" "$have" | sort -V | head -n 1)" = "$1" ]
+}
+
+# A Rust toolchain to build with: the one on PATH or in ~/.cargo when it is recent enough
+# for Cargo.toml's rust-version (Debian's own packaged cargo is not), else stable from
 # rustup (minimal profile), for this user.
 ensure_rust() {
-    if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-        export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    local cargo_home="${CARGO_HOME:-${HOME:-/root}/.cargo}"
+    local need
+    need="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
+    if [ -x "$cargo_home/bin/cargo" ]; then
+        export PATH="$cargo_home/bin:$PATH"
     fi
-    if command -v cargo >/dev/null; then
+    if command -v cargo >/dev/null && rust_at_least "${need:-1.0}"; then
         return 0
     fi
-    echo "==> installing a Rust toolchain (rustup, stable, minimal profile)"
+    echo "==> installing a Rust toolchain (rustup, stable, minimal profile; Strato needs ${need:-a recent one})"
     # rustup-init acts on the name it is run by: keep that name.
     local dir init
     dir="$(mktemp -d)"
@@ -62,12 +73,15 @@ ensure_rust() {
     if ! curl --proto '=https' --tlsv1.2 -fsSL -o "$init" \
         "https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init"; then
         rm -rf "$dir"
-        echo "cannot download rustup-init from static.rust-lang.org; install a Rust toolchain (https://rustup.rs) and run this again" >&2
+        echo "cannot download rustup-init from static.rust-lang.org (is curl installed?); install a Rust toolchain (https://rustup.rs) and run this again" >&2
         return 1
     fi
     chmod +x "$init"
-    "$init" -y -q --profile minimal --default-toolchain stable --no-modify-path >/dev/null
+    if ! RUSTUP_INIT_SKIP_PATH_CHECK=yes "$init" -y -q --profile minimal --default-toolchain stable --no-modify-path >/dev/null; then
+        rm -rf "$dir"
+        echo "rustup-init failed; install a Rust toolchain (https://rustup.rs) and run this again" >&2
+        return 1
+    fi
     rm -rf "$dir"
-    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    export PATH="$cargo_home/bin:$PATH"
 }
-

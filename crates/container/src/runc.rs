@@ -25,6 +25,8 @@ use crate::{
     ExecCommand, ExecOutput, RunningContainer, Stats,
 };
 
+/// How long the start-up probe's test container may take, and each step of removing it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long `runc run` may take to get the container's init running.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a timed-out exec is killed, how long to wait for runc to notice.
@@ -99,26 +101,33 @@ impl RuncDriver {
 
     /// Runs a trivial container the way instances run (an unprivileged user, a memory
     /// limit, the read-only stack) and removes it: proves that runc works here, not only
-    /// that it is installed. [`RuncDriver::check_available`] first.
+    /// that it is installed. [`RuncDriver::check_available`] first. Bounded: a runc that
+    /// hangs counts as one that cannot run containers.
     pub async fn probe(&self) -> Result<(), ContainerError> {
         const NOBODY: u32 = 65534;
-        let id = format!("strato-probe-{}", std::process::id());
-        let mut spec =
-            ContainerSpec::new(id.clone(), vec!["/bin/true".to_string()], NOBODY, NOBODY);
+        // One stratod per home (its pid lock): a probe container a killed one left behind
+        // is this node's own, and removed first.
+        const ID: &str = "strato-probe";
+        let _ = tokio::time::timeout(PROBE_TIMEOUT, self.delete(ID)).await;
+        let mut spec = ContainerSpec::new(ID, vec!["/bin/true".to_string()], NOBODY, NOBODY);
         spec.cwd = "/".to_string();
         spec.memory_limit_bytes = Some(64 * 1024 * 1024);
-        let ran = async {
+        let ran = tokio::time::timeout(PROBE_TIMEOUT, async {
             let mut running = self.run(spec).await?;
             running.wait().await
-        }
+        })
         .await;
-        let _ = self.delete(&id).await;
+        let _ = tokio::time::timeout(PROBE_TIMEOUT, self.delete(ID)).await;
         match ran {
-            Ok(0) => Ok(()),
-            Ok(status) => Err(ContainerError::InvalidSpec(format!(
+            Ok(Ok(0)) => Ok(()),
+            Ok(Ok(status)) => Err(ContainerError::InvalidSpec(format!(
                 "a test container exited with status {status} instead of 0"
             ))),
-            Err(e) => Err(e),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ContainerError::InvalidSpec(format!(
+                "a test container did not finish within {} s",
+                PROBE_TIMEOUT.as_secs()
+            ))),
         }
     }
 

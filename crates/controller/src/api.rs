@@ -891,6 +891,11 @@ async fn update_app(
     }
     if let Some(bp) = &f.buildpack {
         a.buildpack = bp.clone().filter(|s| !s.trim().is_empty());
+        // The droplet was built by another buildpack: the next start stages again (the
+        // running instances keep serving it until then).
+        if a.buildpack != before.buildpack && a.package_hash.is_some() {
+            a.package_state = package_state::PENDING.into();
+        }
     }
     if let Some(env) = &f.environment_json {
         a.environment_json = Value::Object(env.clone()).to_string();

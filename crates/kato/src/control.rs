@@ -66,7 +66,7 @@ impl Control {
         // SAFETY: flock on a descriptor we own; a shared lock is released when `file`
         // is dropped.
         let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        locked != 0
+        locked != 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
     }
 
     pub async fn call(

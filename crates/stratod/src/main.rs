@@ -14,7 +14,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(stratod::run(opts)) {
+    let ran = rt.block_on(stratod::run(opts));
+    // Bounded: `kato stop` waits for this process to be gone, and a blocking task stuck
+    // in a system call must not keep it (and the node's files) for ever.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    match ran {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stratod: {e:#}");

@@ -1237,7 +1237,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = node.shutdown.cancelled() => tracing::info!("stop requested through the control API"),
     }
-    node.supervisor.stop_all(Duration::from_secs(30)).await;
+    node.supervisor.shut_down(Duration::from_secs(30)).await;
     for task in control {
         task.abort();
     }

@@ -44,8 +44,13 @@ const SECONDS: &[(&str, &[&str])] = &[
 pub const BUILDPACK_ORDER: &str = "stager/buildpack_order";
 
 /// Checks `value` for the setting at `path` (`component/key`); settings stratod does not
-/// know are taken as they are.
+/// know are taken as they are. An object set at once is checked leaf by leaf.
 pub fn check(path: &str, value: &Value) -> Result<(), String> {
+    if let (Value::Object(fields), false) = (value, path == BUILDPACK_ORDER) {
+        return fields
+            .iter()
+            .try_for_each(|(key, leaf)| check(&format!("{path}/{key}"), leaf));
+    }
     if path == BUILDPACK_ORDER {
         return buildpack_order(value).map(drop);
     }
@@ -164,6 +169,10 @@ mod tests {
         assert!(check("cloud_controller_ng/staging_timeout", &json!(-5)).is_err());
         // Settings stratod does not read are kept as they are.
         assert!(check("my_component/anything", &json!("soon")).is_ok());
-        assert!(check("router2g", &json!({"drain": 1})).is_ok());
+        // A whole component at once: each leaf is checked.
+        assert!(check("router2g", &json!({"drain": 1, "other": "x"})).is_ok());
+        let nested = check("router2g", &json!({"drain": "soon"})).unwrap_err();
+        assert!(nested.contains("router2g drain"), "{nested}");
+        assert!(check("stager", &json!({"buildpack_order": "pythn"})).is_err());
     }
 }

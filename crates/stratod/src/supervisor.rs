@@ -42,7 +42,7 @@ struct Slot {
 #[derive(Default)]
 pub struct Supervisor {
     slots: Mutex<BTreeMap<Role, Slot>>,
-    /// Set by [`Supervisor::stop_all`]: the node is going down, and a start asked for
+    /// Set by [`Supervisor::shut_down`]: the node is going down, and a start asked for
     /// meanwhile (a role change arriving late, a control call) must not outlive it.
     stopping: AtomicBool,
 }
@@ -106,11 +106,23 @@ impl Supervisor {
     }
 
     /// Stops every role at once and gives each up to `wait` to finish (the DEA uses it to
-    /// stop its instances cleanly).
+    /// stop its instances cleanly). Roles may be started again afterwards (`kato stop -n
+    /// NODE` then `kato start -n NODE`).
     pub async fn stop_all(&self, wait: Duration) {
+        self.stop_slots(false, wait).await;
+    }
+
+    /// Stops every role for good: the node is going down, and no role starts any more.
+    pub async fn shut_down(&self, wait: Duration) {
+        self.stop_slots(true, wait).await;
+    }
+
+    async fn stop_slots(&self, for_good: bool, wait: Duration) {
         let slots: Vec<(Role, Slot)> = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            self.stopping.store(true, Ordering::SeqCst);
+            if for_good {
+                self.stopping.store(true, Ordering::SeqCst);
+            }
             std::mem::take(&mut *slots).into_iter().collect()
         };
         for (_, s) in &slots {
@@ -219,7 +231,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn nothing_starts_once_the_node_is_stopping() {
+    async fn roles_start_again_after_stop_all_but_not_while_the_node_shuts_down() {
         let sup = Arc::new(Supervisor::default());
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
@@ -233,17 +245,29 @@ mod tests {
                 Ok(())
             })
         });
+        // Stopping every role (`kato stop -n NODE`) lets them start again.
+        sup.start(Role::Dea, factory.clone());
+        sup.stop_all(Duration::from_secs(2)).await;
         sup.start(Role::Dea, factory.clone());
         tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "started again after stop_all"
+        );
         let stopping = tokio::spawn({
             let sup = sup.clone();
-            async move { sup.stop_all(Duration::from_secs(2)).await }
+            async move { sup.shut_down(Duration::from_secs(2)).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         // A start asked for while the node stops (a late role change) is refused.
         sup.start(Role::Router, factory);
         stopping.await.unwrap();
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "only the first role ran");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "nothing started while shutting down"
+        );
         assert!(sup.status().is_empty(), "{:?}", sup.status());
     }
 }

@@ -290,18 +290,11 @@ async fn deploy(
 ) -> Result<()> {
     let name = &settings.name;
     let domains = routes::usable_domains(&scope.api).await?;
-    // A droplet built by another buildpack than the one now named must be built again,
-    // even from unchanged bits.
-    let mut new_buildpack = false;
     let (guid, was_started, mapped) = match scope.find_app(name).await? {
         Some(app) => {
             println!("Updating {name}...");
             let guid = app.metadata.guid.clone();
             let was_started = app.entity.state == "STARTED";
-            new_buildpack = settings
-                .buildpack
-                .as_ref()
-                .is_some_and(|bp| app.entity.buildpack.as_ref() != Some(bp));
             let body = update_body(settings, app.entity.environment_json.as_ref());
             if !body.is_empty() {
                 let _: Value = scope
@@ -351,17 +344,8 @@ async fn deploy(
         strategy: args.strategy.map(Strategy::name),
         max_in_flight: args.max_in_flight,
     };
-    if new_buildpack {
-        // New bits stage anyway when the app starts; unchanged ones need a restage.
-        let app: Resource<AppEntity> = scope.api.get(&format!("/v2/apps/{guid}")).await?;
-        if app.entity.package_state.as_deref() == Some("STAGED") {
-            let running = app.entity.state == "STARTED";
-            lifecycle::restage_app(scope, &ctx.out, &guid, name, running, opts).await?;
-            if running {
-                return Ok(());
-            }
-        }
-    }
+    // New bits, or another buildpack (the controller marks the app for staging), stage
+    // as the app starts.
     lifecycle::start_app(scope, &ctx.out, &guid, name, opts).await
 }
 
