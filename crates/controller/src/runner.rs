@@ -417,7 +417,7 @@ pub async fn serve_health_manager(
                     let Some(m) = m else { break };
                     let apps = c.db.list_apps(&Default::default()).await.unwrap_or_default();
                     let out: Vec<DesiredApp> = apps.into_iter().filter(|a| a.state == "STARTED").map(|a| DesiredApp {
-                        droplet: a.guid, version: a.version, instances: a.instances.max(0) as u32, state: a.state, package_state: a.package_state,
+                        droplet: a.guid, version: a.version, instances: a.instances.max(0) as u32, state: a.state, package_state: a.package_state, has_droplet: a.droplet_hash.is_some(),
                     }).collect();
                     let _ = strato_bus::reply_json(c.bus.as_ref(), &m, &out).await;
                 }
@@ -457,10 +457,8 @@ async fn handle_hm_request(c: &Shared, req: HmRequest) {
             let Ok(Some(app)) = c.db.app_by_guid(&req.droplet).await else {
                 return;
             };
-            if app.state != "STARTED"
-                || app.version != req.version
-                || app.package_state != package_state::STAGED
-            {
+            // The current droplet, also while the next staging waits or runs.
+            if app.state != "STARTED" || app.version != req.version || app.droplet_hash.is_none() {
                 return;
             }
             // A batched rolling replacement starts this version's instances itself.

@@ -470,6 +470,19 @@ pub struct DesiredApp {
     pub instances: u32,
     pub state: String,
     pub package_state: String,
+    /// The app has a droplet its instances run, also while new bits (or a new buildpack)
+    /// wait to be staged (`PENDING`). Absent from older controllers.
+    #[serde(default)]
+    pub has_droplet: bool,
+}
+
+impl DesiredApp {
+    /// Whether the health manager keeps this app's instances running: it has a droplet to
+    /// run, staged or about to be replaced. A crash while the next staging waits or runs
+    /// is restarted on the current droplet.
+    pub fn runnable(&self) -> bool {
+        self.package_state == "STAGED" || self.has_droplet
+    }
 }
 
 #[cfg(test)]

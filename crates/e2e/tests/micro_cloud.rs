@@ -490,6 +490,57 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         "Directory listing",
         Duration::from_secs(30),
     );
+
+    // A buildpack changed through the API marks the app for staging, and until then its
+    // crashed instances still come back on the droplet it has.
+    let apps: serde_json::Value = http
+        .get(format!("{}/v2/apps?q=name:both", mc.url()))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let guid = apps["resources"][0]["metadata"]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let updated: serde_json::Value = http
+        .put(format!("{}/v2/apps/{guid}", mc.url()))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({"buildpack": "procfile"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["entity"]["package_state"], "PENDING", "{updated}");
+    // The server itself (the app's command may run under a shell).
+    let server = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.starts_with("/usr/bin/python3") && cmdline.contains("/usr/share")
+        })
+        .expect("the app's server process");
+    unsafe {
+        libc::kill(server, libc::SIGKILL);
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while mc.get("both.localhost", "/").0 == 200 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mc.wait_for(
+        "both.localhost",
+        "/",
+        "Directory listing",
+        Duration::from_secs(30),
+    );
 }
 
 /// A re-push with new bits, and an environment change, replace a running app without a

@@ -252,7 +252,7 @@ async fn reconcile(
         }
         let now = Instant::now();
         let empty = HashMap::new();
-        for d in desired.iter().filter(|d| d.package_state == "STAGED") {
+        for d in desired.iter().filter(|d| d.runnable()) {
             let seen = a.apps.get(&d.droplet).unwrap_or(&empty);
             let blocked = |i: u32| {
                 a.crashes
@@ -334,7 +334,35 @@ mod tests {
             instances: n,
             state: "STARTED".into(),
             package_state: "STAGED".into(),
+            has_droplet: true,
         }
+    }
+
+    #[test]
+    fn an_app_waiting_for_staging_keeps_its_instances_only_if_it_has_a_droplet() {
+        let restaging = DesiredApp {
+            package_state: "PENDING".into(),
+            ..desired(1)
+        };
+        assert!(
+            restaging.runnable(),
+            "new bits or buildpack: the old droplet runs"
+        );
+        let first_push = DesiredApp {
+            package_state: "PENDING".into(),
+            has_droplet: false,
+            ..desired(1)
+        };
+        assert!(
+            !first_push.runnable(),
+            "nothing to run before the first staging"
+        );
+        let from_an_older_controller: DesiredApp = serde_json::from_value(serde_json::json!({
+            "droplet": "a", "version": "v2", "instances": 1, "state": "STARTED",
+            "package_state": "STAGED"
+        }))
+        .unwrap();
+        assert!(from_an_older_controller.runnable());
     }
 
     #[test]

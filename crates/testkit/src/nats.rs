@@ -129,6 +129,19 @@ impl NatsCluster {
     /// Starts `n` servers on `addr` and waits until each accepts clients and JetStream
     /// answers (its cluster elected a leader).
     pub fn start_on(addr: IpAddr, n: usize) -> anyhow::Result<NatsCluster> {
+        // Its 2n free ports may be taken by a parallel test before a server binds them:
+        // then the whole cluster starts again on new ones.
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            match Self::start_once(addr, n) {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no attempt to start a NATS cluster")))
+    }
+
+    fn start_once(addr: IpAddr, n: usize) -> anyhow::Result<NatsCluster> {
         let dir = crate::temp_dir()?;
         let members: Vec<(u16, u16)> = (0..n)
             .map(|_| (crate::free_port(), crate::free_port()))
