@@ -259,6 +259,18 @@ async fn node_websocket_crash_recovery_and_restart() {
     }
 }
 
+/// `GET url` as the user `auth` names, as JSON.
+async fn get_json(http: &reqwest::Client, auth: &str, url: String) -> serde_json::Value {
+    http.get(url)
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
@@ -400,15 +412,7 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         "the hook's exit code reaches the user:\n{all}"
     );
     // And a client that did not follow the log finds it on the app.
-    let apps: serde_json::Value = http
-        .get(format!("{}/v2/apps?q=name:slow", mc.url()))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let apps = get_json(&http, &auth, format!("{}/v2/apps?q=name:slow", mc.url())).await;
     let entity = &apps["resources"][0]["entity"];
     assert_eq!(entity["staging_failed_reason"], "StagingError", "{entity}");
     assert!(
@@ -493,15 +497,7 @@ async fn staging_streams_live_and_bad_input_is_refused() {
 
     // A buildpack changed through the API marks the app for staging, and until then its
     // crashed instances still come back on the droplet it has.
-    let apps: serde_json::Value = http
-        .get(format!("{}/v2/apps?q=name:both", mc.url()))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let apps = get_json(&http, &auth, format!("{}/v2/apps?q=name:both", mc.url())).await;
     let guid = apps["resources"][0]["metadata"]["guid"]
         .as_str()
         .unwrap()
