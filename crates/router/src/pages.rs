@@ -23,98 +23,83 @@ pub(crate) fn unknown_route(host: &str) -> Response<ProxyBody> {
     )
 }
 
-const BAD_GATEWAY: &str = "502 Bad Gateway: Registered endpoint failed to handle the request.\n";
-
-/// 502 when no instance of the app could take the request.
-pub(crate) fn bad_gateway() -> Response<ProxyBody> {
-    page(
-        StatusCode::BAD_GATEWAY,
-        BAD_GATEWAY.to_string(),
-        "endpoint_failure",
-    )
+/// Why no response of the app's own reached the client; the same page on both request
+/// paths: hyper's ([`Unanswered::response`]) and the relay's ([`Unanswered::write_http1`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Unanswered {
+    /// 502: no instance could take the request, or the one that took it failed.
+    Failed,
+    /// 504: the instance that took the request did not begin its response within this
+    /// long (`router2g response_timeout`).
+    TimedOut(Duration),
+    /// 408: the client sent nothing more of its request body for this long (`router2g
+    /// body_read_timeout`); the connection closes.
+    ClientStalled(Duration),
 }
 
-/// The same 502 as [`bad_gateway`], written out as an HTTP/1.1 response for the relay;
-/// `close` adds `connection: close`; the answer to a `HEAD` request has no body.
-pub(crate) fn bad_gateway_http1(out: &mut Vec<u8>, date: &[u8], close: bool, head: bool) {
-    let page = Http1Page {
-        status: "502 Bad Gateway",
-        text: BAD_GATEWAY,
-        error: "endpoint_failure",
-    };
-    page.write(out, date, close, head);
-}
+impl Unanswered {
+    fn status(self) -> StatusCode {
+        match self {
+            Unanswered::Failed => StatusCode::BAD_GATEWAY,
+            Unanswered::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            Unanswered::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
 
-/// 504 when the app took the request but did not begin its response within `timeout`
-/// (the `router2g` key `response_timeout`).
-pub(crate) fn gateway_timeout(timeout: Duration) -> Response<ProxyBody> {
-    page(
-        StatusCode::GATEWAY_TIMEOUT,
-        gateway_timeout_text(timeout),
-        "endpoint_timeout",
-    )
-}
+    fn error(self) -> &'static str {
+        match self {
+            Unanswered::Failed => "endpoint_failure",
+            Unanswered::TimedOut(_) => "endpoint_timeout",
+            Unanswered::ClientStalled(_) => "client_timeout",
+        }
+    }
 
-/// The same 504 as [`gateway_timeout`], as an HTTP/1.1 response for the relay.
-pub(crate) fn gateway_timeout_http1(
-    out: &mut Vec<u8>,
-    timeout: Duration,
-    date: &[u8],
-    close: bool,
-    head: bool,
-) {
-    let page = Http1Page {
-        status: "504 Gateway Timeout",
-        text: &gateway_timeout_text(timeout),
-        error: "endpoint_timeout",
-    };
-    page.write(out, date, close, head);
-}
+    fn text(self) -> String {
+        match self {
+            Unanswered::Failed => {
+                "502 Bad Gateway: Registered endpoint failed to handle the request.\n".into()
+            }
+            Unanswered::TimedOut(t) => format!(
+                "504 Gateway Timeout: Registered endpoint did not begin its response within {} s.\n",
+                t.as_secs_f64()
+            ),
+            Unanswered::ClientStalled(t) => format!(
+                "408 Request Timeout: no more of the request body arrived within {} s.\n",
+                t.as_secs_f64()
+            ),
+        }
+    }
 
-/// 408 when the client stopped sending its request body for `timeout` (the `router2g`
-/// key `body_read_timeout`).
-pub(crate) fn request_timeout(timeout: Duration) -> Response<ProxyBody> {
-    let mut response = page(
-        StatusCode::REQUEST_TIMEOUT,
-        format!(
-            "408 Request Timeout: no more of the request body arrived within {} s.\n",
-            timeout.as_secs_f64()
-        ),
-        "client_timeout",
-    );
-    response
-        .headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
+    /// The page as hyper sends it.
+    pub(crate) fn response(self) -> Response<ProxyBody> {
+        let mut response = page(self.status(), self.text(), self.error());
+        if let Unanswered::ClientStalled(_) = self {
+            // The rest of the body may still come: it is not read.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
 
-fn gateway_timeout_text(timeout: Duration) -> String {
-    format!(
-        "504 Gateway Timeout: Registered endpoint did not begin its response within {} s.\n",
-        timeout.as_secs_f64()
-    )
-}
-
-/// One of the router's pages, for the relay to write out itself.
-struct Http1Page<'a> {
-    status: &'a str,
-    text: &'a str,
-    error: &'a str,
-}
-
-impl Http1Page<'_> {
-    fn write(&self, out: &mut Vec<u8>, date: &[u8], close: bool, head: bool) {
+    /// The page written out as an HTTP/1.1 response for the relay; `close` adds
+    /// `connection: close`; the answer to a `HEAD` request has no body.
+    pub(crate) fn write_http1(self, out: &mut Vec<u8>, date: &[u8], close: bool, head: bool) {
+        let status = self.status();
+        let text = self.text();
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(self.status.as_bytes());
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
         for (name, value) in [
             (CONTENT_TYPE.as_str(), PLAIN_TEXT),
             (NOSNIFF.as_str(), "nosniff"),
-            (X_CF_ROUTER_ERROR.as_str(), self.error),
+            (X_CF_ROUTER_ERROR.as_str(), self.error()),
         ] {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
-        out.extend_from_slice(format!("content-length: {}\r\n", self.text.len()).as_bytes());
+        out.extend_from_slice(format!("content-length: {}\r\n", text.len()).as_bytes());
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
@@ -123,7 +108,7 @@ impl Http1Page<'_> {
         }
         out.extend_from_slice(b"\r\n");
         if !head {
-            out.extend_from_slice(self.text.as_bytes());
+            out.extend_from_slice(text.as_bytes());
         }
     }
 }

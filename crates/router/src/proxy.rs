@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{BodySent, PooledBody, ProxyBody, RequestBody};
 use crate::host;
-use crate::pages;
+use crate::pages::{self, Unanswered};
 use crate::request_id;
 use crate::sticky::Session;
 use crate::table::{Backend, Pool, RouteTable, Tried};
@@ -125,11 +125,7 @@ impl Proxy {
             .await
         {
             Ok(answered) => answered,
-            Err(Unanswered::Failed) => return pages::bad_gateway(),
-            Err(Unanswered::TimedOut) => return pages::gateway_timeout(self.response_timeout),
-            Err(Unanswered::ClientStalled) => {
-                return pages::request_timeout(self.body_read_timeout)
-            }
+            Err(unanswered) => return unanswered.response(),
         };
         pin_session(response.headers_mut(), &backend.instance, &session);
         match client_upgrade {
@@ -197,8 +193,8 @@ impl Proxy {
                     () = expired => {
                         // Dropping the request closes this connection; the app got the
                         // request, so no other instance gets it.
-                        tracing::warn!(backend = %backend.addr, timeout = ?self.response_timeout, "the app did not begin its response in time; answered 504");
-                        return Err(Unanswered::TimedOut);
+                        self.log_timeout(backend);
+                        return Err(Unanswered::TimedOut(self.response_timeout));
                     }
                 };
                 match sent {
@@ -223,7 +219,9 @@ impl Proxy {
                             tracing::warn!(backend = %backend.addr, error = %error.error(), "new backend connection closed at once; trying another instance");
                             break;
                         }
-                        None if body_sent.stalled() => return Err(Unanswered::ClientStalled),
+                        None if body_sent.stalled() => {
+                            return Err(Unanswered::ClientStalled(self.body_read_timeout))
+                        }
                         None => {
                             tracing::warn!(backend = %backend.addr, error = %error.error(), "backend failed to answer the request");
                             return Err(Unanswered::Failed);
@@ -234,17 +232,13 @@ impl Proxy {
         }
         Err(Unanswered::Failed)
     }
-}
 
-/// Why [`Proxy::forward`] has no response.
-#[derive(Debug)]
-enum Unanswered {
-    /// No instance could be reached, or the one that took the request failed.
-    Failed,
-    /// The instance that took the request did not begin its response in time.
-    TimedOut,
-    /// The client stopped sending its request body part-way.
-    ClientStalled,
+    /// Logs that `backend` took a request and did not begin its response in time (on
+    /// either request path).
+    pub(crate) fn log_timeout(&self, backend: &Backend) {
+        let timeout = self.response_timeout;
+        tracing::warn!(backend = %backend.addr, ?timeout, "the app did not begin its response in time; answered 504");
+    }
 }
 
 /// Adds the `__VCAP_ID__` cookie naming `instance` when the response starts a sticky

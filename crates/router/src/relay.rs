@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::pages;
+use crate::pages::Unanswered;
 use crate::proxy::{epoch_ms, Peer, Proxy};
 use crate::request_id;
 use crate::sticky::Session;
@@ -133,8 +133,6 @@ pub(crate) struct Relay {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) buffers: BufferPool,
     pub(crate) header_read_timeout: Duration,
-    /// [`crate::RouterConfig::response_timeout`].
-    pub(crate) response_timeout: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) stop: CancellationToken,
 }
@@ -341,21 +339,14 @@ impl Relay {
             Ok(Finished { .. }) => After::Close,
             // Nothing of a final response was sent: the client gets a 502 or 504 instead.
             Err(failed @ (Failed::Backend | Failed::TimedOut)) => {
+                let page = match failed {
+                    Failed::TimedOut => Unanswered::TimedOut(self.proxy.response_timeout),
+                    _ => Unanswered::Failed,
+                };
                 buffers.out.clear();
                 let close = request.close || self.stop.is_cancelled();
                 let date = http_date(request.now_ms);
-                if let Failed::TimedOut = failed {
-                    let timeout = self.response_timeout;
-                    pages::gateway_timeout_http1(
-                        &mut buffers.out,
-                        timeout,
-                        &date,
-                        close,
-                        request.head,
-                    );
-                } else {
-                    pages::bad_gateway_http1(&mut buffers.out, &date, close, request.head);
-                }
+                page.write_http1(&mut buffers.out, &date, close, request.head);
                 match send_to(client, &buffers.out).await {
                     Err(_) => After::Abort,
                     Ok(()) if close => After::Close,
@@ -407,7 +398,9 @@ impl Relay {
                 };
                 buffers.backend.clear();
                 // The app's time to answer runs from here to its response head.
-                timer.as_mut().reset(Instant::now() + self.response_timeout);
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + self.proxy.response_timeout);
                 if let Err(error) = stream.write_all(&buffers.out).await {
                     // Not delivered: a pooled connection the backend had closed.
                     if reused {
@@ -430,7 +423,7 @@ impl Relay {
                     BackendRead::Data(n) if n > 0 => return Ok((key, stream, backend.clone())),
                     BackendRead::ClientGone => return Err(Failed::Client),
                     BackendRead::TimedOut => {
-                        self.log_timeout(backend);
+                        self.proxy.log_timeout(backend);
                         return Err(Failed::TimedOut);
                     }
                     BackendRead::Data(_) | BackendRead::Failed if reused && request.idempotent => {
@@ -444,10 +437,6 @@ impl Relay {
             }
         }
         Err(Failed::Backend)
-    }
-
-    fn log_timeout(&self, backend: &Backend) {
-        tracing::warn!(backend = %backend.addr, timeout = ?self.response_timeout, "the app did not begin its response in time; answered 504");
     }
 
     /// Reads from a backend while watching the client: bytes it sends meanwhile (a
@@ -537,7 +526,7 @@ impl Relay {
                 BackendRead::Data(n) if n > 0 => {}
                 BackendRead::ClientGone => return Err(Failed::Client),
                 BackendRead::TimedOut => {
-                    self.log_timeout(backend);
+                    self.proxy.log_timeout(backend);
                     return Err(Failed::TimedOut);
                 }
                 BackendRead::Data(_) | BackendRead::Failed => return Err(Failed::Backend),

@@ -187,7 +187,6 @@ async fn run(incoming: mpsc::UnboundedReceiver<Handoff>, open: Arc<AtomicUsize>,
         proxy: proxy.clone(),
         buffers: Default::default(),
         header_read_timeout: cfg.header_read_timeout,
-        response_timeout: cfg.response_timeout,
         max_header_bytes: cfg.max_header_bytes.max(MIN_MAX_BUF_SIZE),
         stop: shared.stop.clone(),
     });

@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use strato_router::RouterConfig;
 use support::tls::{tls_connect, Tls};
 use support::{TaskGuard, TestBackend, TestRouter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 /// A backend that answers each request head with the bytes its path is mapped to, and
 /// closes the connection after answers marked so.
@@ -256,9 +258,33 @@ async fn scripted() -> (ScriptedBackend, TestRouter, Client) {
 }
 
 async fn router_with(backend: SocketAddr) -> TestRouter {
-    let router = TestRouter::start(|_| {}).await;
+    router_set(backend, |_| {}).await
+}
+
+/// A router with settings of its own, routing `app.test` to `backend`.
+async fn router_set(backend: SocketAddr, adjust: impl FnOnce(&mut RouterConfig)) -> TestRouter {
+    let router = TestRouter::start(adjust).await;
     router.register("app.test", backend).await;
     router
+}
+
+/// A scripted backend, an HTTPS router routing `app.test` to it, and an HTTP/1.1 client
+/// connected over TLS (the `Tls` to connect more).
+async fn scripted_over_tls() -> (
+    ScriptedBackend,
+    Tls,
+    TestRouter,
+    Client<TlsStream<TcpStream>>,
+) {
+    let backend = ScriptedBackend::start(responses).await;
+    let tls = Tls::new();
+    let router = tls.router(|_| {}).await;
+    router.register("app.test", backend.addr).await;
+    let https = router.https_addr.unwrap();
+    let stream = tls_connect(https, "app.test", tls.authority.ca_der(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    (backend, tls, router, Client::over(stream))
 }
 
 #[tokio::test]
@@ -516,16 +542,9 @@ async fn a_host_named_in_connection_still_reaches_the_backend_and_forwarding_hea
 
 #[tokio::test]
 async fn http_1_1_over_tls_takes_the_relay_too_and_knows_it_is_https() {
-    let backend = ScriptedBackend::start(responses).await;
-    let tls = Tls::new();
-    let router = tls.router(|_| {}).await;
-    router.register("app.test", backend.addr).await;
+    let (backend, tls, router, mut client) = scripted_over_tls().await;
     let https = router.https_addr.unwrap();
     let ca = tls.authority.ca_der();
-    let stream = tls_connect(https, "app.test", ca, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let mut client = Client::over(stream);
     // Only the relay passes 1xx answers on (hyper's client drops them).
     client
         .send("GET /early-hints HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -573,16 +592,7 @@ async fn http_1_1_over_tls_takes_the_relay_too_and_knows_it_is_https() {
 #[tokio::test]
 async fn over_tls_a_large_answer_to_a_slow_reader_arrives_whole_and_a_truncated_one_does_not_look_whole(
 ) {
-    let backend = ScriptedBackend::start(responses).await;
-    let tls = Tls::new();
-    let router = tls.router(|_| {}).await;
-    router.register("app.test", backend.addr).await;
-    let https = router.https_addr.unwrap();
-    let ca = tls.authority.ca_der();
-    let stream = tls_connect(https, "app.test", ca, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let mut client = Client::over(stream);
+    let (_backend, _tls, _router, mut client) = scripted_over_tls().await;
     client
         .send("GET /huge HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await;
@@ -614,8 +624,10 @@ async fn over_tls_a_large_answer_to_a_slow_reader_arrives_whole_and_a_truncated_
 async fn an_app_that_does_not_begin_its_response_in_time_gets_a_504_on_either_path() {
     let first = ScriptedBackend::start(responses).await;
     let second = ScriptedBackend::start(responses).await;
-    let router = TestRouter::start(|cfg| cfg.response_timeout = Duration::from_millis(300)).await;
-    router.register("app.test", first.addr).await;
+    let router = router_set(first.addr, |cfg| {
+        cfg.response_timeout = Duration::from_millis(300)
+    })
+    .await;
     router.register("app.test", second.addr).await;
     let hung = || {
         [&first, &second]
@@ -674,8 +686,10 @@ async fn an_app_that_does_not_begin_its_response_in_time_gets_a_504_on_either_pa
 #[tokio::test]
 async fn a_slow_upload_is_not_cut_off_the_app_s_time_runs_from_its_end() {
     let backend = TestBackend::start("b").await;
-    let router = TestRouter::start(|cfg| cfg.response_timeout = Duration::from_millis(300)).await;
-    router.register("app.test", backend.addr).await;
+    let router = router_set(backend.addr, |cfg| {
+        cfg.response_timeout = Duration::from_millis(300)
+    })
+    .await;
     let mut client = Client::connect(&router).await;
     client
         .send("POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nhello")
@@ -691,8 +705,10 @@ async fn a_slow_upload_is_not_cut_off_the_app_s_time_runs_from_its_end() {
 #[tokio::test]
 async fn a_chunked_upload_with_trailers_still_gets_the_app_s_time_limit() {
     let backend = TestBackend::start("b").await;
-    let router = TestRouter::start(|cfg| cfg.response_timeout = Duration::from_millis(300)).await;
-    router.register("app.test", backend.addr).await;
+    let router = router_set(backend.addr, |cfg| {
+        cfg.response_timeout = Duration::from_millis(300)
+    })
+    .await;
     let mut client = Client::connect(&router).await;
     // `/slow` answers after a second: longer than the app may take once the body is in.
     client
@@ -708,8 +724,10 @@ async fn a_chunked_upload_with_trailers_still_gets_the_app_s_time_limit() {
 async fn a_client_that_stops_sending_its_body_gets_a_408() {
     // `/echo` waits for the whole body.
     let backend = TestBackend::start("b").await;
-    let router = TestRouter::start(|cfg| cfg.body_read_timeout = Duration::from_millis(300)).await;
-    router.register("app.test", backend.addr).await;
+    let router = router_set(backend.addr, |cfg| {
+        cfg.body_read_timeout = Duration::from_millis(300)
+    })
+    .await;
     let mut client = Client::connect(&router).await;
     client
         .send("POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\nhalf")
@@ -768,8 +786,10 @@ async fn an_app_that_reads_an_upload_slowly_does_not_make_the_client_look_stalle
         // Keep the connection until the router is done with it.
         let _ = stream.read(&mut [0u8; 1]).await;
     }));
-    let router = TestRouter::start(|cfg| cfg.body_read_timeout = Duration::from_millis(300)).await;
-    router.register("app.test", addr).await;
+    let router = router_set(addr, |cfg| {
+        cfg.body_read_timeout = Duration::from_millis(300)
+    })
+    .await;
     let stream = TcpStream::connect(router.addr).await.unwrap();
     let (mut read, mut write) = stream.into_split();
     let _upload = TaskGuard(tokio::spawn(async move {
