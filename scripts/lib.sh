@@ -31,8 +31,9 @@ ensure_packages() {
     done
 }
 
-# Packages building Strato needs (a C compiler and linker for the crates that build C).
-BUILD_PACKAGES=(gcc libc6-dev curl ca-certificates)
+# Packages building Strato needs (a C compiler and linker for the crates that build C;
+# curl, for rustup, is among the run-time ones).
+BUILD_PACKAGES=(gcc libc6-dev)
 
 # Packages every Strato node needs at run time.
 RUNTIME_PACKAGES=(runc tini iproute2 nftables python3 python3-venv git zip ca-certificates curl

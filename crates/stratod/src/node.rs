@@ -437,6 +437,11 @@ impl Node {
     }
 
     async fn config_secs(&self, component: &str, key: &str, default: Duration) -> Duration {
+        // A timing read here and not listed would be stored unchecked by `kato config set`.
+        debug_assert!(
+            crate::settings::is_seconds(component, key),
+            "{component}/{key} is read as seconds: list it in settings::SECONDS"
+        );
         let value = self
             .kv
             .get(&format!("{component}/{key}"))

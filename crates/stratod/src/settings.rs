@@ -46,26 +46,30 @@ pub const BUILDPACK_ORDER: &str = "stager/buildpack_order";
 /// Checks `value` for the setting at `path` (`component/key`); settings stratod does not
 /// know are taken as they are. An object set at once is checked leaf by leaf.
 pub fn check(path: &str, value: &Value) -> Result<(), String> {
-    if let (Value::Object(fields), false) = (value, path == BUILDPACK_ORDER) {
+    if path == BUILDPACK_ORDER {
+        return buildpack_order(value).map(drop);
+    }
+    if let Value::Object(fields) = value {
         return fields
             .iter()
             .try_for_each(|(key, leaf)| check(&format!("{path}/{key}"), leaf));
     }
-    if path == BUILDPACK_ORDER {
-        return buildpack_order(value).map(drop);
-    }
     let Some((component, key)) = path.split_once('/') else {
         return Ok(());
     };
-    let timed = SECONDS
-        .iter()
-        .any(|(c, keys)| *c == component && keys.contains(&key));
-    if timed && seconds(Some(value)).is_err() {
+    if is_seconds(component, key) && seconds(Some(value)).is_err() {
         return Err(format!(
             "{component} {key} is a number of seconds greater than 0 (e.g. 30), not {value}"
         ));
     }
     Ok(())
+}
+
+/// Whether `component/key` is one of the timing settings, which are checked when set.
+pub fn is_seconds(component: &str, key: &str) -> bool {
+    SECONDS
+        .iter()
+        .any(|(c, keys)| *c == component && keys.contains(&key))
 }
 
 /// A number of seconds: `Err(false)` when there is no value, `Err(true)` when it is not a

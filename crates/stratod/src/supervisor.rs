@@ -109,22 +109,10 @@ impl Supervisor {
     /// stop its instances cleanly). Roles may be started again afterwards (`kato stop -n
     /// NODE` then `kato start -n NODE`).
     pub async fn stop_all(&self, wait: Duration) {
-        self.stop_slots(false, wait).await;
-    }
-
-    /// Stops every role for good: the node is going down, and no role starts any more.
-    pub async fn shut_down(&self, wait: Duration) {
-        self.stop_slots(true, wait).await;
-    }
-
-    async fn stop_slots(&self, for_good: bool, wait: Duration) {
-        let slots: Vec<(Role, Slot)> = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            if for_good {
-                self.stopping.store(true, Ordering::SeqCst);
-            }
-            std::mem::take(&mut *slots).into_iter().collect()
-        };
+        let slots: Vec<(Role, Slot)> =
+            std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
         for (_, s) in &slots {
             s.cancel.cancel();
         }
@@ -133,6 +121,16 @@ impl Supervisor {
                 tracing::warn!(%role, "role did not stop in time");
             }
         }
+    }
+
+    /// Stops every role for good: the node is going down, and no role starts any more.
+    pub async fn shut_down(&self, wait: Duration) {
+        {
+            // Under the slots lock, as `start` checks it: no start slips in between.
+            let _slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping.store(true, Ordering::SeqCst);
+        }
+        self.stop_all(wait).await;
     }
 
     pub fn status(&self) -> Vec<RoleStatus> {
