@@ -258,41 +258,14 @@ pub async fn stop_cmd(ctx: &Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `strato restage NAME`.
+/// `strato restage NAME`: stages the app's current bits again, following the log; a
+/// started app then runs the new droplet, its instances replaced as the options say.
 pub async fn restage_cmd(ctx: &Ctx, args: AppStartArgs) -> Result<()> {
     let scope = ctx.scope()?;
     let app = scope.require_app(&args.name).await?;
-    let started = app.entity.state == "STARTED";
+    let guid = &app.metadata.guid;
     let opts = StartOptions::from(&args);
-    restage_app(
-        &scope,
-        &ctx.out,
-        &app.metadata.guid,
-        &args.name,
-        started,
-        opts,
-    )
-    .await?;
-    if !started {
-        println!(
-            "Restaged {} (it is stopped; `strato start {}` runs it)",
-            args.name, args.name
-        );
-    }
-    Ok(())
-}
-
-/// Stages the app's current bits again, following the log; a started app then runs the
-/// new droplet, its instances replaced as `opts` says.
-pub async fn restage_app(
-    scope: &Scope,
-    out: &Output,
-    guid: &str,
-    name: &str,
-    started: bool,
-    opts: StartOptions,
-) -> Result<()> {
-    println!("Restaging {name}...");
+    println!("Restaging {}...", args.name);
     let path = with_swap(
         format!("/v2/apps/{guid}/restage"),
         &[],
@@ -303,9 +276,14 @@ pub async fn restage_app(
     let log_url = staging_log_url(&response);
     drop(response);
     follow_staging(&scope.api, log_url.as_deref(), opts.tail).await;
-    if started {
-        wait_running(&scope.api, guid, name, opts.timeout_secs).await?;
-        print_urls(scope, out, guid, name).await?;
+    if app.entity.state == "STARTED" {
+        wait_running(&scope.api, guid, &args.name, opts.timeout_secs).await?;
+        print_urls(&scope, &ctx.out, guid, &args.name).await?;
+    } else {
+        println!(
+            "Restaged {} (it is stopped; `strato start {}` runs it)",
+            args.name, args.name
+        );
     }
     Ok(())
 }
