@@ -130,16 +130,14 @@ async fn authentication_is_required_and_checked() {
 #[tokio::test]
 async fn root_links_follow_the_host_the_client_used() {
     let api = Api::start(10).await;
-    let v: Value = api
-        .http
-        .get(format!("{}/", api.base))
-        .header("host", "api.example.test:8080")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root = |headers: &[(&'static str, &'static str)]| {
+        let mut request = api.http.get(format!("{}/", api.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let v = root(&[("host", "api.example.test:8080")]).await;
     assert_eq!(v["links"]["self"]["href"], "http://api.example.test:8080");
     assert_eq!(
         v["links"]["cloud_controller_v2"]["href"],
@@ -152,17 +150,11 @@ async fn root_links_follow_the_host_the_client_used() {
         "no logging link: there is no log endpoint to point at: {v}"
     );
     // Through the router over HTTPS: the scheme the client used.
-    let v: Value = api
-        .http
-        .get(format!("{}/", api.base))
-        .header("x-forwarded-host", "api.cloud.test")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = root(&[
+        ("x-forwarded-host", "api.cloud.test"),
+        ("x-forwarded-proto", "https"),
+    ])
+    .await;
     assert_eq!(v["links"]["self"]["href"], "https://api.cloud.test");
     assert_eq!(v["links"]["login"]["href"], "https://api.cloud.test");
     let info: Value = api

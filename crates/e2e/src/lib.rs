@@ -331,25 +331,60 @@ impl MicroCloud {
     /// The host pid of the app's main process (the child of the container's init) in the
     /// container whose process tree mentions `hint`.
     pub fn app_pid(&self, hint: &str) -> Option<i32> {
-        let root = self.home.path().join("containers/runc");
-        for id in self.containers() {
-            let out = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["state", &id])
-                .output()
-                .ok()?;
-            let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let init = state["pid"].as_i64()? as i32;
-            let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
-                .unwrap_or_default();
-            for c in children.split_whitespace() {
-                if tree_mentions(c, hint) {
-                    return c.parse().ok();
-                }
-            }
+        self.instance_inits()
+            .iter()
+            .flat_map(|init| children(&init.to_string()))
+            .find(|c| tree_mentions(c, hint))
+            .and_then(|c| c.parse().ok())
+    }
+
+    /// The host pid of the process, in any instance, whose own command line names `hint`,
+    /// deepest first: the app's server itself, also when a shell runs it.
+    pub fn process_naming(&self, hint: &str) -> Option<i32> {
+        self.instance_inits()
+            .iter()
+            .find_map(|init| deepest_naming(&init.to_string(), hint))
+            .and_then(|p| p.parse().ok())
+    }
+
+    /// Kills `pid` (SIGKILL), waits (up to 5 s) for `host` to stop answering 200, then
+    /// until it serves `needle` again; the time from the kill.
+    pub fn kill_and_wait_back(
+        &self,
+        pid: i32,
+        host: &str,
+        needle: &str,
+        wait: Duration,
+    ) -> Duration {
+        let killed = Instant::now();
+        // SAFETY: plain syscall.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
-        None
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.get(host, "/").0 == 200 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_for(host, "/", needle, wait);
+        killed.elapsed()
+    }
+
+    /// The host pids of this cloud's container inits.
+    fn instance_inits(&self) -> Vec<i32> {
+        let root = self.home.path().join("containers/runc");
+        self.containers()
+            .iter()
+            .filter_map(|id| {
+                let out = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["state", id])
+                    .output()
+                    .ok()?;
+                let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                Some(state["pid"].as_i64()? as i32)
+            })
+            .collect()
     }
 }
 
@@ -409,13 +444,28 @@ fn kill_processes_naming(home: &Path) {
 }
 
 fn tree_mentions(pid: &str, hint: &str) -> bool {
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if cmdline.contains(hint) {
-        return true;
-    }
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    children.split_whitespace().any(|c| tree_mentions(c, hint))
+    names(pid, hint) || children(pid).iter().any(|c| tree_mentions(c, hint))
+}
+
+/// The deepest process at or below `pid` whose command line names `hint`.
+fn deepest_naming(pid: &str, hint: &str) -> Option<String> {
+    children(pid)
+        .iter()
+        .find_map(|c| deepest_naming(c, hint))
+        .or_else(|| names(pid, hint).then(|| pid.to_string()))
+}
+
+fn names(pid: &str, hint: &str) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains(hint)
+}
+
+fn children(pid: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// A plain HTTP/1.1 GET to 127.0.0.1:port with the given Host.

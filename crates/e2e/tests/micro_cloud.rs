@@ -204,22 +204,13 @@ async fn node_websocket_crash_recovery_and_restart() {
 
     // Kill the app's process: the health manager gets it serving again.
     let pid = mc.app_pid("server.js").expect("the node app's process");
-    let killed = Instant::now();
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-    // Wait for the crash to be noticed, then for the app to serve again.
-    let until = Instant::now() + Duration::from_secs(5);
-    while mc.get("nodefixture.localhost", "/").0 == 200 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    mc.wait_for(
+    let back = mc.kill_and_wait_back(
+        pid,
         "nodefixture.localhost",
-        "/",
         "hello from node",
         Duration::from_secs(60),
     );
-    println!("crash -> serving again: {:?}", killed.elapsed());
+    println!("crash -> serving again: {back:?}");
     // The health manager's decision is one of the app's events.
     let until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -514,26 +505,12 @@ async fn staging_streams_live_and_bad_input_is_refused() {
         .unwrap();
     assert_eq!(updated["entity"]["package_state"], "PENDING", "{updated}");
     // The server itself (the app's command may run under a shell).
-    let server = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            cmdline.starts_with("/usr/bin/python3") && cmdline.contains("/usr/share")
-        })
+    let server = mc
+        .process_naming("--directory /usr/share")
         .expect("the app's server process");
-    unsafe {
-        libc::kill(server, libc::SIGKILL);
-    }
-    let until = Instant::now() + Duration::from_secs(5);
-    while mc.get("both.localhost", "/").0 == 200 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    mc.wait_for(
+    mc.kill_and_wait_back(
+        server,
         "both.localhost",
-        "/",
         "Directory listing",
         Duration::from_secs(30),
     );
