@@ -893,7 +893,10 @@ async fn wait_down(ctl: &Control, wait: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!("stratod is still running after {} s", wait.as_secs())
+    anyhow::bail!(
+        "stratod is still running after {} s; see its log (STRATO_HOME/logs/stratod.log), and stop it with kill $(cat STRATO_HOME/run/stratod.pid) if it hangs",
+        wait.as_secs()
+    )
 }
 
 async fn status(ctl: &Control, json_out: bool) -> anyhow::Result<()> {

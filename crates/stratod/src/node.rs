@@ -165,7 +165,7 @@ async fn choose_driver(opts: &Options, layout: &Layout) -> Arc<dyn ContainerDriv
             }
             Ok(()) => return Arc::new(runc),
             Err(e) => {
-                tracing::warn!("runc cannot run here ({e}); falling back to the process driver")
+                tracing::warn!("runc cannot run here ({e}); falling back to the process driver. Check that `runc run` works as root (cgroups mounted, not nested in a container that forbids it) and restart stratod; STRATO_PROCESS_DRIVER=true chooses the process driver knowingly")
             }
         }
     }
